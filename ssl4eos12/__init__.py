@@ -1,0 +1,19 @@
+"""SSL4EO-S12 v1.1 for Hugging Face ``datasets``: load, stream and publish the original Zarr zips.
+
+``import ssl4eos12`` registers the builder, so ``load_dataset("ssl4eos12", CONFIG, ...)`` works.
+"""
+
+from .builder import SSL4EOS12, SSL4EOS12Config
+from .constants import BANDS, MEAN, MODALITIES, STD
+from .layout import SSL4EOS12DataError
+from .registration import register
+from .zarrzip import SSL4EOS12BadFileWarning, SSL4EOS12FileError
+
+__version__ = "0.1.0"
+
+register()
+
+__all__ = [
+    "BANDS", "MEAN", "MODALITIES", "STD", "SSL4EOS12", "SSL4EOS12Config", "SSL4EOS12BadFileWarning",
+    "SSL4EOS12DataError", "SSL4EOS12FileError", "register",
+]

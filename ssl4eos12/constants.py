@@ -1,0 +1,96 @@
+"""Facts about SSL4EO-S12 v1.1: modalities, bands, layout, standardization values, credits.
+
+Everything here is taken from the dataset's own README (``SSL4EO-S12-v1.1-README.md``, shipped with the
+hosted copy) and from the files themselves; nothing here is a guess about sizes, which are always read
+from the files.
+"""
+
+from __future__ import annotations
+
+#: The four modalities of SSL4EO-S12 v1.1, in the order of the ``all`` config.
+MODALITIES: tuple[str, ...] = ("S2L1C", "S2L2A", "S2RGB", "S1GRD")
+
+#: Band names as stored in the ``band`` coordinate of each modality's files.
+BANDS: dict[str, tuple[str, ...]] = {
+    "S2L1C": ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"),
+    "S2L2A": ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"),
+    "S2RGB": ("B04", "B03", "B02"),
+    "S1GRD": ("vv", "vh"),
+}
+
+#: Storage dtype of the ``bands`` variable. S2 L1C/L2A reflectances carry a +1000 offset; S1 is dB.
+BANDS_DTYPE: dict[str, str] = {"S2L1C": "int16", "S2L2A": "int16", "S2RGB": "uint8", "S1GRD": "float16"}
+
+#: Modalities whose files carry a ``cloud_mask`` variable.
+CLOUD_MASKED: frozenset[str] = frozenset({"S2L1C", "S2L2A", "S2RGB"})
+
+#: Offset added to S2 L1C/L2A digital numbers in the files (subtract it to get reflectance * 10,000).
+S2_OFFSET = 1000
+
+#: Standardization values (mean/std per band) published with the dataset.
+MEAN: dict[str, tuple[float, ...]] = {
+    "S2L1C": (2607.345, 2393.068, 2320.225, 2373.963, 2562.536, 3110.071, 3392.832, 3321.154, 3583.77, 1838.712,
+              1021.753, 3205.112, 2545.798),
+    "S2L2A": (1793.243, 1924.863, 2184.553, 2340.936, 2671.402, 3240.082, 3468.412, 3563.244, 3627.704, 3711.071,
+              3416.714, 2849.625),
+    "S2RGB": (100.708, 87.489, 61.932),
+    "S1GRD": (-12.577, -20.265),
+}
+STD: dict[str, tuple[float, ...]] = {
+    "S2L1C": (786.523, 849.702, 875.318, 1143.578, 1126.248, 1161.98, 1273.505, 1246.79, 1342.755, 576.795, 45.626,
+              1340.347, 1145.036),
+    "S2L2A": (1160.144, 1201.092, 1219.943, 1397.225, 1400.035, 1373.136, 1429.17, 1485.025, 1447.836, 1652.703,
+              1471.002, 1365.307),
+    "S2RGB": (68.550, 47.647, 40.592),
+    "S1GRD": (5.179, 5.872),
+}
+
+#: Split names as ``datasets`` knows them, and the folder / file-name word the dataset uses for each.
+SPLIT_FOLDERS: dict[str, str] = {"train": "train", "validation": "val"}
+
+#: Where ``load_dataset("ssl4eos12", ...)`` reads from when neither ``data_dir`` nor ``root`` is given.
+HOSTED_ROOT = "hf://datasets/embed2scale/SSL4EO-S12-v1.1-Zarr"
+AUTHORS_MIRROR = "https://datapub.fz-juelich.de/ssl4eo-s12"
+
+ZARR_ZIP_SUFFIX = ".zarr.zip"
+
+
+def split_list_path(split_folder: str) -> str:
+    """Relative path of the optional list of a split's file names (one per line)."""
+    return f"splits/ssl4eos12_{split_folder}.txt"
+
+
+def split_metadata_path(split_folder: str) -> str:
+    """Relative path of the authors' GeoParquet index of a split (it has a ``file`` column)."""
+    return f"splits/{split_folder}_metadata.parquet"
+
+
+def file_name(split_folder: str, index: int) -> str:
+    """Name of the ``index``-th (1-based) file of a split, as the dataset names them."""
+    return f"ssl4eos12_{split_folder}_seasonal_data_{index:06d}{ZARR_ZIP_SUFFIX}"
+
+
+HOMEPAGE = "https://huggingface.co/datasets/embed2scale/SSL4EO-S12-v1.1"
+LICENSE = "cc-by-4.0"
+
+DESCRIPTION = """\
+SSL4EO-S12 v1.1 is a multimodal, multiseasonal Earth-observation pre-training dataset: 246,144 locations, each
+seen at four timestamps (one per season) by Sentinel-2 L1C (13 bands), Sentinel-2 L2A (12 bands), a Sentinel-2
+true-colour RGB product and Sentinel-1 GRD (VV, VH), as 264 x 264 pixel patches at 10 m, with cloud masks,
+timestamps, UTM coordinates and product ids. It is an updated version of SSL4EO-S12 (Wang et al., 2022)."""
+
+CITATION = """\
+@article{blumenstiel2025ssl4eos12,
+  title={{SSL4EOS12 v1.1 -- A Multimodal, Multiseasonal Dataset for Pretraining}},
+  author={Blumenstiel, Benedikt and Braham, Nassim Ait Ali and Albrecht, Conrad M and Maurogiovanni, Stefano and Fraccaro, Paolo},
+  journal={arXiv preprint arXiv:2503.00168},
+  year={2025}
+}
+
+@article{wang2022ssl4eo,
+  title={{SSL4EO-S12: A Large-Scale Multi-Modal, Multi-Temporal Dataset for Self-Supervised Learning in Earth Observation}},
+  author={Wang, Yi and Braham, Nassim Ait Ali and Xiong, Zhitong and Liu, Chenying and Albrecht, Conrad M and Zhu, Xiao Xiang},
+  journal={arXiv preprint arXiv:2211.07044},
+  year={2022}
+}
+"""

@@ -1,0 +1,189 @@
+"""Reading SSL4EO-S12 Zarr v2 zip files with zarr 3 and xarray, locally or over fsspec.
+
+``xr.open_zarr("file.zarr.zip")`` fails with zarr 3 (the path is taken for a directory), so local files
+are opened through ``zarr.storage.ZipStore`` and remote ones (``http(s)://``, ``hf://``, any fsspec URL)
+through fsspec's zip file system over the remote file, wrapped in ``zarr.storage.FsspecStore``.
+Remote files are opened without a read-ahead cache: zarr reads each zip member (one chunk) whole, so a
+cache would only fetch bytes a second time.
+
+Values are decoded by xarray, so what this module returns is by construction what xarray reads from
+the file. Every problem with a file surfaces as one :class:`SSL4EOS12FileError` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+import zarr
+from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+from fsspec.implementations.zip import ZipFileSystem
+
+from .constants import BANDS_DTYPE, CLOUD_MASKED
+from .remote import is_remote, open_remote
+
+#: Variables every modality's file has, with their dimensions (``bands`` may have any trailing dims
+#: for modalities beyond the four).
+PER_SAMPLE_VARIABLES: dict[str, tuple[str, ...]] = {
+    "center_lat": ("sample",),
+    "center_lon": ("sample",),
+    "crs": ("sample",),
+    "file_id": ("sample", "time"),
+    "sample_id": ("sample", "time"),
+    "time_": ("sample", "time"),
+    "x_": ("sample", "x"),
+    "y_": ("sample", "y"),
+}
+BANDS_DIMS = ("sample", "time", "band", "y", "x")
+CLOUD_MASK_DIMS = ("sample", "time", "y", "x")
+#: Dtype kind each variable must have ("U": fixed-width unicode, "M": datetime64).
+EXPECTED_DTYPES: dict[str, str] = {
+    "center_lat": "float64", "center_lon": "float64", "crs": "int64", "file_id": "U", "sample_id": "U",
+    "time_": "datetime64[ns]", "x_": "float64", "y_": "float64", "cloud_mask": "uint8",
+}
+
+
+class SSL4EOS12FileError(ValueError):
+    """A source file is missing, unreadable or not what SSL4EO-S12 v1.1 files are; names file and problem."""
+
+    def __init__(self, file: str, problem: str):
+        super().__init__(f"{file}: {problem}")
+        self.file = file
+        self.problem = problem
+
+
+class SSL4EOS12BadFileWarning(UserWarning):
+    """Emitted once per source file skipped with ``on_bad_file="skip"``."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The shape of one modality's files: what the ``datasets`` features are built from."""
+
+    modality: str
+    num_times: int
+    band_names: tuple[str, ...]
+    bands_shape: tuple[int, ...]  # per sample and timestamp, e.g. (C, H, W)
+    bands_dtype: str
+    height: int
+    width: int
+    has_cloud_mask: bool
+
+
+@dataclass
+class ModalityFile:
+    """Every variable of one modality's file, decoded, as numpy arrays (first axis: sample)."""
+
+    layout: Layout
+    variables: dict[str, np.ndarray]
+
+    @property
+    def samples(self) -> np.ndarray:
+        return self.variables["sample"]
+
+
+@contextlib.contextmanager
+def open_zarr_zip(url: str, download_config=None) -> Iterator[xr.Dataset]:
+    """Open a Zarr v2 zip lazily as an ``xarray.Dataset`` (no dask), closing everything on exit."""
+    with contextlib.ExitStack() as stack:
+        try:
+            if is_remote(url):
+                remote_file = stack.enter_context(open_remote(url, download_config))
+                zip_fs = ZipFileSystem(fo=remote_file)
+                stack.callback(zip_fs.close)
+                store = zarr.storage.FsspecStore(AsyncFileSystemWrapper(zip_fs), read_only=True, path="")
+            else:
+                store = zarr.storage.ZipStore(url.removeprefix("file://"), mode="r")
+                # ZipStore opens its zip on first access, and cannot close one it never opened
+                stack.callback(lambda: store._is_open and store.close())
+            dataset = xr.open_zarr(store, consolidated=True, chunks=None, zarr_format=2)
+        except FileNotFoundError as err:
+            raise SSL4EOS12FileError(url, "file not found") from err
+        except zipfile.BadZipFile as err:
+            raise SSL4EOS12FileError(url, f"not a readable zip file, truncated or corrupt ({err})") from err
+        except SSL4EOS12FileError:
+            raise
+        except Exception as err:  # zarr/xarray raise many types for "this is not a consolidated Zarr v2 store"
+            raise SSL4EOS12FileError(url, f"not a consolidated Zarr v2 store ({type(err).__name__}: {err})") from err
+        stack.callback(dataset.close)
+        yield dataset
+
+
+def layout_of(url: str, modality: str, dataset: xr.Dataset) -> Layout:
+    """Check the variables, dims and dtypes of an open file and return its layout."""
+    required = dict(PER_SAMPLE_VARIABLES, bands=BANDS_DIMS)
+    if modality in CLOUD_MASKED:
+        required["cloud_mask"] = CLOUD_MASK_DIMS
+    missing = sorted(set(required) - set(dataset.variables))
+    if missing:
+        raise SSL4EOS12FileError(url, f"missing variable(s) {', '.join(missing)} for modality {modality}")
+    for name, dims in required.items():
+        actual = dataset[name].dims
+        if name == "bands" and modality not in BANDS_DTYPE:
+            ok = actual[:2] == ("sample", "time") and len(actual) <= 6
+        else:
+            ok = actual == dims
+        if not ok:
+            raise SSL4EOS12FileError(url, f"variable {name} has dims {actual}, expected {dims}")
+    for name, expected in EXPECTED_DTYPES.items():
+        if name in dataset.variables and not _dtype_matches(dataset[name].dtype, expected):
+            raise SSL4EOS12FileError(url, f"variable {name} has dtype {dataset[name].dtype}, expected {expected}")
+    bands = dataset["bands"]
+    if modality in BANDS_DTYPE and bands.dtype != np.dtype(BANDS_DTYPE[modality]):
+        raise SSL4EOS12FileError(url, f"bands has dtype {bands.dtype}, expected {BANDS_DTYPE[modality]}")
+    band_names = tuple(str(b) for b in dataset["band"].values) if "band" in dataset.coords else ()
+    return Layout(
+        modality=modality,
+        num_times=dataset.sizes["time"],
+        band_names=band_names,
+        bands_shape=tuple(bands.shape[2:]),
+        bands_dtype=str(bands.dtype),
+        height=dataset.sizes.get("y", 0),
+        width=dataset.sizes.get("x", 0),
+        has_cloud_mask="cloud_mask" in dataset.variables,
+    )
+
+
+def _dtype_matches(dtype: np.dtype, expected: str) -> bool:
+    return dtype.kind == expected if len(expected) == 1 else dtype == np.dtype(expected)
+
+
+def probe_layout(url: str, modality: str, download_config=None) -> Layout:
+    """Read only the metadata (and coordinates) of a file to learn its layout."""
+    with open_zarr_zip(url, download_config) as dataset:
+        return layout_of(url, modality, dataset)
+
+
+def read_modality_file(url: str, modality: str, download_config=None, expected: Layout | None = None) -> ModalityFile:
+    """Read and decode every variable of one file, checking it against the ``expected`` layout."""
+    with open_zarr_zip(url, download_config) as dataset:
+        layout = layout_of(url, modality, dataset)
+        if expected is not None and layout != expected:
+            raise SSL4EOS12FileError(url, f"layout {_describe(layout)} differs from the dataset's {_describe(expected)}")
+        names = ["bands", *PER_SAMPLE_VARIABLES] + (["cloud_mask"] if layout.has_cloud_mask else [])
+        try:
+            variables = {name: dataset[name].values for name in names}
+        except Exception as err:  # a chunk that does not decompress, a CRC error, a broken connection
+            raise SSL4EOS12FileError(url, f"cannot read data ({type(err).__name__}: {err})") from err
+        variables["sample"] = dataset["sample"].values.astype(str)
+    _check_sample_ids(url, variables["sample"], variables["sample_id"])
+    return ModalityFile(layout, variables)
+
+
+def _describe(layout: Layout) -> str:
+    return (f"(times={layout.num_times}, bands={layout.bands_shape}, dtype={layout.bands_dtype}, "
+            f"cloud_mask={layout.has_cloud_mask})")
+
+
+def _check_sample_ids(url: str, samples: np.ndarray, sample_ids: np.ndarray) -> None:
+    """``sample_id`` is derived data: it must read ``f"{sample}_{t}"``; anything else means a broken file."""
+    expected = np.char.add(np.char.add(samples[:, None].astype(str), "_"), np.arange(sample_ids.shape[1]).astype(str))
+    bad = np.nonzero((sample_ids != expected).any(axis=1))[0]
+    if bad.size:
+        raise SSL4EOS12FileError(
+            url, f"sample_id does not match sample for sample(s) {', '.join(samples[bad][:5])}"
+        )
