@@ -6,6 +6,7 @@
 from .builder import SSL4EOS12, SSL4EOS12Config
 from .constants import BANDS, MEAN, MODALITIES, STD
 from .layout import SSL4EOS12DataError
+from .native import arrow_to_numpy, collate
 from .registration import register
 from .zarrzip import SSL4EOS12BadFileWarning, SSL4EOS12FileError
 
@@ -15,5 +16,5 @@ register()
 
 __all__ = [
     "BANDS", "MEAN", "MODALITIES", "STD", "SSL4EOS12", "SSL4EOS12Config", "SSL4EOS12BadFileWarning",
-    "SSL4EOS12DataError", "SSL4EOS12FileError", "register",
+    "SSL4EOS12DataError", "SSL4EOS12FileError", "arrow_to_numpy", "collate", "register",
 ]
