@@ -37,7 +37,7 @@ from datasets.builder import Key
 from .constants import CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, MODALITIES, SPLIT_FOLDERS
 from .layout import SSL4EOS12DataError, list_split_files
 from .schema import example_features
-from .zarrzip import ModalityFile, SSL4EOS12BadFileWarning, SSL4EOS12FileError, probe_layout, read_modality_file
+from .zarrzip import Layout, ModalityFile, SSL4EOS12BadFileWarning, SSL4EOS12FileError, probe_layout, read_modality_file
 
 logger = datasets.utils.logging.get_logger(__name__)
 
@@ -97,11 +97,7 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
                 f"{root}: no SSL4EO-S12 files for {modalities[0]}: expected train/ or val/ folders "
                 f"({', '.join(f'{f}/{modalities[0]}/*.zarr.zip' for f in SPLIT_FOLDERS.values())}) or splits/ lists"
             )
-        first = splits[0].gen_kwargs
-        layouts = tuple(
-            probe_layout(posixpath.join(first["split_dir"], m, first["files"][0]), m, download_config)
-            for m in modalities
-        )
+        layouts = self._probe_layouts(splits[0].gen_kwargs, modalities, download_config)
         features = example_features(layouts, self.config.single_timestamp)
         if self.info.features is None:
             self.info.features = features
@@ -109,6 +105,19 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
             # a tuple, not a list: datasets shards list-valued gen_kwargs
             split_generator.gen_kwargs["layouts"] = layouts
         return splits
+
+    def _probe_layouts(self, gen_kwargs: dict, modalities: tuple[str, ...], download_config) -> tuple[Layout, ...]:
+        """Layouts of the first readable file (any bad file is the reader's to report or skip)."""
+        for name in gen_kwargs["files"]:
+            try:
+                return tuple(
+                    probe_layout(posixpath.join(gen_kwargs["split_dir"], m, name), m, download_config)
+                    for m in modalities
+                )
+            except SSL4EOS12FileError:
+                if self.config.on_bad_file != "skip":
+                    raise
+        raise SSL4EOS12DataError(f"{gen_kwargs['split_dir']}: no readable file among {len(gen_kwargs['files'])}")
 
     def _generate_shards(self, files, split_dir, layouts):
         yield from files

@@ -5,8 +5,10 @@ float32: 4x the memory of an S2 time series and a copy per batch. Streaming with
 numpy arrays in the file's dtype; for Arrow data (``Dataset.with_format("arrow")``, Parquet) and for
 batching, this module converts without casting:
 
-    loader = DataLoader(ds.with_format("arrow"), batch_size=8, collate_fn=ssl4eos12.collate)
     loader = DataLoader(streaming_ds, batch_size=8, collate_fn=ssl4eos12.collate)
+    # a prepared Dataset: let it slice whole Arrow batches, one per sampled list of indices
+    sampler = BatchSampler(RandomSampler(ds), batch_size=8, drop_last=False)
+    loader = DataLoader(ds.with_format("arrow"), sampler=sampler, batch_size=None, collate_fn=ssl4eos12.collate)
 """
 
 from __future__ import annotations
@@ -60,15 +62,18 @@ def stack_examples(examples: Sequence[Mapping]) -> dict[str, np.ndarray | list]:
     return batch
 
 
-def collate(batch: Sequence) -> dict:
+def collate(batch: Sequence | pa.Table) -> dict:
     """``collate_fn`` for a PyTorch ``DataLoader``: native-dtype tensors, strings as lists.
 
-    Accepts examples from streaming (dicts) or Arrow rows (``with_format("arrow")``). Timestamps become
-    int64 tensors of nanoseconds since the epoch (PyTorch has no datetime dtype).
+    Accepts a list of streamed examples (dicts), a list of Arrow rows, or one Arrow batch
+    (``with_format("arrow")``). Timestamps become int64 tensors of nanoseconds since the epoch (PyTorch
+    has no datetime dtype).
     """
     import torch
 
-    if isinstance(batch[0], pa.Table):
+    if isinstance(batch, pa.Table):
+        arrays = arrow_to_numpy(batch)
+    elif isinstance(batch[0], pa.Table):
         arrays = arrow_to_numpy(pa.concat_tables(batch))
     else:
         arrays = stack_examples(batch)

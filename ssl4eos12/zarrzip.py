@@ -13,6 +13,7 @@ the file. Every problem with a file surfaces as one :class:`SSL4EOS12FileError` 
 from __future__ import annotations
 
 import contextlib
+import os
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -90,27 +91,35 @@ class ModalityFile:
 def open_zarr_zip(url: str, download_config=None) -> Iterator[xr.Dataset]:
     """Open a Zarr v2 zip lazily as an ``xarray.Dataset`` (no dask), closing everything on exit."""
     with contextlib.ExitStack() as stack:
+        store = None
         try:
-            if is_remote(url):
-                remote_file = stack.enter_context(open_remote(url, download_config))
-                zip_fs = ZipFileSystem(fo=remote_file)
-                stack.callback(zip_fs.close)
-                store = zarr.storage.FsspecStore(AsyncFileSystemWrapper(zip_fs), read_only=True, path="")
-            else:
-                store = zarr.storage.ZipStore(url.removeprefix("file://"), mode="r")
-                # ZipStore opens its zip on first access, and cannot close one it never opened
-                stack.callback(lambda: store._is_open and store.close())
+            store = _open_store(url, download_config, stack)
             dataset = xr.open_zarr(store, consolidated=True, chunks=None, zarr_format=2)
         except FileNotFoundError as err:
-            raise SSL4EOS12FileError(url, "file not found") from err
+            if store is None:
+                raise SSL4EOS12FileError(url, "file not found") from err
+            raise SSL4EOS12FileError(url, f"not a consolidated Zarr v2 store (no {err})") from err
         except zipfile.BadZipFile as err:
             raise SSL4EOS12FileError(url, f"not a readable zip file, truncated or corrupt ({err})") from err
-        except SSL4EOS12FileError:
-            raise
         except Exception as err:  # zarr/xarray raise many types for "this is not a consolidated Zarr v2 store"
             raise SSL4EOS12FileError(url, f"not a consolidated Zarr v2 store ({type(err).__name__}: {err})") from err
         stack.callback(dataset.close)
         yield dataset
+
+
+def _open_store(url: str, download_config, stack: contextlib.ExitStack) -> zarr.abc.store.Store:
+    if is_remote(url):
+        remote_file = stack.enter_context(open_remote(url, download_config))
+        zip_fs = ZipFileSystem(fo=remote_file)
+        stack.callback(zip_fs.close)
+        return zarr.storage.FsspecStore(AsyncFileSystemWrapper(zip_fs), read_only=True, path="")
+    path = url.removeprefix("file://")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(path)
+    store = zarr.storage.ZipStore(path, mode="r")
+    # ZipStore opens its zip on first access, and cannot close one it never opened
+    stack.callback(lambda: store._is_open and store.close())
+    return store
 
 
 def layout_of(url: str, modality: str, dataset: xr.Dataset) -> Layout:

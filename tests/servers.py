@@ -101,8 +101,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         end = int(last) if last != "" else size - 1
     except ValueError:
         return None
-    if start < 0 or end < start:
-        return None
+    if start < 0 or (last != "" and end < start):
+        return None  # malformed ("bytes=5-2"): ignored, the whole resource is served
     if start >= size:
         raise RangeNotSatisfiable
     return start, min(end, size - 1)
@@ -283,15 +283,16 @@ class _RangeHandler(_BaseHandler):
             # Headers promise the full Content-Length; send only part of it and close so
             # the client sees a truncated body (a broken connection mid-transfer).
             keep = len(body) // 2 if fault[1] is None else min(fault[1], len(body))
+            owner._add_bytes(path, keep)
             self.wfile.write(body[:keep])
             self.wfile.flush()
-            owner._add_bytes(path, keep)
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
-        self.wfile.write(body)
+        # Count before writing: once the client has the bytes, a test may read the log.
         owner._add_bytes(path, len(body))
+        self.wfile.write(body)
 
     def _send_simple(self, status: int, body: bytes, head: bool) -> None:
         self.send_response(status)
@@ -422,16 +423,12 @@ class _Entry:
     size: int
     sha256: str
     lfs: bool
+    git_oid: str  # git blob oid: of the content, or of the LFS pointer file for LFS files
 
-    @property
-    def git_oid(self) -> str:
-        # For LFS files git stores (and the Hub reports) the oid of the pointer file.
-        if self.lfs:
-            return _git_blob_oid(_lfs_pointer(self.sha256, self.size))
-        return self._content_oid
-
-    # set after construction for regular files (frozen dataclass: use object.__setattr__)
-    _content_oid: str = ""
+    @classmethod
+    def make(cls, data: bytes, sha256: str, lfs: bool) -> _Entry:
+        blob = _lfs_pointer(sha256, len(data)) if lfs else data
+        return cls(size=len(data), sha256=sha256, lfs=lfs, git_oid=_git_blob_oid(blob))
 
     def to_json(self, path: str) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "file", "oid": self.git_oid, "size": self.size, "path": path}
@@ -491,10 +488,12 @@ class _HubError(Exception):
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
         header_message: bool = False,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.extra = dict(extra or {})  # additional fields of the JSON error body
         self.headers = dict(headers or {})
         if code is not None:
             # huggingface_hub.utils.hf_raise_for_status maps this header to its error types
@@ -527,20 +526,20 @@ class _HubHandler(_BaseHandler):
     # -- plumbing ----------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        hub: HubServer = self.server.owner  # type: ignore[assignment]
-        self._status = 500
-        self._sent = 0
         split = urlsplit(self.path)
+        self._split = split
         try:
             body = self.read_body()
-            hub._route(self, split.path, parse_qs(split.query, keep_blank_values=True), body)
+            self._hub._route(self, split.path, parse_qs(split.query, keep_blank_values=True), body)
         except _HubError as err:
-            self.send_json(err.status, {"error": err.message}, headers=err.headers)
+            self.send_json(err.status, {"error": err.message, **err.extra}, headers=err.headers)
         except Exception as err:  # a bug in the fake: make it visible in the client error
             detail = "".join(traceback.format_exception(err))
             self.send_json(500, {"error": f"HubServer internal error: {err!r}\n{detail}"})
-        finally:
-            hub._log(HubRequest(self.command, split.path, self._status, self._sent, split.query))
+
+    @property
+    def _hub(self) -> HubServer:
+        return self.server.owner  # type: ignore[return-value]
 
     def send_bytes(
         self,
@@ -549,7 +548,10 @@ class _HubHandler(_BaseHandler):
         headers: Mapping[str, str] | None = None,
         content_type: str = "application/octet-stream",
     ) -> None:
-        self._status = status
+        sent = 0 if self.command == "HEAD" else len(body)
+        # Log before answering: a test may inspect the log as soon as the client returns.
+        split = self._split
+        self._hub._log(HubRequest(self.command, split.path, status, sent, split.query))
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -557,9 +559,8 @@ class _HubHandler(_BaseHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        if self.command != "HEAD" and body:
+        if sent:
             self.wfile.write(body)
-            self._sent = len(body)
 
     def send_json(
         self,
@@ -721,10 +722,7 @@ class HubServer(_BackgroundServer):
 
     @staticmethod
     def _entry(data: bytes, sha: str, lfs: bool) -> _Entry:
-        entry = _Entry(size=len(data), sha256=sha, lfs=lfs)
-        if not lfs:
-            object.__setattr__(entry, "_content_oid", _git_blob_oid(data))
-        return entry
+        return _Entry.make(data, sha, lfs)
 
     def _create_repo(self, repo_type: str, repo_id: str, private: bool, author: str) -> _Repo:
         repo = _Repo(repo_type=repo_type, repo_id=repo_id, private=private, created_at=_now_iso())
@@ -934,8 +932,8 @@ class HubServer(_BackgroundServer):
         repo_id = f"{namespace}/{payload['name']}"
         url = f"{self.url}/{_REPO_TYPE_PREFIX[repo_type]}{repo_id}"
         if (repo_type, repo_id) in self._repos:
-            # create_repo(exist_ok=True) swallows exactly this 409
-            raise _HubError(409, f"You already created this {repo_type} repo", headers={"X-Repo-Url": url})
+            # create_repo(exist_ok=True) swallows this 409, then reads "url" from its body
+            raise _HubError(409, f"You already created this {repo_type} repo", extra={"url": url})
         private = payload.get("visibility") == "private" or bool(payload.get("private"))
         self._create_repo(repo_type, repo_id, private, user)
         h.send_json(200, {"url": url, "name": repo_id, "id": hashlib.md5(repo_id.encode()).hexdigest()[:24]})
