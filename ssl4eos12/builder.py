@@ -143,6 +143,7 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
                 continue
             for key, example in location_examples(name, parts, orders, self.config.single_timestamp):
                 yield Key(file_index, key), example
+            del parts  # before the next file is read: memory holds one decoded file per modality
 
 
 def data_root(config: SSL4EOS12Config) -> str:
@@ -216,14 +217,17 @@ def location_examples(name: str, parts: dict[str, ModalityFile], orders: dict[st
 
 
 def modality_fields(modality: str, part: ModalityFile, row: int, time) -> dict:
-    """One location's fields of one modality; ``time`` is a timestamp index or ``slice(None)`` for all."""
+    """One location's fields of one modality; ``time`` is a timestamp index or ``slice(None)`` for all.
+
+    Arrays are copies, not views: a view would keep the whole decoded file alive for as long as the
+    consumer (or a shuffle buffer) holds one example of it.
+    """
     v = part.variables
-    fields = {modality: v["bands"][row, time]}
+    fields = {modality: v["bands"][row, time].copy()}
     if part.layout.has_cloud_mask:
-        fields[f"{modality}_cloud_mask"] = v["cloud_mask"][row, time]
-    file_ids = v["file_id"][row, time]
-    fields[f"{modality}_time"] = v["time_"][row, time]
-    fields[f"{modality}_file_id"] = file_ids.tolist()
-    fields[f"{modality}_x"] = v["x_"][row]
-    fields[f"{modality}_y"] = v["y_"][row]
+        fields[f"{modality}_cloud_mask"] = v["cloud_mask"][row, time].copy()
+    fields[f"{modality}_time"] = v["time_"][row, time].copy()
+    fields[f"{modality}_file_id"] = v["file_id"][row, time].tolist()
+    fields[f"{modality}_x"] = v["x_"][row].copy()
+    fields[f"{modality}_y"] = v["y_"][row].copy()
     return fields

@@ -9,7 +9,8 @@ used as context managers::
     with HubServer(tokens={"hf_valid": "user"}) as hub, use_hub(hub, token="hf_valid"):
         HfApi().create_repo("user/data", repo_type="dataset")
 
-Only the standard library is used for the servers themselves. ``use_hub`` patches the
+The servers use the standard library only (plus PyYAML, a huggingface_hub dependency, to
+expose a README's YAML header as ``cardData``). ``use_hub`` patches the
 module-level constants that ``huggingface_hub`` and ``datasets`` compute from the
 environment at *import* time (endpoint, cache directories, Xet switch, ...), so tests can
 point the real clients at a ``HubServer`` without setting environment variables before the
@@ -469,13 +470,16 @@ class _Repo:
 
 
 class HubRequest(NamedTuple):
-    """One request handled by :class:`HubServer` (``bytes`` = response body bytes sent)."""
+    """One request handled by :class:`HubServer`.
+
+    ``path`` is the request target as received (percent-encoded, with ``?query`` if any);
+    ``bytes`` is the number of response body bytes sent (0 for HEAD).
+    """
 
     method: str
     path: str
     status: int
     bytes: int
-    query: str = ""
 
 
 class _HubError(Exception):
@@ -527,7 +531,7 @@ class _HubHandler(_BaseHandler):
 
     def _dispatch(self) -> None:
         split = urlsplit(self.path)
-        self._split = split
+        self._response: tuple[int, bytes, dict[str, str], str] | None = None
         try:
             body = self.read_body()
             self._hub._route(self, split.path, parse_qs(split.query, keep_blank_values=True), body)
@@ -536,6 +540,25 @@ class _HubHandler(_BaseHandler):
         except Exception as err:  # a bug in the fake: make it visible in the client error
             detail = "".join(traceback.format_exception(err))
             self.send_json(500, {"error": f"HubServer internal error: {err!r}\n{detail}"})
+        if self._response is None:
+            self.send_json(500, {"error": "HubServer internal error: no response"})
+        assert self._response is not None
+        status, payload, headers, content_type = self._response
+        sent = 0 if self.command == "HEAD" else len(payload)
+        target = split.path + (f"?{split.query}" if split.query else "")
+        # Log before answering: a test may inspect the log as soon as the client returns.
+        self._hub._log(HubRequest(self.command, target, status, sent))
+        # Written outside the hub lock (endpoints only *prepare* responses): a client that
+        # reads a response lazily must not block every other request.
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("X-Request-Id", uuid.uuid4().hex)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if sent:
+            self.wfile.write(payload)
 
     @property
     def _hub(self) -> HubServer:
@@ -548,19 +571,8 @@ class _HubHandler(_BaseHandler):
         headers: Mapping[str, str] | None = None,
         content_type: str = "application/octet-stream",
     ) -> None:
-        sent = 0 if self.command == "HEAD" else len(body)
-        # Log before answering: a test may inspect the log as soon as the client returns.
-        split = self._split
-        self._hub._log(HubRequest(self.command, split.path, status, sent, split.query))
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Request-Id", uuid.uuid4().hex)
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        if sent:
-            self.wfile.write(body)
+        """Set the response (sent by ``_dispatch`` once the endpoint returns)."""
+        self._response = (status, body, dict(headers or {}), content_type)
 
     def send_json(
         self,
@@ -611,7 +623,7 @@ class HubServer(_BackgroundServer):
 
     Attributes:
         requests: every handled request as :class:`HubRequest` ``(method, path, status,
-            bytes, query)``.
+            bytes)``.
         lfs_uploads: ``[(repo_id, sha256, size), ...]`` for each LFS object uploaded.
     """
 
@@ -630,6 +642,12 @@ class HubServer(_BackgroundServer):
         self.lfs_uploads: list[tuple[str, str, int]] = []
 
     # -- public helpers for tests ------------------------------------------------------
+
+    def reset_log(self) -> None:
+        """Forget the logged requests and LFS uploads (stored content is kept)."""
+        with self._lock:
+            self.requests.clear()
+            self.lfs_uploads.clear()
 
     @property
     def lfs_bytes_uploaded(self) -> int:
@@ -1388,8 +1406,9 @@ def use_hub(
     * ``huggingface_hub.utils._http._HUB_ORIGINS`` (auth-forwarding allow list).
     * ``huggingface_hub.hf_api.api.endpoint`` (the instance behind top-level functions
       such as ``huggingface_hub.create_repo``) and ``huggingface_hub.hf_file_system.hffs``.
-    * ``HfFileSystem`` instance cache is cleared on entry and exit (instances keep a
-      directory cache of whatever hub they talked to).
+    * ``HfFileSystem`` instance cache is cleared and the shared httpx client closed on
+      entry and exit (instances keep a directory cache of whatever hub they talked to;
+      pooled connections may point at a stopped server's recycled port).
     * ``huggingface_hub.utils._detect_agent._registry`` is pinned to the empty registry
       (otherwise the first request of the process fetches it and writes it to disk).
     * ``datasets.config``: ``HF_ENDPOINT``, ``HUB_DATASETS_URL``, offline flags, the
@@ -1483,6 +1502,8 @@ def use_hub(
                 patch(hf_detect_agent, "_registry", hf_detect_agent._EMPTY_REGISTRY)
             hf_fs.HfFileSystem.clear_instance_cache()
             hf_fs.hffs.invalidate_cache()
+            # fresh pooled connections: an earlier server may have used the same port
+            hf_http.close_session()
 
             # -- datasets -------------------------------------------------------------------
             if ds_config is not None:
@@ -1518,3 +1539,4 @@ def use_hub(
                     os.environ[name] = old_value
             hf_fs.HfFileSystem.clear_instance_cache()
             hf_fs.hffs.invalidate_cache()
+            hf_http.close_session()
