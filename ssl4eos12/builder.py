@@ -37,11 +37,16 @@ from datasets.builder import Key
 from .constants import CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, MODALITIES, SPLIT_FOLDERS
 from .layout import SSL4EOS12DataError, list_split_files
 from .schema import example_features
-from .zarrzip import Layout, ModalityFile, SSL4EOS12BadFileWarning, SSL4EOS12FileError, probe_layout, read_modality_file
+from .zarrzip import (
+    Layout, ModalityFile, SSL4EOS12BadFileWarning, SSL4EOS12FileError, probe_layout, probe_num_samples,
+    read_modality_file,
+)
 
 logger = datasets.utils.logging.get_logger(__name__)
 
 ON_BAD_FILE_CHOICES = ("error", "skip")
+#: reshard() splits each source file into this many sample ranges.
+RESHARD_PARTS_PER_FILE = 4
 
 
 @dataclass
@@ -104,6 +109,8 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         for split_generator in splits:
             # a tuple, not a list: datasets shards list-valued gen_kwargs
             split_generator.gen_kwargs["layouts"] = layouts
+            # parallel to files: the samples of each file a shard yields (None: all); see reshard()
+            split_generator.gen_kwargs["sample_ranges"] = [None] * len(split_generator.gen_kwargs["files"])
         return splits
 
     def _probe_layouts(self, gen_kwargs: dict, modalities: tuple[str, ...], download_config) -> tuple[Layout, ...]:
@@ -119,13 +126,29 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
                     raise
         raise SSL4EOS12DataError(f"{gen_kwargs['split_dir']}: no readable file among {len(gen_kwargs['files'])}")
 
-    def _generate_shards(self, files, split_dir, layouts):
+    def _generate_shards(self, files, split_dir, layouts, sample_ranges):
         yield from files
 
-    def _generate_examples(self, files, split_dir, layouts):
+    def _generate_more_gen_kwargs(self, files, split_dir, layouts, sample_ranges):
+        """Split each file into sample ranges, for ``IterableDataset.reshard()`` when files < workers.
+
+        A chunk holds all samples of its timestamp, so every part still reads its whole file: resharding
+        trades I/O for parallelism.
+        """
+        download_config = datasets.DownloadConfig(token=self.token, storage_options=self.storage_options)
+        for name, sample_range in zip(files, sample_ranges):
+            start, stop = sample_range or (0, None)
+            if stop is None:
+                first = layouts[0].modality
+                stop = probe_num_samples(posixpath.join(split_dir, first, name), first, download_config)
+            step = max(1, -(-(stop - start) // RESHARD_PARTS_PER_FILE))
+            parts = [(a, min(a + step, stop)) for a in range(start, stop, step)]
+            yield {"files": [name] * len(parts), "split_dir": split_dir, "layouts": layouts, "sample_ranges": parts}
+
+    def _generate_examples(self, files, split_dir, layouts, sample_ranges):
         download_config = datasets.DownloadConfig(token=self.token, storage_options=self.storage_options)
         skipped = 0
-        for file_index, name in enumerate(files):
+        for file_index, (name, sample_range) in enumerate(zip(files, sample_ranges)):
             try:
                 parts = {
                     layout.modality: read_modality_file(
@@ -141,7 +164,8 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
                 warnings.warn(f"skipping {err} ({skipped} file(s) skipped in this shard so far)",
                               SSL4EOS12BadFileWarning, stacklevel=2)
                 continue
-            for key, example in location_examples(name, parts, orders, self.config.single_timestamp):
+            examples = location_examples(name, parts, orders, self.config.single_timestamp, sample_range)
+            for key, example in examples:
                 yield Key(file_index, key), example
             del parts  # before the next file is read: memory holds one decoded file per modality
 
@@ -190,12 +214,17 @@ def _ids(samples, limit: int = 5) -> str:
     return (", ".join(samples[:limit]) or "none") + more
 
 
-def location_examples(name: str, parts: dict[str, ModalityFile], orders: dict[str, np.ndarray], single_timestamp: bool):
-    """The examples of one file: one per location, or one per (location, timestamp)."""
+def location_examples(
+    name: str, parts: dict[str, ModalityFile], orders: dict[str, np.ndarray], single_timestamp: bool,
+    sample_range: tuple[int, int] | None = None,
+):
+    """The examples of one file (of a range of its samples): one per location, or per (location, timestamp)."""
     reference = next(iter(parts.values()))
     shared = reference.variables
     num_times = reference.layout.num_times
-    for i, sample in enumerate(reference.samples):
+    start, stop = sample_range or (0, len(reference.samples))
+    for i in range(start, stop):
+        sample = reference.samples[i]
         base = {
             "sample": str(sample),
             "file": name,

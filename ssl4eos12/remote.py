@@ -7,6 +7,8 @@ storage_options=...)`` reaches every file this package opens.
 
 from __future__ import annotations
 
+import io
+
 import fsspec
 
 
@@ -24,17 +26,24 @@ def url_to_fs(url: str, download_config=None) -> tuple[fsspec.AbstractFileSystem
     return fsspec.url_to_fs(url, **storage_options)
 
 
-def open_remote(url: str, download_config=None):
-    """Open a remote file for random access, without read-ahead, with ``datasets``' read retries.
+def open_remote(url: str, download_config=None, whole: bool = True):
+    """Open a remote file for random access, with ``datasets``' read retries.
 
-    zarr reads each zip member whole, so a read-ahead cache would only fetch bytes twice.
+    ``whole=True`` fetches the whole file in one request into memory: a location's example needs every
+    chunk of the file, and zipfile's many small header reads would otherwise each cost a round trip.
+    ``whole=False`` reads exactly what is asked (no read-ahead, which would fetch bytes twice), for
+    looking at metadata only.
     """
     from datasets.utils import file_utils
 
     fs, path = url_to_fs(url, download_config)
     remote_file = fs.open(path, "rb", cache_type="none")
     # datasets' own policy for streamed files: config.STREAMING_READ_MAX_RETRIES / STREAMING_READ_RETRY_INTERVAL
-    return file_utils._add_retries_to_file_obj_read_method(remote_file)
+    remote_file = file_utils._add_retries_to_file_obj_read_method(remote_file)
+    if not whole:
+        return remote_file
+    with remote_file:
+        return io.BytesIO(remote_file.read())
 
 
 def is_remote(url: str) -> bool:

@@ -88,12 +88,15 @@ class ModalityFile:
 
 
 @contextlib.contextmanager
-def open_zarr_zip(url: str, download_config=None) -> Iterator[xr.Dataset]:
-    """Open a Zarr v2 zip lazily as an ``xarray.Dataset`` (no dask), closing everything on exit."""
+def open_zarr_zip(url: str, download_config=None, whole: bool = True) -> Iterator[xr.Dataset]:
+    """Open a Zarr v2 zip lazily as an ``xarray.Dataset`` (no dask), closing everything on exit.
+
+    ``whole``: a remote file is fetched whole in one request (to read all of it), else piecewise.
+    """
     with contextlib.ExitStack() as stack:
         store = None
         try:
-            store = _open_store(url, download_config, stack)
+            store = _open_store(url, download_config, stack, whole)
             dataset = xr.open_zarr(store, consolidated=True, chunks=None, zarr_format=2)
         except FileNotFoundError as err:
             if store is None:
@@ -101,18 +104,20 @@ def open_zarr_zip(url: str, download_config=None) -> Iterator[xr.Dataset]:
             raise SSL4EOS12FileError(url, f"not a consolidated Zarr v2 store (no {err})") from err
         except zipfile.BadZipFile as err:
             raise SSL4EOS12FileError(url, f"not a readable zip file, truncated or corrupt ({err})") from err
+        except ConnectionError as err:  # what datasets' read retries raise once they are exhausted
+            raise SSL4EOS12FileError(url, f"could not be read from the server, retries exhausted ({err})") from err
         except Exception as err:  # zarr/xarray raise many types for "this is not a consolidated Zarr v2 store"
             raise SSL4EOS12FileError(url, f"not a consolidated Zarr v2 store ({type(err).__name__}: {err})") from err
         stack.callback(dataset.close)
         yield dataset
 
 
-def _open_store(url: str, download_config, stack: contextlib.ExitStack) -> zarr.abc.store.Store:
+def _open_store(url: str, download_config, stack: contextlib.ExitStack, whole: bool) -> zarr.abc.store.Store:
     if is_remote(url):
-        remote_file = stack.enter_context(open_remote(url, download_config))
+        remote_file = stack.enter_context(open_remote(url, download_config, whole))
         zip_fs = ZipFileSystem(fo=remote_file)
         stack.callback(zip_fs.close)
-        return zarr.storage.FsspecStore(AsyncFileSystemWrapper(zip_fs), read_only=True, path="")
+        return zarr.storage.FsspecStore(AsyncFileSystemWrapper(zip_fs, asynchronous=True), read_only=True, path="")
     path = url.removeprefix("file://")
     if not os.path.isfile(path):
         raise FileNotFoundError(path)
@@ -163,8 +168,14 @@ def _dtype_matches(dtype: np.dtype, expected: str) -> bool:
 
 def probe_layout(url: str, modality: str, download_config=None) -> Layout:
     """Read only the metadata (and coordinates) of a file to learn its layout."""
-    with open_zarr_zip(url, download_config) as dataset:
+    with open_zarr_zip(url, download_config, whole=False) as dataset:
         return layout_of(url, modality, dataset)
+
+
+def probe_num_samples(url: str, modality: str, download_config=None) -> int:
+    """Number of samples (locations) in a file, from its metadata."""
+    with open_zarr_zip(url, download_config, whole=False) as dataset:
+        return dataset.sizes["sample"]
 
 
 def read_modality_file(url: str, modality: str, download_config=None, expected: Layout | None = None) -> ModalityFile:
@@ -176,7 +187,9 @@ def read_modality_file(url: str, modality: str, download_config=None, expected: 
         names = ["bands", *PER_SAMPLE_VARIABLES] + (["cloud_mask"] if layout.has_cloud_mask else [])
         try:
             variables = {name: dataset[name].values for name in names}
-        except Exception as err:  # a chunk that does not decompress, a CRC error, a broken connection
+        except ConnectionError as err:
+            raise SSL4EOS12FileError(url, f"could not be read from the server, retries exhausted ({err})") from err
+        except Exception as err:  # a chunk that does not decompress, a CRC error
             raise SSL4EOS12FileError(url, f"cannot read data ({type(err).__name__}: {err})") from err
         variables["sample"] = dataset["sample"].values.astype(str)
     _check_sample_ids(url, variables["sample"], variables["sample_id"])

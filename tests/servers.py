@@ -148,6 +148,9 @@ class _BaseHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"  # keep-alive: httpx/aiohttp reuse connections
     timeout = 30  # an idle keep-alive connection does not pin a thread forever
+    # Headers and body go out in separate writes: with Nagle on, the body waits for the client's
+    # delayed ACK (~40 ms per request on keep-alive connections).
+    disable_nagle_algorithm = True
     server: _QuietThreadingHTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
@@ -976,8 +979,9 @@ class HubServer(_BackgroundServer):
             sibling: dict[str, Any] = {"rfilename": path}
             if blobs:
                 sibling.update(size=entry.size, blobId=entry.git_oid)
-                if entry.lfs:
-                    sibling["lfs"] = entry.to_json(path)["lfs"]
+                if entry.lfs:  # siblings name the LFS oid "sha256" (tree entries: "oid")
+                    pointer_size = len(_lfs_pointer(entry.sha256, entry.size))
+                    sibling["lfs"] = {"size": entry.size, "sha256": entry.sha256, "pointerSize": pointer_size}
             siblings.append(sibling)
         info: dict[str, Any] = {
             "_id": hashlib.md5(f"{repo_type}/{repo_id}".encode()).hexdigest()[:24],
