@@ -42,7 +42,6 @@ from .zarrzip import (
     read_modality_file,
 )
 
-logger = datasets.utils.logging.get_logger(__name__)
 
 ON_BAD_FILE_CHOICES = ("error", "skip")
 #: reshard() splits each source file into this many sample ranges.
