@@ -94,8 +94,7 @@ def card_data(manifest: dict) -> DatasetCardData:
 def render_card(manifest: dict, repo_id: Optional[str] = None) -> DatasetCard:
     """The dataset card of a converted folder, from its manifest."""
     configs = manifest["configs"]
-    splits = list(dict.fromkeys(s for split in SPLIT_FOLDERS for info in configs.values() for s in info["splits"]
-                                if s == split))
+    splits = [split for split in SPLIT_FOLDERS if any(split in info["splits"] for info in configs.values())]
     modality_configs = [name for name in configs if name != DEFAULT_CONFIG]
     example_config = "S2L2A" if "S2L2A" in configs else (modality_configs or list(configs))[0]
     example_split = "validation" if "validation" in configs[example_config]["splits"] else \
@@ -208,7 +207,7 @@ def _statistics_table(name: str, info: dict) -> dict:
     bands = []
     for i, band in enumerate(stats["bands"]):
         bands.append({
-            "band": band["band"], "mean": f"{band['mean']:.3f}", "std": f"{band['std']:.3f}",
+            "band": band["band"], "mean": _number(band["mean"]), "std": _number(band["std"]),
             "published_mean": f"{published_mean[i]:.3f}" if i < len(published_mean) else "–",
             "published_std": f"{published_std[i]:.3f}" if i < len(published_std) else "–",
             "nan_fraction": f"{band.get('nan_fraction', 0.0):.4%}",
@@ -219,6 +218,10 @@ def _statistics_table(name: str, info: dict) -> dict:
         "name": name, "bands": bands, "has_nan": any("nan_fraction" in band for band in stats["bands"]),
         "locations": f"Locations: {rows}.", "cloud_fraction": None if cloud is None else f"{cloud:.2%}",
     }
+
+
+def _number(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def _standardization_json() -> str:

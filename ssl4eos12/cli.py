@@ -39,9 +39,14 @@ def _verify(args: argparse.Namespace) -> None:
 
 
 def _push(args: argparse.Namespace) -> None:
-    from .hub import push
+    from .hub import HubPushError, push
 
-    push(args.out_dir, args.repo_id, private=args.private, revision=args.revision, create_pr=args.create_pr)
+    try:
+        commit = push(args.out_dir, args.repo_id, private=args.private, revision=args.revision,
+                      create_pr=args.create_pr)
+    except HubPushError as err:  # its message says what to do, and never holds the token
+        raise SystemExit(f"error: {err}") from None
+    print(f"pushed to {commit.pr_url or commit.commit_url}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,8 +18,8 @@ Shard plan: a shard holds whole source files. Before anything is read, each (con
 ``datasets.config.MAX_SHARD_SIZE`` (500 MB, what ``Dataset.push_to_hub`` uses) and the samples per file of the
 first file. At full size that is one file per S2L1C/S2L2A shard (464/428 MB), seven per S1GRD/S2RGB shard
 and ~37 per ``default`` shard; zstd then brings the files to a few hundred MB. Row groups hold at most
-``datasets.config.MAX_ROW_GROUP_SIZE`` (100 MB) of uncompressed data and never span two source files, which
-keeps them far below the dataset viewer's 286 MiB limit; a task keeps one source file per modality in memory.
+50 MB of uncompressed data (:data:`ROW_GROUP_BYTES`) and never span two source files, far below the dataset
+viewer's 286 MiB limit; a task keeps one decoded source file per modality, and one row group, in memory.
 
 Resumable and byte-identical: a shard is written to a hidden ``.NAME.<random>.partial`` file in its folder
 (which the data_files patterns never match), hashed, then ``os.replace``-d into place; its record is written
@@ -34,6 +34,7 @@ Parallel: tasks are (config, split, shard); they run in a local process pool (sp
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -55,16 +56,21 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets.arrow_writer import get_parquet_column_options, get_writer_batch_size_from_data_size
+from datasets.arrow_writer import get_parquet_column_options
 from datasets.utils.py_utils import convert_file_size_to_int
 from datasets.utils.tqdm import tqdm as hf_tqdm
 
-from .builder import join_on_sample, location_examples
+from .builder import join_on_sample, location_examples, modality_fields
 from .constants import MODALITIES, SPLIT_FOLDERS
 from .layout import SSL4EOS12DataError, list_split_files
 from .native import arrow_to_numpy
 from .schema import SHARED_FEATURES, TIMESTAMP, example_features
 from .zarrzip import Layout, ModalityFile, SSL4EOS12FileError, layout_of, open_zarr_zip, read_modality_file
+
+__all__ = [
+    "DEFAULT_CONFIG", "MANIFEST_FILE", "ShardTask", "config_features", "convert", "convert_shard", "overview_features",
+    "plan", "read_manifest", "verify", "verify_shard", "write_manifest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +88,11 @@ RECORDS_DIR = f"{MANIFEST_DIR}/shards"
 #: Bumped whenever the bytes written for the same input change: finished shards of older versions are redone.
 FORMAT_VERSION = 1
 
-SHARD_BYTES = convert_file_size_to_int(datasets.config.MAX_SHARD_SIZE)
+#: Uncompressed bytes per row group: half of ``datasets.config.MAX_ROW_GROUP_SIZE`` (100 MB). Encoding a row group
+#: of nested int16 arrays takes a few times its size (levels, dictionary indices, pages); at 50 MB a worker's
+#: peak memory stays that of reading one S2L1C file (measured: ~1.0 GB, against ~1.4 GB at 100 MB), and the
+#: viewer and streaming readers fetch less per row group. Same file sizes.
+ROW_GROUP_BYTES = 50_000_000
 #: Estimated bytes of one string value, for the shard plan only.
 _STRING_BYTES = 40
 _ZSTD_LEVEL = 3
@@ -118,9 +128,7 @@ class ShardTask:
 
     @functools.cached_property
     def features(self) -> datasets.Features:
-        if self.config == DEFAULT_CONFIG:
-            return overview_features(self.layouts, self.thumbnail)
-        return example_features(self.layouts)
+        return config_features(self.config, self.layouts, self.thumbnail)
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -131,6 +139,13 @@ class ShardTask:
             "rows_per_group": self.rows_per_group, "features": self.features.to_dict(),
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def config_features(config: str, layouts: tuple[Layout, ...], thumbnail: Optional[str]) -> datasets.Features:
+    """A modality config's features are the builder's; the default config's are :func:`overview_features`."""
+    if config == DEFAULT_CONFIG:
+        return overview_features(layouts, thumbnail)
+    return example_features(layouts)
 
 
 def overview_features(layouts: tuple[Layout, ...], thumbnail: Optional[str]) -> datasets.Features:
@@ -149,59 +164,32 @@ def overview_features(layouts: tuple[Layout, ...], thumbnail: Optional[str]) -> 
     return datasets.Features(features)
 
 
-def plan(data_dir: str, configs: Optional[Iterable[str]] = None, splits: Optional[Iterable[str]] = None) -> list[ShardTask]:
+def plan(data_dir: str, configs: Optional[Iterable[str]] = None, splits: Optional[Iterable[str]] = None,
+         max_shard_size: int | str | None = None) -> list[ShardTask]:
     """Every shard of the conversion, computed from the file lists and the first file of each modality.
 
-    ``configs`` defaults to every modality present plus ``default``; ``splits`` to every split present.
+    ``configs`` defaults to every modality present plus ``default``; ``splits`` to every split present;
+    ``max_shard_size`` (bytes of uncompressed data, or a string like ``"500MB"``) to
+    ``datasets.config.MAX_SHARD_SIZE``.
     """
     root = _root(data_dir)
     configs = list(dict.fromkeys(configs)) if configs else None
-    split_names = list(splits or SPLIT_FOLDERS)
-    unknown = [s for s in split_names if s not in SPLIT_FOLDERS]
-    if unknown:
-        raise ValueError(f"unknown split(s) {unknown}: choose from {list(SPLIT_FOLDERS)}")
-    if configs is None or DEFAULT_CONFIG in configs:
-        candidates = list(dict.fromkeys([*(c for c in configs or () if c != DEFAULT_CONFIG), *MODALITIES]))
-    else:
-        candidates = configs
-    split_files = {}
-    for split in split_names:
-        for modality in candidates:
-            names = list_split_files(root, SPLIT_FOLDERS[split], modality)
-            if names:
-                split_files[split] = names
-                break
-    if not split_files:
-        raise SSL4EOS12DataError(f"{root}: no SSL4EO-S12 files for {candidates} in split(s) {split_names}")
-    first_split = next(iter(split_files))
-    first_dir = posixpath.join(root, SPLIT_FOLDERS[first_split])
-    probes = {}
-    for modality in candidates:
-        probe = _probe(posixpath.join(first_dir, modality, split_files[first_split][0]), modality)
-        if probe is not None:
-            probes[modality] = probe
-    missing = [c for c in configs or () if c != DEFAULT_CONFIG and c not in probes]
+    wanted = [c for c in configs or () if c != DEFAULT_CONFIG]
+    # the default config shows every modality there is
+    candidates = list(dict.fromkeys([*wanted, *MODALITIES])) if not configs or DEFAULT_CONFIG in configs else wanted
+    split_files = _split_files(root, list(splits or SPLIT_FOLDERS), candidates)
+    first_dir = posixpath.join(root, SPLIT_FOLDERS[next(iter(split_files))])
+    first_file = next(iter(split_files.values()))[0]
+    probes = {m: probe for m in candidates if (probe := _probe(posixpath.join(first_dir, m, first_file), m))}
+    missing = [c for c in wanted if c not in probes]
     if missing:
         raise SSL4EOS12DataError(f"{first_dir}: no files of modality {', '.join(missing)}")
-    if configs is None:
-        configs = [*probes, DEFAULT_CONFIG]
     tasks = []
-    for config in configs:
-        if config == DEFAULT_CONFIG:
-            modalities = [m for m in MODALITIES if m in probes]
-            if not modalities:
-                raise SSL4EOS12DataError(f"{first_dir}: the default config needs one of {MODALITIES}")
-            thumbnail = next((m for m in THUMBNAIL_SOURCES if m in probes), None)
-            if thumbnail is None:
-                logger.warning("no Sentinel-2 modality to make thumbnails from: the default config has none")
-        else:
-            modalities, thumbnail = [config], None
+    for config in configs or [*probes, DEFAULT_CONFIG]:
+        modalities, thumbnail = _config_modalities(config, probes)
         layouts = tuple(probes[m][0] for m in modalities)
-        num_samples = probes[modalities[0]][1]
-        features = ShardTask(config, "", 0, 0, (), "", layouts, thumbnail).features
-        example_bytes = example_nbytes(features, layouts)
-        rows_per_group = get_writer_batch_size_from_data_size(1, example_bytes)
-        files_per_shard = max(1, SHARD_BYTES // max(1, num_samples * example_bytes))
+        example_bytes = example_nbytes(config_features(config, layouts, thumbnail), layouts)
+        files_per_shard, rows_per_group = shard_sizes(example_bytes, probes[modalities[0]][1], max_shard_size)
         for split, names in split_files.items():
             chunks = [tuple(names[i:i + files_per_shard]) for i in range(0, len(names), files_per_shard)]
             split_dir = posixpath.join(root, SPLIT_FOLDERS[split])
@@ -210,6 +198,41 @@ def plan(data_dir: str, configs: Optional[Iterable[str]] = None, splits: Optiona
                 for index, chunk in enumerate(chunks)
             )
     return tasks
+
+
+def _split_files(root: str, splits: list[str], modalities: list[str]) -> dict[str, list[str]]:
+    """The file names of each split present (from the first modality that lists any)."""
+    unknown = [s for s in splits if s not in SPLIT_FOLDERS]
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}: choose from {list(SPLIT_FOLDERS)}")
+    split_files = {}
+    for split in splits:
+        names = next((n for m in modalities if (n := list_split_files(root, SPLIT_FOLDERS[split], m))), None)
+        if names:
+            split_files[split] = names
+    if not split_files:
+        raise SSL4EOS12DataError(f"{root}: no SSL4EO-S12 files of {modalities} in split(s) {splits}")
+    return split_files
+
+
+def _config_modalities(config: str, probes: dict) -> tuple[list[str], Optional[str]]:
+    """The modalities a config reads (the first orders the rows) and its thumbnail source."""
+    if config != DEFAULT_CONFIG:
+        return [config], None
+    modalities = [m for m in MODALITIES if m in probes]
+    if not modalities:
+        raise SSL4EOS12DataError(f"the default config needs one of {MODALITIES}; found {list(probes)}")
+    thumbnail = next((m for m in THUMBNAIL_SOURCES if m in probes), None)
+    if thumbnail is None:
+        logger.warning("no Sentinel-2 modality to make thumbnails from: the default config has none")
+    return modalities, thumbnail
+
+
+def shard_sizes(example_bytes: int, samples_per_file: int, max_shard_size: int | str | None = None) -> tuple[int, int]:
+    """Files per shard and rows per row group, for examples of ``example_bytes`` uncompressed bytes."""
+    max_shard_size = convert_file_size_to_int(max_shard_size or datasets.config.MAX_SHARD_SIZE)
+    files_per_shard = max(1, max_shard_size // max(1, samples_per_file * example_bytes))
+    return files_per_shard, max(1, ROW_GROUP_BYTES // example_bytes)
 
 
 def _root(data_dir) -> str:
@@ -222,16 +245,16 @@ def _root(data_dir) -> str:
 def _probe(url: str, modality: str) -> Optional[tuple[Layout, int]]:
     """Layout and number of samples of a file, or ``None`` if there is no such file."""
     try:
-        with open_zarr_zip(url) as dataset:
+        with open_zarr_zip(url, whole=False) as dataset:  # metadata only
             return layout_of(url, modality, dataset), dataset.sizes["sample"]
     except SSL4EOS12FileError as err:
-        if isinstance(err.__cause__, FileNotFoundError):
+        if err.problem == "file not found":
             return None
         raise
 
 
 def example_nbytes(features: datasets.Features, layouts: tuple[Layout, ...]) -> int:
-    """Uncompressed bytes of one example, estimated from its features (images as raw RGB)."""
+    """Uncompressed bytes of one example, estimated from its features (images as raw RGB of the patch size)."""
     image_bytes = 3 * layouts[0].height * layouts[0].width
 
     def nbytes(feature) -> int:
@@ -241,9 +264,8 @@ def example_nbytes(features: datasets.Features, layouts: tuple[Layout, ...]) -> 
             return math.prod(feature.shape) * np.dtype(feature.dtype).itemsize
         if isinstance(feature, datasets.List):
             return max(feature.length, 1) * nbytes(feature.feature)
-        if feature.dtype in ("string", "large_string", "binary"):
-            return _STRING_BYTES
-        return pa.from_numpy_dtype(np.dtype(feature.dtype.replace("timestamp[ns]", "datetime64[ns]"))).byte_width
+        return _STRING_BYTES if feature.dtype in ("string", "large_string", "binary", "large_binary") \
+            else feature.pa_type.byte_width
 
     return sum(nbytes(feature) for feature in features.values())
 
@@ -253,14 +275,41 @@ def example_nbytes(features: datasets.Features, layouts: tuple[Layout, ...]) -> 
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def task_examples(task: ShardTask, name: str, stats: Optional[dict] = None) -> tuple[list[str], Iterator[dict]]:
-    """Samples (in row order) and examples of one source file of ``task``; adds to ``stats`` if given."""
+def task_batches(task: ShardTask, name: str, stats: dict) -> Iterator[dict]:
+    """The columns of one source file of ``task``, ``task.rows_per_group`` rows at a time; adds to ``stats``."""
+    if task.config == DEFAULT_CONFIG:
+        _, examples = task_examples(task, name)
+        for batch in _batches(examples, task.rows_per_group):  # small: thumbnails and metadata
+            yield {field: [example[field] for example in batch] for field in batch[0]}
+        return
+    layout = task.layouts[0]
+    part = read_modality_file(_url(task, layout.modality, name), layout.modality, expected=layout)
+    _add_statistics(stats, part)
+    yield from modality_batches(name, part, task.rows_per_group)
+
+
+def modality_batches(name: str, part: ModalityFile, size: int) -> Iterator[dict]:
+    """The builder's examples of a file as columns of ``size`` rows: row slices, not one copy per example.
+
+    The fields are the builder's own (:func:`~ssl4eos12.builder.location_examples` and ``modality_fields``,
+    indexed with a slice of rows), so a config's rows are the builder's examples by construction.
+    """
+    shared = part.variables
+    for start in range(0, len(part.samples), size):
+        rows = slice(start, start + size)
+        samples = part.samples[rows].tolist()
+        # yielded without a local name, so the previous batch is freed before the next one is cut
+        yield {"sample": samples, "file": [name] * len(samples), "center_lat": shared["center_lat"][rows],
+               "center_lon": shared["center_lon"][rows], "crs": shared["crs"][rows],
+               **modality_fields(part.layout.modality, part, rows, slice(None))}
+
+
+def task_examples(task: ShardTask, name: str) -> tuple[list[str], Iterator[dict]]:
+    """Samples (in row order) and examples, one dict per row, of one source file of ``task``."""
     if task.config != DEFAULT_CONFIG:
         layout = task.layouts[0]
         part = read_modality_file(_url(task, layout.modality, name), layout.modality, expected=layout)
         parts = {layout.modality: part}
-        if stats is not None:
-            _add_statistics(stats, part)
         examples = location_examples(name, parts, join_on_sample(_url(task, "*", name), parts), False)
     else:
         parts = {layout.modality: _read_overview_variables(task, layout, name) for layout in task.layouts}
@@ -281,7 +330,8 @@ def _read_overview_variables(task: ShardTask, layout: Layout, name: str) -> Moda
         names.append("cloud_mask")
     if layout.modality == task.thumbnail:
         names.append("bands")
-    with open_zarr_zip(url) as dataset:
+    # a remote file is fetched whole only for the thumbnails' bands; timestamps and masks are a few zip entries
+    with open_zarr_zip(url, whole="bands" in names) as dataset:
         actual = layout_of(url, layout.modality, dataset)
         if actual != layout:
             raise SSL4EOS12FileError(url, f"layout {actual} differs from the dataset's {layout}")
@@ -293,22 +343,25 @@ def _read_overview_variables(task: ShardTask, layout: Layout, name: str) -> Moda
     return ModalityFile(layout, variables)
 
 
-def overview_examples(name: str, parts: dict[str, ModalityFile], orders: dict[str, np.ndarray], thumbnail: Optional[str]):
+def overview_examples(
+    name: str, parts: dict[str, ModalityFile], orders: dict[str, np.ndarray], thumbnail: Optional[str]
+) -> Iterator[tuple[int, dict]]:
     """The ``default`` config's examples of one file (``(key, example)`` pairs, like the builder's)."""
     reference = next(iter(parts.values()))
     shared = reference.variables
     fractions = {
         m: cloud_fraction(part.variables["cloud_mask"]) for m, part in parts.items() if part.layout.has_cloud_mask
     }
+    if thumbnail is not None:
+        rgb = [parts[thumbnail].layout.band_names.index(b) for b in THUMBNAIL_BANDS]
     for i, sample in enumerate(reference.samples):
         example = {}
         if thumbnail is not None:
             row = orders[thumbnail][i]
-            part = parts[thumbnail]
             # the least cloudy timestamp (the first of equals); without a cloud mask, the first one
             t = int(np.argmin(fractions[thumbnail][row])) if thumbnail in fractions else 0
-            bands = [part.layout.band_names.index(b) for b in THUMBNAIL_BANDS]
-            example["thumbnail"] = {"bytes": thumbnail_png(part.variables["bands"][row, t, bands]), "path": None}
+            png = thumbnail_png(parts[thumbnail].variables["bands"][row, t, rgb])
+            example["thumbnail"] = {"bytes": png, "path": None}
         example.update(sample=str(sample), file=name, center_lat=float(shared["center_lat"][i]),
                        center_lon=float(shared["center_lon"][i]), crs=int(shared["crs"][i]))
         if thumbnail is not None:
@@ -339,7 +392,7 @@ def thumbnail_png(rgb: np.ndarray) -> bytes:
     scaled = (values - low) * (255.0 / max(float(high - low), 1e-6))
     pixels = np.nan_to_num(np.clip(scaled, 0, 255), nan=0).round().astype(np.uint8)
     buffer = BytesIO()
-    Image.fromarray(np.moveaxis(pixels, 0, -1), mode="RGB").save(buffer, format="PNG", compress_level=6)
+    Image.fromarray(np.moveaxis(pixels, 0, -1)).save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()
 
 
@@ -371,10 +424,12 @@ def _add_statistics(stats: dict, part: ModalityFile) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def arrow_column(values: list, pa_type: pa.DataType) -> pa.Array:
-    """One column of a batch of examples, built from numpy buffers (no per-value Python objects for arrays)."""
+def arrow_column(values, pa_type: pa.DataType) -> pa.Array:
+    """One column from a ``(rows, ...)`` numpy array (shared, not copied) or a list of per-row values."""
     if isinstance(pa_type, pa.ExtensionType) or pa.types.is_list(pa_type) or pa.types.is_fixed_size_list(pa_type):
-        return _nested_array(np.stack([np.asarray(v) for v in values]), pa_type)
+        if not isinstance(values, np.ndarray):
+            values = np.stack([np.asarray(value) for value in values])
+        return _nested_array(values, pa_type)
     return pa.array(values, type=pa_type)
 
 
@@ -429,16 +484,18 @@ def convert_shard(task: ShardTask, out_dir: str) -> dict:
     try:
         with pq.ParquetWriter(partial, schema, **writer_options(features, schema)) as writer:
             for name in task.files:
-                samples, examples = task_examples(task, name, stats)
-                for batch in _batches(examples, task.rows_per_group):
-                    columns = [arrow_column([example[field.name] for example in batch], field.type) for field in schema]
-                    table = pa.Table.from_arrays(columns, schema=schema)
+                samples = []
+                for batch in task_batches(task, name, stats):
+                    table = pa.Table.from_arrays([arrow_column(batch[f.name], f.type) for f in schema], schema=schema)
                     writer.write_table(table)  # one row group per batch
                     num_bytes += table.nbytes
+                    samples += batch["sample"]
+                    del batch, table  # before the next batch is cut: one in memory at a time
                 rows += len(samples)
                 files.append({"name": name, "rows": len(samples), "samples_sha256": samples_digest(samples)})
         digest = file_sha256(partial)
         size = partial.stat().st_size
+        _fsync(partial)  # on disk before it becomes visible: a crash never leaves a renamed, empty shard
         os.replace(partial, final)
     finally:
         partial.unlink(missing_ok=True)
@@ -463,6 +520,11 @@ def file_sha256(path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -491,14 +553,16 @@ def is_done(out: Path, task: ShardTask) -> bool:
 
 
 def _clean(out: Path, tasks: list[ShardTask]) -> None:
-    """Remove half-written files and the shards (and records) of an older plan of the (config, split)s redone."""
+    """Remove half-written files, and the shards (and records) of an older plan of the (config, split)s redone."""
     planned = {task.path for task in tasks}
+    for partial in [*out.glob(".*.partial"), *(out / MANIFEST_DIR).glob(".*.partial")]:
+        partial.unlink(missing_ok=True)  # the card's and the manifest's
     for config, split in dict.fromkeys((task.config, task.split) for task in tasks):
-        for pattern, record_dir in (("parquet", out / config), ("json", out / RECORDS_DIR / config)):
-            for path in record_dir.glob(f".{split}-*.partial"):
-                path.unlink(missing_ok=True)
-            for path in record_dir.glob(f"{split}-*-of-*.{pattern}"):
-                if f"{config}/{path.name.removesuffix('.json').removesuffix('.parquet')}.parquet" not in planned:
+        for folder, suffix in ((out / config, ".parquet"), (out / RECORDS_DIR / config, ".json")):
+            for partial in folder.glob(f".{split}-*.partial"):
+                partial.unlink(missing_ok=True)
+            for path in folder.glob(f"{split}-*-of-*{suffix}"):
+                if f"{config}/{path.name.removesuffix(suffix)}.parquet" not in planned:
                     logger.info(f"removing {path}: not part of the current plan")
                     path.unlink(missing_ok=True)
 
@@ -549,7 +613,7 @@ def _map_unordered(fn: Callable, tasks: list, workers: Optional[int], scheduler:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def convert(data_dir, out_dir, configs=None, splits=None, workers=None, scheduler=None) -> dict:
+def convert(data_dir, out_dir, configs=None, splits=None, workers=None, scheduler=None, max_shard_size=None) -> dict:
     """Convert the Zarr zips under ``data_dir`` to Parquet shards, a manifest and a dataset card in ``out_dir``.
 
     Args:
@@ -559,6 +623,8 @@ def convert(data_dir, out_dir, configs=None, splits=None, workers=None, schedule
         splits: ``"train"`` and/or ``"validation"`` (default: every split present).
         workers: local worker processes (default: the CPU count; 1 runs in this process).
         scheduler: address of a Dask distributed scheduler to run the tasks on instead.
+        max_shard_size: uncompressed bytes per shard (default ``datasets.config.MAX_SHARD_SIZE``, 500 MB); a shard
+            always holds whole source files, at least one.
 
     Returns:
         The manifest (also written to ``OUT_DIR/.ssl4eos12/manifest.json``).
@@ -567,7 +633,7 @@ def convert(data_dir, out_dir, configs=None, splits=None, workers=None, schedule
 
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    tasks = plan(data_dir, configs, splits)
+    tasks = plan(data_dir, configs, splits, max_shard_size)
     _clean(out, tasks)
     todo = [task for task in tasks if not is_done(out, task)]
     if len(todo) < len(tasks):
@@ -638,12 +704,15 @@ def summarize_statistics(totals: dict, band_names: list[str]) -> dict:
     summary = {}
     if "bands" in totals:
         summary["bands"] = []
-        for name, entry in zip(band_names, totals["bands"]):
+        names = band_names or [str(i) for i in range(len(totals["bands"]))]  # a file without band names
+        for name, entry in zip(names, totals["bands"]):
             count, total, total_sq = entry["count"], entry["sum"], entry["sum_sq"]
-            # exact for integer bands: Python ints do not overflow
-            variance = (count * total_sq - total * total) / (count * count) if count else math.nan
-            band = {"band": name, "count": count, "mean": total / count if count else math.nan,
-                    "std": math.sqrt(max(variance, 0.0))}
+            if not count:  # every value missing
+                summary["bands"].append({"band": name, "count": 0, "mean": None, "std": None})
+                continue
+            # exact until the division for integer bands: Python ints do not overflow
+            variance = (count * total_sq - total * total) / (count * count)
+            band = {"band": name, "count": count, "mean": total / count, "std": math.sqrt(max(variance, 0.0))}
             if "nan" in entry:
                 band["nan_fraction"] = entry["nan"] / (count + entry["nan"])
             summary["bands"].append(band)
@@ -690,18 +759,30 @@ def verify(out_dir, data_dir, workers=None, scheduler=None) -> list[str]:
     problems = [f"{path}: not in the manifest" for path in
                 sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.parquet")) if path not in records]
     problems += alignment_problems(manifest)
-    tasks = plan(data_dir, list(manifest["configs"]), list(dict.fromkeys(r["split"] for r in records.values())))
-    planned = {task.path: task for task in tasks}
-    problems += [f"{path}: in the manifest but not in a conversion of {data_dir}" for path in records
-                 if path not in planned]
+    by_split: dict[tuple[str, str], list[dict]] = {}
+    for record in records.values():
+        by_split.setdefault((record["config"], record["split"]), []).append(record)
+    # the plan gives what the source files say about each config; the shard boundaries are the records'
+    tasks = plan(data_dir, list(manifest["configs"]), list(dict.fromkeys(split for _, split in by_split)))
+    templates, planned_files = {}, {}
+    for task in tasks:
+        templates.setdefault((task.config, task.split), task)
+        planned_files.setdefault((task.config, task.split), []).extend(task.files)
     checks = []
-    for path, record in records.items():
-        task = planned.get(path)
-        if task is None:
+    for key, split_records in by_split.items():
+        split_records.sort(key=lambda r: r["index"])
+        shard_files = [source["name"] for record in split_records for source in record["files"]]
+        if shard_files != planned_files.get(key, []):
+            problems.append(f"{key[0]}/{key[1]}: the shards hold {len(shard_files)} source file(s), {data_dir} lists "
+                            f"{len(planned_files.get(key, []))} (or in another order)")
+        if key not in templates:
             continue
-        if record["fingerprint"] != task.fingerprint:
-            problems.append(f"{path}: converted from other files or with other features than {data_dir} gives")
-        checks.append((task, record))
+        for record in split_records:
+            task = dataclasses.replace(templates[key], index=record["index"], num_shards=record["num_shards"],
+                                       files=tuple(source["name"] for source in record["files"]))
+            if record["fingerprint"] != task.fingerprint:
+                problems.append(f"{task.path}: converted with other features or settings than {data_dir} gives")
+            checks.append((task, record))
     check = functools.partial(verify_shard, out_dir=str(out))
     for shard_problems in run_tasks(check, checks, workers, scheduler, desc="Verifying"):
         problems.extend(shard_problems)
@@ -772,9 +853,3 @@ def same_value(actual, expected) -> bool:
     if actual.dtype != expected.dtype or actual.shape != expected.shape:
         return False
     return bool(np.array_equal(actual, expected, equal_nan=actual.dtype.kind in "fc"))
-
-
-__all__ = [
-    "DEFAULT_CONFIG", "MANIFEST_FILE", "ShardTask", "convert", "convert_shard", "overview_features", "plan",
-    "read_manifest", "verify", "write_manifest",
-]

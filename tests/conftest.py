@@ -53,3 +53,46 @@ def assert_identical(actual, expected, where: str = "") -> None:
     assert actual.shape == expected.shape, f"{where}: shape {actual.shape} != {expected.shape}"
     equal_nan = actual.dtype.kind in "fc"
     assert np.array_equal(actual, expected, equal_nan=equal_nan), f"{where}: values differ"
+
+
+#: Uncompressed bytes per shard for ``converted_dir``: one file per S2L1C/S2L2A shard, the other configs in one.
+SMALL_SHARD_SIZE = 100_000
+
+
+@pytest.fixture(scope="session")
+def converted_dir(data_dir, tmp_path_factory):
+    """``data_dir`` converted to Parquet shards, manifest and card (the Hub repository); do not modify it."""
+    from ssl4eos12.convert import convert
+
+    out = tmp_path_factory.mktemp("parquet")
+    convert(data_dir, out, workers=1, max_shard_size=SMALL_SHARD_SIZE)
+    return out
+
+
+def builder_rows(data_dir, config: str, split: str) -> list[dict]:
+    """The builder's examples, streamed: native-dtype arrays (fixed-length lists of numbers as arrays too)."""
+    import datasets
+
+    import ssl4eos12  # noqa: F401 - registers the builder
+
+    streamed = datasets.load_dataset("ssl4eos12", config, data_dir=str(data_dir), split=split, streaming=True)
+    return [
+        {name: np.asarray(value) if isinstance(value, list) and value and not isinstance(value[0], str) else value
+         for name, value in example.items()}
+        for example in streamed
+    ]
+
+
+def arrow_rows(dataset) -> list[dict]:
+    """Rows of a ``Dataset`` or ``IterableDataset`` through Arrow, so dtypes stay native (no formatter upcasts)."""
+    import datasets
+    import pyarrow as pa
+
+    from ssl4eos12.native import arrow_to_numpy
+
+    if isinstance(dataset, datasets.IterableDataset):
+        table = pa.concat_tables(list(dataset.with_format("arrow").iter(batch_size=4)))
+    else:
+        table = dataset.with_format("arrow")[:]
+    columns = arrow_to_numpy(table)
+    return [{name: values[i] for name, values in columns.items()} for i in range(table.num_rows)]

@@ -1,0 +1,287 @@
+"""Parquet conversion: the shards load with plain ``datasets`` and equal the builder's examples; the conversion
+resumes after a kill with byte-identical output, runs the same in a process pool and on Dask, and ``verify``
+catches tampering."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from datasets import load_dataset
+from PIL import Image
+
+from conftest import SMALL_SHARD_SIZE, arrow_rows, builder_rows
+from reference import assert_example_equal, split_files
+from ssl4eos12 import cli
+from ssl4eos12.constants import MODALITIES
+from ssl4eos12.convert import MANIFEST_FILE, RECORDS_DIR, convert, plan, read_manifest, shard_sizes, verify
+from ssl4eos12.synth import synthesize
+
+SPLITS = ("train", "validation")
+CONFIGS = ("S1GRD", "S2L1C", "S2L2A", "S2RGB", "default")
+MiB = 1024 * 1024
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (shards, card, manifest, records) by relative path."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_shard_plan_keeps_whole_files_in_split_order(data_dir):
+    tasks = plan(data_dir, max_shard_size=SMALL_SHARD_SIZE)
+    assert {t.config for t in tasks} == set(CONFIGS)
+    for config in CONFIGS:
+        for split in SPLITS:
+            shards = [t for t in tasks if (t.config, t.split) == (config, split)]
+            assert [t.index for t in shards] == list(range(len(shards)))
+            assert all(t.num_shards == len(shards) for t in shards)
+            assert [f for t in shards for f in t.files] == split_files(data_dir, split)
+            assert shards[0].path == f"{config}/{split}-00000-of-{len(shards):05d}.parquet"
+    # S2L1C files (~84 kB here) fill a 100 kB shard alone; S2RGB's seven times smaller ones share one
+    assert len([t for t in tasks if (t.config, t.split) == ("S2L1C", "train")]) == 2
+    assert len([t for t in tasks if (t.config, t.split) == ("S2RGB", "train")]) == 1
+
+
+def test_full_size_plan_and_row_groups():
+    """At 64 samples x 264 px: one file per S2L1C shard, 7 per S1GRD shard, row groups of <= 50 MB."""
+    s2l1c_example = 4 * 13 * 264 * 264 * 2 + 4 * 264 * 264
+    assert shard_sizes(s2l1c_example, 64) == (1, 6)
+    assert shard_sizes(4 * 2 * 264 * 264 * 2, 64) == (7, 44)
+
+
+def test_full_size_s2l1c_row_groups_stay_small(tmp_path):
+    data = synthesize(tmp_path / "data", splits=("validation",), files=1, samples=16, size=264,
+                      modalities=("S2L1C",))
+    convert(data, tmp_path / "out", workers=1)
+    metadata = pq.ParquetFile(tmp_path / "out" / "S2L1C" / "validation-00000-of-00001.parquet").metadata
+    assert metadata.num_rows == 16
+    sizes = [metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)]
+    assert metadata.num_row_groups == 3 and max(sizes) <= 50_000_000 < 286 * MiB, sizes  # 6 + 6 + 4 rows
+    codecs = {metadata.row_group(0).column(i).compression for i in range(metadata.num_columns)}
+    assert codecs == {"ZSTD"}
+
+
+@pytest.mark.parametrize("config", ["S1GRD", "S2L1C", "S2L2A", "S2RGB"])
+def test_modality_configs_equal_the_builder(converted_dir, data_dir, config):
+    for split in SPLITS:
+        expected = builder_rows(data_dir, config, split)
+        prepared = load_dataset(str(converted_dir), config, split=split)
+        assert prepared.features == load_dataset("ssl4eos12", config, data_dir=str(data_dir), split=split,
+                                                 streaming=True).features
+        streamed = load_dataset(str(converted_dir), config, split=split, streaming=True)
+        for mode, rows in (("prepared", arrow_rows(prepared)), ("streamed", arrow_rows(streamed))):
+            assert len(rows) == len(expected) == 6
+            for i, (actual, example) in enumerate(zip(rows, expected)):
+                assert_example_equal(actual, example, f"{config}/{split}/{mode}[{i}]")
+
+
+def test_default_config_thumbnails_and_metadata(converted_dir, data_dir):
+    for split in SPLITS:
+        expected = builder_rows(data_dir, "all", split)
+        rows = arrow_rows(load_dataset(str(converted_dir), split=split))  # the default config, as the viewer
+        assert len(rows) == len(expected)
+        streamed = arrow_rows(load_dataset(str(converted_dir), "default", split=split, streaming=True))
+        for i, (row, streamed_row) in enumerate(zip(rows, streamed, strict=True)):
+            assert_example_equal(streamed_row, row, f"default/{split}/streamed[{i}]")
+        for row, example in zip(rows, expected):
+            for name in ("sample", "file", "center_lat", "center_lon", "crs"):
+                assert_example_equal({name: row[name]}, {name: example[name]}, name)
+            for m in MODALITIES:
+                assert_example_equal({"t": row[f"{m}_time"]}, {"t": example[f"{m}_time"]}, f"{m}_time")
+                if m != "S1GRD":
+                    fraction = (np.count_nonzero(example[f"{m}_cloud_mask"], axis=(1, 2)) / 256).astype(np.float32)
+                    assert_example_equal({"f": row[f"{m}_cloud_fraction"]}, {"f": fraction}, f"{m}_cloud_fraction")
+            assert "S1GRD_cloud_fraction" not in row
+            t = int(np.argmin(row["S2RGB_cloud_fraction"]))  # least cloudy, first of equals
+            assert row["thumbnail_time_index"] == t
+            image = Image.open(io.BytesIO(row["thumbnail"]["bytes"]))
+            assert (image.format, image.mode, image.size) == ("PNG", "RGB", (16, 16))
+            rgb = example["S2RGB"][t].astype(np.float64)  # bands B04, B03, B02
+            low, high = np.percentile(rgb, [2, 98])
+            stretched = np.clip((rgb - low) * 255 / (high - low), 0, 255)
+            assert np.abs(np.asarray(image).astype(np.float64) - np.moveaxis(stretched, 0, -1)).max() <= 1
+    streamed = next(iter(load_dataset(str(converted_dir), "default", split="train", streaming=True)))
+    assert isinstance(streamed["thumbnail"], Image.Image) and streamed["thumbnail"].size == (16, 16)
+
+
+def test_configs_are_row_aligned(converted_dir):
+    for split in SPLITS:
+        samples = {c: load_dataset(str(converted_dir), c, split=split)["sample"] for c in CONFIGS}
+        assert all(s == samples["S2L1C"] for s in samples.values())
+
+
+def test_parquet_carries_the_features(converted_dir):
+    schema = pq.read_schema(converted_dir / "S2L2A" / "train-00000-of-00002.parquet")
+    features = datasets.Features.from_arrow_schema(schema)
+    assert features["S2L2A"] == datasets.Array4D(shape=(4, 12, 16, 16), dtype="int16")
+    assert features["S2L2A_time"] == datasets.List(datasets.Value("timestamp[ns]"), length=4)
+    assert b"huggingface" in schema.metadata
+    thumbnail = pq.ParquetFile(converted_dir / "default" / "train-00000-of-00001.parquet").metadata
+    assert thumbnail.row_group(0).column(0).compression == "UNCOMPRESSED"  # PNG bytes: compressed already
+
+
+def test_manifest_records_every_shard(converted_dir, data_dir):
+    manifest = read_manifest(converted_dir)
+    shards = {record["path"]: record for record in manifest["shards"]}
+    assert set(shards) == {p.relative_to(converted_dir).as_posix() for p in converted_dir.glob("*/*.parquet")}
+    for path, record in shards.items():
+        metadata = pq.ParquetFile(converted_dir / path).metadata
+        assert record["rows"] == metadata.num_rows == 3 * len(record["files"])
+        assert record["size"] == (converted_dir / path).stat().st_size
+        assert len(record["sha256"]) == 64
+    for config, info in manifest["configs"].items():
+        assert {s: v["num_rows"] for s, v in info["splits"].items()} == {"train": 6, "validation": 6}
+
+
+def test_rerun_skips_finished_shards(converted_dir, data_dir, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(converted_dir, out)
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/*.parquet")}
+    convert(data_dir, out, workers=1, max_shard_size=SMALL_SHARD_SIZE)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*.parquet")} == before
+    assert tree_bytes(out) == tree_bytes(converted_dir)
+
+
+KILLED_CONVERSION = """
+import os, signal, sys
+import pyarrow.parquet as pq
+from ssl4eos12.convert import convert
+
+calls = 0
+write_table = pq.ParquetWriter.write_table
+
+def write_table_then_die(self, *args, **kwargs):
+    global calls
+    calls += 1
+    if calls == 3:  # the third row group: two shards are finished, the third one half-written
+        os.kill(os.getpid(), signal.SIGKILL)
+    return write_table(self, *args, **kwargs)
+
+pq.ParquetWriter.write_table = write_table_then_die
+convert(sys.argv[1], sys.argv[2], workers=1, max_shard_size=int(sys.argv[3]))
+"""
+
+
+def test_killed_conversion_resumes_byte_identical(converted_dir, data_dir, tmp_path):
+    out = tmp_path / "out"
+    killed = subprocess.run([sys.executable, "-c", KILLED_CONVERSION, str(data_dir), str(out), str(SMALL_SHARD_SIZE)],
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    finished = sorted(out.glob("*/*.parquet"))
+    assert [p.relative_to(out).as_posix() for p in finished] == [
+        "S2L1C/train-00000-of-00002.parquet", "S2L1C/train-00001-of-00002.parquet"]
+    assert list(out.glob("*/.*.partial")), "the shard being written is left under a hidden temporary name"
+    assert not (out / "README.md").exists()
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished}
+
+    convert(data_dir, out, workers=1, max_shard_size=SMALL_SHARD_SIZE)
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished} == before, "finished shards were redone"
+    assert not list(out.rglob("*.partial"))
+    assert tree_bytes(out) == tree_bytes(converted_dir)
+
+
+@pytest.mark.parametrize("runner", ["process pool", "dask"])
+def test_parallel_runs_are_byte_identical(converted_dir, data_dir, tmp_path, runner):
+    out = tmp_path / "out"
+    if runner == "dask":
+        from distributed import LocalCluster
+
+        # a real scheduler and worker process on 127.0.0.1, talking TCP
+        with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
+                          dashboard_address=None) as cluster:
+            convert(data_dir, out, scheduler=cluster.scheduler_address, max_shard_size=SMALL_SHARD_SIZE)
+    else:
+        convert(data_dir, out, workers=2, max_shard_size=SMALL_SHARD_SIZE)
+    assert tree_bytes(out) == tree_bytes(converted_dir)
+
+
+def test_verify_passes_then_catches_tampering(converted_dir, data_dir, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(converted_dir, out)
+    assert verify(out, data_dir, workers=1) == []
+
+    # a flipped byte: the checksum no longer matches
+    flipped = out / "S2L2A" / "train-00001-of-00002.parquet"
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    # a consistent forgery: a valid shard, its manifest entry updated, one value changed
+    forged = out / "S1GRD" / "validation-00000-of-00001.parquet"
+    table = pq.read_table(forged)
+    lat = table.column("center_lat").to_pylist()
+    table = table.set_column(table.schema.get_field_index("center_lat"), "center_lat",
+                             [[lat[0] + 1.0, *lat[1:]]])
+    pq.write_table(table, forged)
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    from ssl4eos12.convert import file_sha256
+
+    for record in manifest["shards"]:
+        if record["path"] == "S1GRD/validation-00000-of-00001.parquet":
+            record.update(sha256=file_sha256(forged), size=forged.stat().st_size)
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+    # a missing shard and a stray one
+    (out / "S2RGB" / "train-00000-of-00001.parquet").rename(out / "S2RGB" / "train-00000-of-00009.parquet")
+
+    problems = verify(out, data_dir, workers=1)
+    text = "\n".join(problems)
+    assert "S2L2A/train-00001-of-00002.parquet: sha256 differs from the manifest" in text
+    assert "S1GRD/validation-00000-of-00001.parquet: row 0 (0000006), center_lat differs from the source" in text
+    assert "S1GRD/validation-00000-of-00001.parquet: sha256" not in text
+    assert "S2RGB/train-00000-of-00001.parquet: missing" in text
+    assert "S2RGB/train-00000-of-00009.parquet: not in the manifest" in text
+    assert all(p.split(":")[0].count("/") == 1 for p in problems), problems  # every problem names its shard
+
+
+def test_cli_convert_and_verify(data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    cli.main(["convert", str(data_dir), str(out), "--configs", "S2RGB", "default", "--splits", "validation",
+              "--workers", "1"])
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.parquet")) == [
+        "S2RGB/validation-00000-of-00001.parquet", "default/validation-00000-of-00001.parquet"]
+    assert sorted(p.name for p in (out / RECORDS_DIR).rglob("*.json")) == ["validation-00000-of-00001.json"] * 2
+    cli.main(["verify", str(out), str(data_dir)])
+    assert "all shards match their sources" in capsys.readouterr().out
+    (out / "S2RGB" / "validation-00000-of-00001.parquet").write_bytes(b"PAR1 broken")
+    with pytest.raises(SystemExit, match="problem"):
+        cli.main(["verify", str(out), str(data_dir)])
+    assert "S2RGB/validation-00000-of-00001.parquet" in capsys.readouterr().err
+
+
+def test_missing_modality_is_a_clear_error(tmp_path):
+    data = synthesize(tmp_path / "data", splits=("validation",), files=1, samples=2, size=8, modalities=("S1GRD",))
+    with pytest.raises(FileNotFoundError, match="no files of modality S2L2A"):
+        convert(data, tmp_path / "out", configs=["S2L2A"], workers=1)
+    # only S1: no Sentinel-2 image to make thumbnails of, the default config still lists the metadata
+    convert(data, tmp_path / "out", workers=1)
+    assert "thumbnail" not in load_dataset(str(tmp_path / "out"), "default", split="validation").features
+    assert os.path.exists(tmp_path / "out" / "README.md")
+
+
+def test_odd_sizes_extra_modality_and_s2l2a_thumbnails(odd_data_dir, tmp_path):
+    """5 samples per file, 12 px, 3 timestamps, validation only, NDVI asked for, thumbnails from S2L2A."""
+    out = tmp_path / "out"
+    convert(odd_data_dir, out, configs=["NDVI", "S1GRD", "default"], workers=1)
+    streamed = load_dataset("ssl4eos12", modalities=["NDVI"], data_dir=str(odd_data_dir), split="validation",
+                            streaming=True)
+    rows = arrow_rows(load_dataset(str(out), "NDVI", split="validation"))
+    assert len(rows) == 15
+    for i, (row, example) in enumerate(zip(rows, streamed, strict=True)):
+        example = {k: np.asarray(v) if isinstance(v, list) and not isinstance(v[0], str) else v
+                   for k, v in example.items()}
+        assert_example_equal(row, example, f"NDVI[{i}]")
+    default = load_dataset(str(out), "default", split="validation")
+    assert default.features["S2L2A_time"] == datasets.List(datasets.Value("timestamp[ns]"), length=3)
+    assert set(default.features) >= {"S2L2A_cloud_fraction", "S1GRD_time", "thumbnail"}
+    assert default[0]["thumbnail"].size == (12, 12)
+    assert verify(out, odd_data_dir, workers=1) == []
+    ndvi = read_manifest(out)["configs"]["NDVI"]["statistics"]["bands"]
+    assert [band["band"] for band in ndvi] == ["NDVI"] and -1 <= ndvi[0]["mean"] <= 1
