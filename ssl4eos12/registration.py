@@ -17,7 +17,7 @@ from pathlib import Path
 BUILDER_NAME = "ssl4eos12"
 BUILDER_MODULE = "ssl4eos12.builder"
 #: Modules whose code decides what the builder yields: their hash keys the ``datasets`` cache.
-_HASHED_MODULES = ("builder.py", "layout.py", "remote.py", "schema.py", "zarrzip.py")
+_HASHED_MODULES = ("builder.py", "fastzip.py", "layout.py", "remote.py", "schema.py", "zarrzip.py")
 
 
 def builder_module(data_dir: str | None = None):

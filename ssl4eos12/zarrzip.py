@@ -7,12 +7,14 @@ Remote files are opened without a read-ahead cache: zarr reads each zip member (
 cache would only fetch bytes a second time.
 
 Values are decoded by xarray, so what this module returns is by construction what xarray reads from
-the file. Every problem with a file surfaces as one :class:`SSL4EOS12FileError` naming the file.
+the file; the big arrays (``bands``, ``cloud_mask``) are decoded by :mod:`ssl4eos12.fastzip`, which only
+takes arrays that xarray returns exactly as stored. Every problem with a file surfaces as one :class:`SSL4EOS12FileError` naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import zipfile
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ import zarr
 from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 from fsspec.implementations.zip import ZipFileSystem
 
+from . import fastzip
 from .constants import BANDS_DTYPE, CLOUD_MASKED
 from .remote import is_remote, open_remote
 
@@ -40,6 +43,10 @@ PER_SAMPLE_VARIABLES: dict[str, tuple[str, ...]] = {
     "y_": ("sample", "y"),
 }
 BANDS_DIMS = ("sample", "time", "band", "y", "x")
+#: Variables read by :mod:`ssl4eos12.fastzip` where they can be (the others are tiny).
+_DIRECT_VARIABLES = ("bands", "cloud_mask")
+#: ``encoding`` key of a dataset from :func:`open_zarr_zip`: the zip as :func:`fastzip.read_arrays` reads it.
+ZIP_SOURCE = "ssl4eos12_zip_source"
 CLOUD_MASK_DIMS = ("sample", "time", "y", "x")
 #: Dtype kind each variable must have ("U": fixed-width unicode, "M": datetime64).
 EXPECTED_DTYPES: dict[str, str] = {
@@ -96,8 +103,9 @@ def open_zarr_zip(url: str, download_config=None, whole: bool = True) -> Iterato
     with contextlib.ExitStack() as stack:
         store = None
         try:
-            store = _open_store(url, download_config, stack, whole)
+            store, source = _open_store(url, download_config, stack, whole)
             dataset = xr.open_zarr(store, consolidated=True, chunks=None, zarr_format=2)
+            dataset.encoding[ZIP_SOURCE] = source
         except FileNotFoundError as err:
             if store is None:
                 raise SSL4EOS12FileError(url, "file not found") from err
@@ -112,19 +120,21 @@ def open_zarr_zip(url: str, download_config=None, whole: bool = True) -> Iterato
         yield dataset
 
 
-def _open_store(url: str, download_config, stack: contextlib.ExitStack, whole: bool) -> zarr.abc.store.Store:
+def _open_store(url: str, download_config, stack: contextlib.ExitStack, whole: bool):
+    """The zarr store of a zip, and the zip for :func:`fastzip.read_arrays` (a path, a fetched file or None)."""
     if is_remote(url):
         remote_file = stack.enter_context(open_remote(url, download_config, whole))
         zip_fs = ZipFileSystem(fo=remote_file)
         stack.callback(zip_fs.close)
-        return zarr.storage.FsspecStore(AsyncFileSystemWrapper(zip_fs, asynchronous=True), read_only=True, path="")
+        store = zarr.storage.FsspecStore(AsyncFileSystemWrapper(zip_fs, asynchronous=True), read_only=True, path="")
+        return store, remote_file if isinstance(remote_file, io.BytesIO) else None
     path = url.removeprefix("file://")
     if not os.path.isfile(path):
         raise FileNotFoundError(path)
     store = zarr.storage.ZipStore(path, mode="r")
     # ZipStore opens its zip on first access, and cannot close one it never opened
     stack.callback(lambda: store._is_open and store.close())
-    return store
+    return store, path
 
 
 def layout_of(url: str, modality: str, dataset: xr.Dataset) -> Layout:
@@ -186,7 +196,10 @@ def read_modality_file(url: str, modality: str, download_config=None, expected: 
             raise SSL4EOS12FileError(url, f"layout {_describe(layout)} differs from the dataset's {_describe(expected)}")
         names = ["bands", *PER_SAMPLE_VARIABLES] + (["cloud_mask"] if layout.has_cloud_mask else [])
         try:
-            variables = {name: dataset[name].values for name in names}
+            # the big arrays: decoded straight from the page cache or fetched bytes (fastzip); the rest: xarray
+            source = dataset.encoding.get(ZIP_SOURCE)
+            direct = {} if source is None else fastzip.read_arrays(source, [n for n in _DIRECT_VARIABLES if n in names])
+            variables = {name: direct[name] if name in direct else dataset[name].values for name in names}
         except ConnectionError as err:
             raise SSL4EOS12FileError(url, f"could not be read from the server, retries exhausted ({err})") from err
         except Exception as err:  # a chunk that does not decompress, a CRC error

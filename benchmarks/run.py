@@ -1,0 +1,813 @@
+#!/usr/bin/env python
+"""Measure ssl4eos12 against its physical ceilings and against the authors' loader, in one run.
+
+    python benchmarks/run.py                # generate data if missing, run every row, print the table,
+                                            # rewrite README.md's benchmark section, write benchmarks/results.json
+    python benchmarks/run.py --only stream:S2L2A,blosc:S2L2A --no-readme
+
+Full-size generated files (``ssl4eos12.synth``: 64 samples x 4 times x 264 x 264, every modality) go to
+``benchmarks/data/`` (gitignored) when missing. Every row runs in a fresh subprocess (``--row NAME``) so its
+peak RSS is its own; the page cache is warmed first, so rows compare decoding, not the disk. Each row makes
+one warm-up pass over the files and then ``--repeat`` timed passes; the table shows the best pass and every
+figure as a ratio to the Blosc-decode ceiling of the same files measured in the same run. See
+``benchmarks/README.md`` for what each row measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DATA = HERE / "data"
+README = REPO / "README.md"
+RESULTS = HERE / "results.json"
+START, END = "<!-- BENCHMARK:START -->", "<!-- BENCHMARK:END -->"
+SPLIT_FOLDER = "val"
+MODALITIES = ("S1GRD", "S2L1C", "S2L2A", "S2RGB")
+GROUPS = {"S2L2A": ("S2L2A",), "all": MODALITIES}
+MB = 1e6
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rows: (name, data group, label, target)   -- run in order; "parquet" rows need "convert"'s output
+# ----------------------------------------------------------------------------------------------------------------
+
+ROWS = [
+    ("zipread:S2L2A", "S2L2A", "ceiling: read every zip member (zipfile)", None),
+    ("blosc:S2L2A", "S2L2A", "**ceiling: Blosc-decode every chunk** (reference)", None),
+    ("zarr:S2L2A", "S2L2A", "ceiling: zarr, every array into numpy", None),
+    ("authors:S2L2A", "S2L2A", "authors' loader: xr.open_zarr + .bands.values (dask)", None),
+    ("stream:S2L2A", "S2L2A", "ours: builder streaming, no format", "≥ 0.6× ceiling, ≥ 1.2× authors"),
+    ("torch:S2L2A", "S2L2A", "ours: streaming → DataLoader(batch 8, ssl4eos12.collate), 0 workers", None),
+    ("torch2:S2L2A", "S2L2A", "ours: same, 2 workers", None),
+    ("prepare:S2L2A", "S2L2A", "ours: download_and_prepare (load_dataset, not streaming, into Arrow)", None),
+    ("parquet-arrow:S2L2A", "S2L2A", "ours: stream converted Parquet, with_format('arrow') + arrow_to_numpy", "≥ 0.5× ceiling"),
+    ("parquet-rows:S2L2A", "S2L2A", "ours: stream converted Parquet, no format (Python rows)", None),
+    ("http:S2L2A", "S2L2A", "ours: builder streaming over HTTP from 127.0.0.1", "≥ 0.8× local streaming"),
+    ("zipread:all", "all", "ceiling: read every zip member (zipfile)", None),
+    ("blosc:all", "all", "**ceiling: Blosc-decode every chunk** (reference)", None),
+    ("zarr:all", "all", "ceiling: zarr, every array into numpy", None),
+    ("authors:all", "all", "authors' loader: xr.open_zarr + .bands.values (dask), each modality", None),
+    ("stream:all", "all", "ours: builder streaming, no format", "≥ 0.6× ceiling, ≥ 1.2× authors; RSS ≤ 1.5× a file"),
+    ("torch:all", "all", "ours: streaming → DataLoader(batch 8, ssl4eos12.collate), 0 workers", None),
+    ("convert:all", "all", "ours: `ssl4eos12 convert` (every config), 1 worker", "≥ 0.3× ceiling per worker"),
+]
+#: Run order: as shown, except that conversion runs before the rows that stream its Parquet output.
+RUN_ORDER = sorted((name for name, *_ in ROWS), key=lambda n: (not n.startswith("convert"), [r[0] for r in ROWS].index(n)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers shared by rows
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def file_names(data: Path) -> list[str]:
+    return [line.strip() for line in (data / "splits" / "ssl4eos12_val.txt").read_text().splitlines() if line.strip()]
+
+
+def files_of(data: Path, group: str) -> list[tuple[str, Path]]:
+    """(modality, path) of every file of a group, file by file."""
+    return [(m, data / SPLIT_FOLDER / m / name) for name in file_names(data) for m in GROUPS[group]]
+
+
+def is_chunk(member: str) -> bool:
+    return not member.rsplit("/", 1)[-1].startswith(".")
+
+
+def nbytes(value) -> int:
+    """Bytes of what a path delivers: arrays by nbytes, strings by UTF-8 length, scalars 8."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return value.nbytes if value.dtype.kind not in "OUS" else sum(nbytes(v) for v in value.ravel().tolist())
+    if isinstance(value, dict):
+        return sum(nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(nbytes(v) for v in value)
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, bytes):
+        return len(value)
+    if hasattr(value, "element_size") and hasattr(value, "numel"):  # torch.Tensor
+        return value.element_size() * value.numel()
+    if hasattr(value, "nbytes"):  # numpy scalars, pyarrow
+        return int(value.nbytes)
+    return 8
+
+
+def bands_dtype(example: dict, group: str) -> str:
+    value = example.get(GROUPS[group][-1] if group == "S2L2A" else "S2L2A")
+    if value is None:
+        return "?"
+    return str(getattr(value, "dtype", type(value).__name__)).replace("torch.", "")
+
+
+def current_rss() -> int:
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/self/status") as f:
+            return int(next(line.split()[1] for line in f if line.startswith("VmRSS:"))) * 1024
+    return 0
+
+
+def passes(fn, repeat: int) -> dict:
+    """One warm-up pass (it also counts the bytes), then ``repeat`` timed passes."""
+    rss_start = current_rss()  # after imports and load_dataset: the interpreter's baseline
+    first = time.perf_counter()
+    examples, decoded, extra = fn(True)
+    times = [time.perf_counter() - first]
+    for _ in range(repeat):
+        start = time.perf_counter()
+        count, _, _ = fn(False)
+        times.append(time.perf_counter() - start)
+        if count != examples:
+            raise RuntimeError(f"pass delivered {count} examples, the first {examples}")
+    return {"examples": examples, "bytes": decoded, "warmup": times[0], "times": times[1:] or times[:1],
+            "rss_start": rss_start, **extra}
+
+
+def peak_rss() -> dict:
+    """This process's peak RSS: VmHWM, else ``ru_maxrss`` (which Linux carries over from the parent across exec)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/self/status") as f:
+            peak = int(next(line.split()[1] for line in f if line.startswith("VmHWM:"))) * 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return {"peak_rss": peak, "peak_rss_children": children}
+
+
+def hf_environment(work: Path) -> None:
+    os.environ["HF_HOME"] = str(work / "hf")
+    os.environ["HF_DATASETS_CACHE"] = str(work / "hf" / "datasets")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["HF_UPDATE_DOWNLOAD_COUNTS"] = "0"
+    os.environ["TQDM_DISABLE"] = "1"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The rows (each runs in its own subprocess)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def row_zipread(data: Path, group: str, repeat: int) -> dict:
+    def one(count_bytes):
+        total = 0
+        for _, path in files_of(data, group):
+            with zipfile.ZipFile(path) as zf:
+                members = {info.filename: zf.read(info) for info in zf.infolist()}
+            total += sum(len(v) for v in members.values())
+            del members
+        return locations(data), total, {}
+
+    return passes(one, repeat)
+
+
+def row_blosc(data: Path, group: str, repeat: int) -> dict:
+    """Decode time only: each file's chunk members are read (untimed), then every chunk is decoded."""
+    from numcodecs import blosc
+
+    decode_times: list[float] = []
+
+    def one(count_bytes):
+        total, spent = 0, 0.0
+        for _, path in files_of(data, group):
+            with zipfile.ZipFile(path) as zf:
+                chunks = [zf.read(info) for info in zf.infolist() if is_chunk(info.filename)]
+            start = time.perf_counter()
+            decoded = [blosc.decompress(chunk) for chunk in chunks]
+            spent += time.perf_counter() - start
+            total += sum(len(d) for d in decoded)
+            del decoded, chunks
+        decode_times.append(spent)
+        return locations(data), total, {}
+
+    result = passes(one, repeat)
+    result["wall_times"] = [result["warmup"], *result["times"]]
+    result["warmup"], result["times"] = decode_times[0], decode_times[1:] or decode_times[:1]
+    result["blosc_threads"] = blosc.get_nthreads()
+    return result
+
+
+def row_zarr(data: Path, group: str, repeat: int) -> dict:
+    import zarr
+
+    def one(count_bytes):
+        total = 0
+        for _, path in files_of(data, group):
+            store = zarr.storage.ZipStore(path, mode="r")
+            root = zarr.open_consolidated(store, zarr_format=2, mode="r")
+            arrays = [array[...] for _, array in root.arrays()]
+            total += sum(a.nbytes for a in arrays)
+            del arrays
+            store.close()
+        return locations(data), total, {}
+
+    result = passes(one, repeat)
+    result["zarr_config"] = {k: zarr.config.get(k) for k in ("async.concurrency", "threading.max_workers")}
+    return result
+
+
+def row_authors(data: Path, group: str, repeat: int) -> dict:
+    """The authors' PyTorch dataset: ``xr.open_zarr(file)`` then ``.bands.values`` (dask chunks, default scheduler).
+
+    Their ``xr.open_zarr(path)`` needs zarr 2; with zarr 3 the zip is opened through ``zarr.storage.ZipStore``.
+    """
+    import xarray as xr
+    import zarr
+
+    dtypes = set()
+
+    def one(count_bytes):
+        total, examples = 0, 0
+        for name in file_names(data):
+            for m in GROUPS[group]:
+                store = zarr.storage.ZipStore(data / SPLIT_FOLDER / m / name, mode="r")
+                ds = xr.open_zarr(store)
+                bands = ds.bands.values
+                dtypes.add(str(bands.dtype))
+                total += bands.nbytes
+                n = bands.shape[0]
+                del bands
+                ds.close()
+                store.close()
+            examples += n
+        return examples, total, {}
+
+    result = passes(one, repeat)
+    result["dtype"] = "/".join(sorted(dtypes))
+    return result
+
+
+def locations(data: Path) -> int:
+    """Locations (examples) in the files: samples per file, read from the metadata, times files."""
+    with zipfile.ZipFile(data / SPLIT_FOLDER / MODALITIES[0] / file_names(data)[0]) as zf:
+        meta = json.loads(zf.read(".zmetadata"))["metadata"]
+    return meta["sample/.zarray"]["shape"][0] * len(file_names(data))
+
+
+def _load(config: str, **kwargs):
+    import ssl4eos12  # noqa: F401  (registers the builder)
+    from datasets import load_dataset
+
+    return load_dataset("ssl4eos12", config, split="validation", streaming=True, **kwargs)
+
+
+def _iterate(dataset, group: str) -> callable:
+    info = {}
+
+    def one(count_bytes):
+        count, total = 0, 0
+        for example in dataset:
+            count += 1
+            if count_bytes:
+                total += nbytes(example)
+                info.setdefault("dtype", bands_dtype(example, group))
+        return count, total, info
+
+    return one
+
+
+def row_stream(data: Path, group: str, repeat: int) -> dict:
+    return passes(_iterate(_load(group, data_dir=str(data)), group), repeat)
+
+
+def row_torch(data: Path, group: str, repeat: int, workers: int = 0) -> dict:
+    from torch.utils.data import DataLoader
+
+    import ssl4eos12
+
+    loader = DataLoader(_load(group, data_dir=str(data)), batch_size=8, collate_fn=ssl4eos12.collate,
+                        num_workers=workers)
+    info = {}
+
+    def one(count_bytes):
+        count, total = 0, 0
+        for batch in loader:
+            count += len(batch["sample"])
+            if count_bytes:
+                total += nbytes(batch)
+                info.setdefault("dtype", bands_dtype(batch, group))
+        return count, total, info
+
+    return passes(one, repeat)
+
+
+def row_torch2(data: Path, group: str, repeat: int) -> dict:
+    return row_torch(data, group, repeat, workers=2)
+
+
+def row_prepare(data: Path, group: str, repeat: int) -> dict:
+    """``load_dataset`` without streaming into a fresh cache_dir: read, decode, write Arrow, memory-map it."""
+    import ssl4eos12  # noqa: F401
+    from datasets import load_dataset
+
+    work = Path(os.environ["BENCH_WORK"])
+    info = {}
+    streamed_bytes = {}
+
+    def one(count_bytes):
+        cache = Path(tempfile.mkdtemp(prefix="prepare-", dir=work))
+        try:
+            ds = load_dataset("ssl4eos12", group, data_dir=str(data), split="validation", cache_dir=str(cache))
+            count = ds.num_rows
+            info["arrow_bytes"] = ds.data.nbytes
+            del ds
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+        if count_bytes:  # what it delivers: the streamed examples' bytes (same fields, same values)
+            streamed_bytes["n"] = sum(nbytes(example) for example in _load(group, data_dir=str(data)))
+        return count, streamed_bytes["n"], info
+
+    result = passes(one, min(repeat, 2))
+    result["dtype"] = "int16 (Arrow)"
+    return result
+
+
+def row_convert(data: Path, group: str, repeat: int) -> dict:
+    """``ssl4eos12.convert.convert(data_dir, out_dir, workers=1)``: every config; kept for the Parquet rows."""
+    from ssl4eos12.convert import convert
+
+    out = Path(os.environ["BENCH_WORK"]) / "parquet"
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    manifest = convert(str(data), str(out), workers=1)
+    elapsed = time.perf_counter() - start
+    shards = manifest["shards"]  # what it delivers: the Arrow bytes of every table written, every config
+    modality_bytes = sum(s["num_bytes"] for s in shards if s["config"] in MODALITIES)
+    total_bytes = sum(s["num_bytes"] for s in shards)
+    rows = {}
+    for shard in shards:
+        rows[shard["config"]] = rows.get(shard["config"], 0) + shard["rows"]
+    parquet = sum(p.stat().st_size for p in out.rglob("*.parquet"))
+    return {"examples": locations(data), "bytes": total_bytes, "times": [elapsed], "workers": 1,
+            "modality_bytes": modality_bytes, "rows": rows, "parquet_bytes": parquet, "dtype": "int16 (Parquet)"}
+
+
+def _parquet_dataset():
+    from datasets import load_dataset
+
+    out = Path(os.environ["BENCH_WORK"]) / "parquet"
+    if not (out / "S2L2A").is_dir():
+        raise RuntimeError("no converted Parquet (the convert row failed or did not run)")
+    return load_dataset(str(out), "S2L2A", split="validation", streaming=True)
+
+
+def row_parquet_arrow(data: Path, group: str, repeat: int) -> dict:
+    from ssl4eos12.native import arrow_to_numpy
+
+    dataset = _parquet_dataset().with_format("arrow")
+    info = {}
+
+    def one(count_bytes):
+        count, total = 0, 0
+        for table in dataset.iter(batch_size=8):
+            arrays = arrow_to_numpy(table)
+            count += table.num_rows
+            if count_bytes:
+                total += nbytes(arrays)
+                info.setdefault("dtype", str(arrays["S2L2A"].dtype))
+        return count, total, info
+
+    return passes(one, repeat)
+
+
+#: Python rows from Parquet cost ~0.2 s per example (ArrayXD cells become nested lists): the first ones only.
+PARQUET_ROWS_EXAMPLES = 16
+
+
+def row_parquet_rows(data: Path, group: str, repeat: int) -> dict:
+    """Python rows: arrays arrive as nested lists of Python numbers; their bytes are counted in the native dtype."""
+    import numpy as np
+
+    dataset = _parquet_dataset()
+    dtypes = {name: getattr(feature, "dtype", None) or getattr(getattr(feature, "feature", None), "dtype", None)
+              for name, feature in dataset.features.items()}
+    dataset = dataset.take(PARQUET_ROWS_EXAMPLES)
+    info = {}
+
+    def one(count_bytes):
+        count, total = 0, 0
+        for example in dataset:
+            count += 1
+            if count_bytes:
+                for name, value in example.items():
+                    dtype = dtypes.get(name) or ""
+                    if isinstance(value, list) and dtype.startswith("timestamp"):
+                        total += 8 * len(value)
+                    elif isinstance(value, list) and dtype not in ("", "string"):
+                        total += np.asarray(value, dtype=dtype).nbytes
+                    else:
+                        total += nbytes(value)
+                info.setdefault("dtype", type(example["S2L2A"]).__name__ + " (nested)")
+        return count, total, info
+
+    result = passes(one, 1)
+    result["note"] = f"first {PARQUET_ROWS_EXAMPLES} examples only"
+    return result
+
+
+def row_http(data: Path, group: str, repeat: int) -> dict:
+    """Stream from a range-capable HTTP server on 127.0.0.1 (tests/servers.py), run in its own process."""
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(data)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        url = server.stdout.readline().strip()
+        if not url.startswith("http"):
+            raise RuntimeError(f"server did not start: {url!r}")
+        dataset = _load(group, root=url)
+        result = passes(_iterate(dataset, group), repeat)
+        server.stdin.write("stats\n")
+        server.stdin.flush()
+        served = json.loads(server.stdout.readline())
+    finally:
+        with contextlib.suppress(Exception):
+            server.stdin.close()
+        server.wait(timeout=30)
+    file_bytes = sum(path.stat().st_size for _, path in files_of(data, group))
+    passes_made = len(result["times"]) + 1  # and the warm-up
+    data_served = sum(v for k, v in served.items() if k.endswith(".zarr.zip"))
+    result["bytes_served_per_file_byte"] = data_served / (file_bytes * passes_made)
+    return result
+
+
+def serve(data: str, whole_file_server: bool = False) -> None:
+    """``--serve DIR``: tests/servers.py's RangeHTTPServer until stdin says ``stats`` (then print them) or closes.
+
+    The test server reads and MD5-hashes the whole file on every request (HEAD included): ~1 s of server CPU per
+    344 MB S2L2A file here, a cost of that test fixture and of no real server. Unless ``whole_file_server``, its
+    handler is subclassed to answer the same requests, with the same range parsing and byte accounting, from the
+    requested bytes only (``sendfile``; ETag from size and mtime).
+    """
+    from urllib.parse import urlsplit
+
+    spec = importlib.util.spec_from_file_location("bench_servers", REPO / "tests" / "servers.py")
+    servers = importlib.util.module_from_spec(spec)
+    sys.modules["bench_servers"] = servers
+    spec.loader.exec_module(servers)
+
+    class RangeHandler(servers._RangeHandler):
+        def _serve(self, head: bool) -> None:
+            owner = self.server.owner
+            self.read_body()
+            path = urlsplit(self.path).path
+            range_header = self.headers.get("Range")
+            owner._record_and_take_fault(self.command, path, range_header)
+            file_path = owner._resolve(path)
+            if file_path is None:
+                return self._send_simple(404, b"not found\n", head)
+            stat = file_path.stat()
+            try:
+                rng = servers.parse_range(range_header, stat.st_size)
+            except servers.RangeNotSatisfiable:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{stat.st_size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            start, end = rng or (0, stat.st_size - 1)
+            self.send_response(206 if rng else 200)
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(end + 1 - start))
+            self.send_header("ETag", f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"')
+            if rng is not None:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{stat.st_size}")
+            self.end_headers()
+            if head or end < start:
+                return
+            owner._add_bytes(path, end + 1 - start)
+            with open(file_path, "rb") as f:
+                self.connection.sendfile(f, start, end + 1 - start)
+
+    server_class = servers.RangeHTTPServer
+    if not whole_file_server:
+        server_class = type("BenchRangeHTTPServer", (servers.RangeHTTPServer,), {"_handler_class": RangeHandler})
+    with server_class(data) as srv:
+        print(srv.url, flush=True)
+        for line in sys.stdin:
+            if line.strip() == "stats":
+                print(json.dumps(srv.bytes_served), flush=True)
+                break
+
+
+ROW_FUNCTIONS = {
+    "zipread": row_zipread, "blosc": row_blosc, "zarr": row_zarr, "authors": row_authors,
+    "stream": row_stream, "torch": row_torch, "torch2": row_torch2, "prepare": row_prepare,
+    "convert": row_convert, "parquet-arrow": row_parquet_arrow, "parquet-rows": row_parquet_rows,
+    "http": row_http,
+}
+
+
+def run_row(name: str, data: Path, repeat: int) -> dict:
+    kind, group = name.split(":")
+    result = ROW_FUNCTIONS[kind](data, group, repeat)
+    result.update(peak_rss())
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The driver
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def ensure_data(data: Path, files: int) -> float:
+    expected = [data / SPLIT_FOLDER / m / f"ssl4eos12_val_seasonal_data_{i + 1:06d}.zarr.zip"
+                for m in MODALITIES for i in range(files)]
+    listed = data / "splits" / "ssl4eos12_val.txt"
+    if all(p.is_file() for p in expected) and listed.is_file() and len(file_names(data)) == files:
+        return 0.0
+    print(f"generating {files} full-size files per modality in {data} ...", flush=True)
+    start = time.perf_counter()
+    # in a subprocess: this process forks every row, and should stay small
+    code = ("import sys; from ssl4eos12.synth import synthesize; "
+            "synthesize(sys.argv[1], splits=('validation',), files=int(sys.argv[2]), samples=64, size=264)")
+    subprocess.run([sys.executable, "-c", code, str(data), str(files)], check=True)
+    return time.perf_counter() - start
+
+
+def warm_page_cache(data: Path) -> int:
+    total = 0
+    for path in sorted((data / SPLIT_FOLDER).rglob("*.zarr.zip")):
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                total += len(chunk)
+    return total
+
+
+def one_file_decoded_bytes(data: Path) -> dict[str, int]:
+    """Decoded bytes of every array of one file, per modality (from the metadata)."""
+    import numpy as np
+
+    out = {}
+    name = file_names(data)[0]
+    for m in MODALITIES:
+        with zipfile.ZipFile(data / SPLIT_FOLDER / m / name) as zf:
+            meta = json.loads(zf.read(".zmetadata"))["metadata"]
+        out[m] = sum(math.prod(v["shape"]) * np.dtype(v["dtype"]).itemsize
+                     for k, v in meta.items() if k.endswith(".zarray"))
+    return out
+
+
+def machine() -> dict:
+    import datasets
+    import numcodecs
+    import numpy
+    import pyarrow
+    import xarray
+    import zarr
+    from numcodecs import blosc
+
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    mem = "?"
+    with contextlib.suppress(OSError):
+        kb = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")))
+        mem = f"{kb / 2**20:.0f} GiB"
+    versions = {m.__name__: m.__version__ for m in (datasets, zarr, numcodecs, xarray, numpy, pyarrow)}
+    with contextlib.suppress(ImportError):
+        import torch
+
+        versions["torch"] = torch.__version__
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "python": platform.python_version(),
+            "platform": platform.platform(), "versions": versions, "blosc_threads": blosc.get_nthreads()}
+
+
+def run_in_subprocess(name: str, data: Path, repeat: int, work: Path, timeout: float) -> dict:
+    env = dict(os.environ, BENCH_WORK=str(work))
+    start = time.perf_counter()
+    command = [sys.executable, __file__, "--row", name, "--data", str(data), "--repeat", str(repeat)]
+    try:
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        out = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        if not lines:
+            return {"error": f"timed out after {timeout:.0f} s"}
+        proc = subprocess.CompletedProcess(command, 0, out, "")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": " | ".join(tail)[-400:]}
+    result = json.loads(lines[-1])
+    result["subprocess_seconds"] = time.perf_counter() - start
+    return result
+
+
+def summarize(results: dict[str, dict], one_file: dict[str, int]) -> tuple[list[dict], list[dict]]:
+    """Table rows (with best-pass throughput and ratios) and the target checks."""
+    table = []
+    for name, group, label, target in ROWS:
+        r = results.get(name)
+        if r is None:
+            continue
+        row = {"name": name, "group": group, "label": label, "target": target}
+        if "error" in r:
+            row["error"] = r["error"]
+            table.append(row)
+            continue
+        best = min(r["times"])
+        per_worker = r.get("workers", 1)
+        row.update(seconds=best, median=statistics.median(r["times"]), examples_per_s=r["examples"] / best,
+                   mb_per_s=r["bytes"] / MB / best, peak_rss_mb=r["peak_rss"] / MB, dtype=r.get("dtype", ""),
+                   note=r.get("note", ""))
+        ceiling = results.get(f"blosc:{group}", {})
+        if "times" in ceiling:
+            ceiling_mb_s = ceiling["bytes"] / MB / min(ceiling["times"])
+            row["ratio"] = row["mb_per_s"] / per_worker / ceiling_mb_s
+        table.append(row)
+    by_name = {row["name"]: row for row in table if "error" not in row}
+
+    checks = []
+
+    def check(what, value, limit, higher_is_better=True, detail=""):
+        if value is None:
+            checks.append({"what": what, "ok": None, "detail": detail or "not measured"})
+            return
+        ok = value >= limit if higher_is_better else value <= limit
+        checks.append({"what": what, "ok": ok, "value": value, "limit": limit, "detail": detail,
+                       "sign": "≥" if higher_is_better else "≤"})
+
+    def ratio(a, b, key="examples_per_s"):
+        return by_name[a][key] / by_name[b][key] if a in by_name and b in by_name else None
+
+    for group in ("S2L2A", "all"):
+        s = by_name.get(f"stream:{group}")
+        check(f"streaming `{group}` vs Blosc-decode ceiling", s and s.get("ratio"), 0.6,
+              detail=s and f"{s['mb_per_s']:.0f} MB/s")
+        check(f"streaming `{group}` vs authors' loader (examples/s)", ratio(f"stream:{group}", f"authors:{group}"), 1.2)
+    p = by_name.get("parquet-arrow:S2L2A")
+    check("streaming converted Parquet (`S2L2A`, arrow) vs ceiling", p and p.get("ratio"), 0.5,
+          detail=p and f"{p['mb_per_s']:.0f} MB/s")
+    c = by_name.get("convert:all")
+    check("conversion vs ceiling, per worker", c and c.get("ratio"), 0.3, detail=c and f"{c['mb_per_s']:.0f} MB/s")
+    s = results.get("stream:all", {})
+    one = sum(one_file.values())
+    check("peak RSS streaming `all` vs one file of every modality decoded",
+          s["peak_rss"] / one if "peak_rss" in s else None, 1.5, higher_is_better=False,
+          detail=f"{s['peak_rss'] / MB:.0f} MB vs {one / MB:.0f} MB; of which {s.get('rss_start', 0) / MB:.0f} MB "
+                 f"before the first example (Python, datasets, zarr, xarray and torch, which datasets imports)"
+          if "peak_rss" in s else "")
+    h = results.get("http:S2L2A", {})
+    check("HTTP streaming vs local streaming (`S2L2A`)", ratio("http:S2L2A", "stream:S2L2A"), 0.8,
+          detail=f"{h['bytes_served_per_file_byte']:.2f} bytes served per file byte"
+          if "bytes_served_per_file_byte" in h else "")
+    native = [row for row in table if row["name"].split(":")[0] in ("stream", "torch", "torch2", "http", "parquet-arrow")
+              and "dtype" in row]
+    native_ok = bool(native) and all(row["dtype"].startswith("int16") for row in native)
+    checks.append({"what": "native dtypes: S2L2A bands reach the user as int16 on every path (no int64 upcast)",
+                   "ok": native_ok, "detail": ", ".join(f"{row['name']}: {row['dtype']}" for row in native)})
+    return table, checks
+
+
+def render(table: list[dict], checks: list[dict], meta: dict) -> str:
+    lines = [
+        f"Run `{meta['command']}` on {meta['date']}: {meta['cpu']} ({meta['cores']} cores, {meta['memory']}), "
+        f"Python {meta['python']}, {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}; "
+        f"numcodecs Blosc threads: {meta['blosc_threads']}. Data: {meta['files']} generated full-size files per "
+        f"modality (64 samples × 4 times × 264 × 264), page cache warm; best of {meta['repeat']} passes after a "
+        f"warm-up pass; each row in a fresh process. Whole run: {meta['total_seconds'] / 60:.1f} min. "
+        f"Method, and the profiles behind every missed target: [benchmarks/README.md](benchmarks/README.md).",
+        "",
+        "| files | row | examples/s | decoded MB/s | × Blosc ceiling | target | peak RSS MB | bands dtype |",
+        "|---|---|---:|---:|---:|---|---:|---|",
+    ]
+    for row in table:
+        if "error" in row:
+            lines.append(f"| {row['group']} | {row['label']} | – | – | – | {row['target'] or ''} | – | "
+                         f"failed: {row['error'][:120].replace('|', '/')} |")
+            continue
+        ratio = f"{row['ratio']:.2f}" if "ratio" in row else ""
+        if row["name"].startswith("convert"):
+            ratio += " per worker"
+        lines.append(f"| {row['group']} | {row['label']} | {row['examples_per_s']:.0f} | {row['mb_per_s']:.0f} | "
+                     f"{ratio} | {row['target'] or ''} | {row['peak_rss_mb']:.0f} | {row['dtype']} |")
+    lines += ["", "Targets:", ""]
+    for c in checks:
+        mark = "✅" if c["ok"] else ("❌" if c["ok"] is not None else "–")
+        value = f"{c['value']:.2f}× (target {c['sign']} {c['limit']}×)" if c.get("value") is not None else ""
+        detail = "; ".join(x for x in (value, c.get("detail")) if x)
+        lines.append(f"- {mark} {c['what']}: {detail}")
+    notes = [f"`{row['name']}`: {row['note']}" for row in table if row.get("note")]
+    if notes:
+        lines += ["", "Notes: " + "; ".join(notes) + "."]
+    return "\n".join(lines)
+
+
+def write_readme(section: str) -> None:
+    """Replace the text between the markers; the first time, put the markers at the end of '## Benchmark'."""
+    text = README.read_text()
+    block = f"{START}\n{section}\n{END}"
+    if START in text and END in text:
+        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, count=1, flags=re.S)
+    else:
+        heading = re.search(r"^## Benchmark[^\n]*\n", text, flags=re.M)
+        if heading is None:
+            raise RuntimeError("README.md has no '## Benchmark' section")
+        following = text.find("\n## ", heading.end())
+        following = len(text) if following < 0 else following + 1
+        body = text[heading.end():following].rstrip("\n")
+        text = f"{text[:heading.end()]}{body}\n\n{block}\n\n{text[following:]}"
+    README.write_text(text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=2, help="full-size files per modality (default 2)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed passes per row after the warm-up (default 5)")
+    parser.add_argument("--only", help="comma-separated row names (default: all rows)")
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite README.md / results.json")
+    parser.add_argument("--data", type=Path, default=DATA, help=argparse.SUPPRESS)
+    parser.add_argument("--row", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", metavar="ROW", help="run one row in this process under pyinstrument (pip install "
+                        "pyinstrument, or the [bench] extra) and print where its time goes")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.serve:
+        serve(args.serve)
+        return 0
+    if args.row:
+        hf_environment(Path(os.environ["BENCH_WORK"]))
+        print(json.dumps(run_row(args.row, args.data, args.repeat)), flush=True)
+        sys.stderr.flush()
+        # skip interpreter teardown: after streaming Parquet with take(), pyarrow's reader threads can hang or
+        # abort it ("terminate called without an active exception"), and the result is already out
+        os._exit(0)
+    if args.profile:
+        from pyinstrument import Profiler
+
+        # before anything imports datasets (it reads its cache paths at import); convert's output stays here
+        work = Path(os.environ.setdefault("BENCH_WORK", str(args.data / ".work")))
+        work.mkdir(parents=True, exist_ok=True)
+        hf_environment(work)
+        ensure_data(args.data, args.files)
+        warm_page_cache(args.data)
+        profiler = Profiler(interval=0.001)
+        with profiler:
+            result = run_row(args.profile, args.data, args.repeat)
+        print(profiler.output_text(unicode=True, color=False))
+        print(json.dumps({k: v for k, v in result.items() if k in ("examples", "bytes", "warmup", "times")}))
+        return 0
+
+    started = time.perf_counter()
+    generated = ensure_data(args.data, args.files)
+    warmed = warm_page_cache(args.data)
+    one_file = one_file_decoded_bytes(args.data)
+    names = list(RUN_ORDER)
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = set(wanted) - set(names)
+        if unknown:
+            parser.error(f"unknown rows {sorted(unknown)}; rows: {', '.join(names)}")
+        names = [n for n in names if n in wanted]
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="ssl4eos12-bench-") as work:
+        for name in names:
+            print(f"  {name} ...", end=" ", flush=True)
+            result = run_in_subprocess(name, args.data, args.repeat, Path(work), timeout=300)
+            results[name] = result
+            if "error" in result:
+                print("FAILED:", result["error"], flush=True)
+            else:
+                best = min(result["times"])
+                print(f"{result['examples'] / best:.0f} ex/s, {result['bytes'] / MB / best:.0f} MB/s "
+                      f"(passes: {', '.join(f'{t:.2f}' for t in result['times'])} s; "
+                      f"peak RSS {result['peak_rss'] / MB:.0f} MB)", flush=True)
+    table, checks = summarize(results, one_file)
+    meta = machine()
+    meta.update(command="python benchmarks/run.py" + (f" --files {args.files}" if args.files != 2 else ""),
+                date=datetime.date.today().isoformat(), files=args.files, repeat=args.repeat,
+                total_seconds=time.perf_counter() - started, generated_seconds=generated, warmed_bytes=warmed,
+                one_file_decoded_bytes=one_file)
+    section = render(table, checks, meta)
+    print()
+    print(section)
+    if not args.no_readme and not args.only:
+        write_readme(section)
+        RESULTS.write_text(json.dumps({"meta": meta, "rows": results, "table": table, "checks": checks},
+                                      indent=1, default=str) + "\n")
+        print(f"\nwrote {README.relative_to(REPO)} and {RESULTS.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
