@@ -448,59 +448,13 @@ def row_http(data: Path, group: str, repeat: int) -> dict:
     return result
 
 
-def serve(data: str, whole_file_server: bool = False) -> None:
-    """``--serve DIR``: tests/servers.py's RangeHTTPServer until stdin says ``stats`` (then print them) or closes.
-
-    The test server reads and MD5-hashes the whole file on every request (HEAD included): ~1 s of server CPU per
-    344 MB S2L2A file here, a cost of that test fixture and of no real server. Unless ``whole_file_server``, its
-    handler is subclassed to answer the same requests, with the same range parsing and byte accounting, from the
-    requested bytes only (``sendfile``; ETag from size and mtime).
-    """
-    from urllib.parse import urlsplit
-
+def serve(data: str) -> None:
+    """``--serve DIR``: tests/servers.py's RangeHTTPServer until stdin says ``stats`` (then print them) or closes."""
     spec = importlib.util.spec_from_file_location("bench_servers", REPO / "tests" / "servers.py")
     servers = importlib.util.module_from_spec(spec)
     sys.modules["bench_servers"] = servers
     spec.loader.exec_module(servers)
-
-    class RangeHandler(servers._RangeHandler):
-        def _serve(self, head: bool) -> None:
-            owner = self.server.owner
-            self.read_body()
-            path = urlsplit(self.path).path
-            range_header = self.headers.get("Range")
-            owner._record_and_take_fault(self.command, path, range_header)
-            file_path = owner._resolve(path)
-            if file_path is None:
-                return self._send_simple(404, b"not found\n", head)
-            stat = file_path.stat()
-            try:
-                rng = servers.parse_range(range_header, stat.st_size)
-            except servers.RangeNotSatisfiable:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{stat.st_size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            start, end = rng or (0, stat.st_size - 1)
-            self.send_response(206 if rng else 200)
-            self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(end + 1 - start))
-            self.send_header("ETag", f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"')
-            if rng is not None:
-                self.send_header("Content-Range", f"bytes {start}-{end}/{stat.st_size}")
-            self.end_headers()
-            if head or end < start:
-                return
-            owner._add_bytes(path, end + 1 - start)
-            with open(file_path, "rb") as f:
-                self.connection.sendfile(f, start, end + 1 - start)
-
-    server_class = servers.RangeHTTPServer
-    if not whole_file_server:
-        server_class = type("BenchRangeHTTPServer", (servers.RangeHTTPServer,), {"_handler_class": RangeHandler})
-    with server_class(data) as srv:
+    with servers.RangeHTTPServer(data) as srv:
         print(srv.url, flush=True)
         for line in sys.stdin:
             if line.strip() == "stats":
