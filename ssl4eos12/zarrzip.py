@@ -113,7 +113,7 @@ def open_zarr_zip(url: str, download_config=None, whole: bool = True) -> Iterato
         except zipfile.BadZipFile as err:
             raise SSL4EOS12FileError(url, f"not a readable zip file, truncated or corrupt ({err})") from err
         except ConnectionError as err:  # what datasets' read retries raise once they are exhausted
-            raise SSL4EOS12FileError(url, f"could not be read from the server, retries exhausted ({err})") from err
+            raise _unreachable(url, err) from err
         except Exception as err:  # zarr/xarray raise many types for "this is not a consolidated Zarr v2 store"
             raise SSL4EOS12FileError(url, f"not a consolidated Zarr v2 store ({type(err).__name__}: {err})") from err
         stack.callback(dataset.close)
@@ -135,6 +135,10 @@ def _open_store(url: str, download_config, stack: contextlib.ExitStack, whole: b
     # ZipStore opens its zip on first access, and cannot close one it never opened
     stack.callback(lambda: store._is_open and store.close())
     return store, path
+
+
+def _unreachable(url: str, err: ConnectionError) -> SSL4EOS12FileError:
+    return SSL4EOS12FileError(url, f"could not be read from the server, retries exhausted ({err})")
 
 
 def layout_of(url: str, modality: str, dataset: xr.Dataset) -> Layout:
@@ -201,7 +205,7 @@ def read_modality_file(url: str, modality: str, download_config=None, expected: 
             direct = {} if source is None else fastzip.read_arrays(source, [n for n in _DIRECT_VARIABLES if n in names])
             variables = {name: direct[name] if name in direct else dataset[name].values for name in names}
         except ConnectionError as err:
-            raise SSL4EOS12FileError(url, f"could not be read from the server, retries exhausted ({err})") from err
+            raise _unreachable(url, err) from err
         except Exception as err:  # a chunk that does not decompress, a CRC error
             raise SSL4EOS12FileError(url, f"cannot read data ({type(err).__name__}: {err})") from err
         variables["sample"] = dataset["sample"].values.astype(str)
