@@ -11,7 +11,6 @@ from pathlib import Path
 
 from datasets import load_dataset
 
-import ssl4eos12
 from ssl4eos12.synth import synthesize
 
 

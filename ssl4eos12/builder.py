@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import posixpath
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import datasets
@@ -35,7 +35,7 @@ import numpy as np
 from datasets.builder import Key
 
 from .constants import CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, MODALITIES, SPLIT_FOLDERS
-from .layout import SSL4EOS12DataError, list_split_files
+from .layout import SSL4EOS12DataError, list_split_files, normalize_root
 from .schema import example_features
 from .zarrzip import (
     Layout, ModalityFile, SSL4EOS12BadFileWarning, SSL4EOS12FileError, probe_layout, probe_num_samples,
@@ -125,6 +125,10 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
                     raise
         raise SSL4EOS12DataError(f"{gen_kwargs['split_dir']}: no readable file among {len(gen_kwargs['files'])}")
 
+    def _download_config(self) -> datasets.DownloadConfig:
+        """The token and storage options the builder was given, as the reading side expects them."""
+        return datasets.DownloadConfig(token=self.token, storage_options=self.storage_options)
+
     def _generate_shards(self, files, split_dir, layouts, sample_ranges):
         yield from files
 
@@ -134,7 +138,7 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         A chunk holds all samples of its timestamp, so every part still reads its whole file: resharding
         trades I/O for parallelism.
         """
-        download_config = datasets.DownloadConfig(token=self.token, storage_options=self.storage_options)
+        download_config = self._download_config()
         for name, sample_range in zip(files, sample_ranges):
             start, stop = sample_range or (0, None)
             if stop is None:
@@ -145,7 +149,7 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
             yield {"files": [name] * len(parts), "split_dir": split_dir, "layouts": layouts, "sample_ranges": parts}
 
     def _generate_examples(self, files, split_dir, layouts, sample_ranges):
-        download_config = datasets.DownloadConfig(token=self.token, storage_options=self.storage_options)
+        download_config = self._download_config()
         skipped = 0
         for file_index, (name, sample_range) in enumerate(zip(files, sample_ranges)):
             try:
@@ -170,9 +174,8 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
 
 
 def data_root(config: SSL4EOS12Config) -> str:
-    """``root``, else ``data_dir``, else the hosted copy; without a trailing slash."""
-    root = config.root or config.data_dir or HOSTED_ROOT
-    return root.rstrip("/")
+    """``root``, else ``data_dir``, else the hosted copy; local paths absolute, without a trailing slash."""
+    return normalize_root(config.root or config.data_dir or HOSTED_ROOT)
 
 
 def join_on_sample(file: str, parts: dict[str, ModalityFile]) -> dict[str, np.ndarray]:

@@ -62,7 +62,7 @@ from datasets.utils.tqdm import tqdm as hf_tqdm
 
 from .builder import join_on_sample, location_examples, modality_fields
 from .constants import MODALITIES, SPLIT_FOLDERS
-from .layout import SSL4EOS12DataError, list_split_files
+from .layout import SSL4EOS12DataError, list_split_files, normalize_root
 from .native import arrow_to_numpy
 from .schema import SHARED_FEATURES, TIMESTAMP, example_features
 from .zarrzip import Layout, ModalityFile, SSL4EOS12FileError, layout_of, open_zarr_zip, read_modality_file
@@ -172,7 +172,7 @@ def plan(data_dir: str, configs: Optional[Iterable[str]] = None, splits: Optiona
     ``max_shard_size`` (bytes of uncompressed data, or a string like ``"500MB"``) to
     ``datasets.config.MAX_SHARD_SIZE``.
     """
-    root = _root(data_dir)
+    root = normalize_root(data_dir)
     configs = list(dict.fromkeys(configs)) if configs else None
     wanted = [c for c in configs or () if c != DEFAULT_CONFIG]
     # the default config shows every modality there is
@@ -233,13 +233,6 @@ def shard_sizes(example_bytes: int, samples_per_file: int, max_shard_size: int |
     max_shard_size = convert_file_size_to_int(max_shard_size or datasets.config.MAX_SHARD_SIZE)
     files_per_shard = max(1, max_shard_size // max(1, samples_per_file * example_bytes))
     return files_per_shard, max(1, ROW_GROUP_BYTES // example_bytes)
-
-
-def _root(data_dir) -> str:
-    data_dir = os.fspath(data_dir)
-    if "://" not in data_dir:
-        data_dir = os.path.abspath(os.path.expanduser(data_dir))
-    return data_dir.rstrip("/")
 
 
 def _probe(url: str, modality: str) -> Optional[tuple[Layout, int]]:
@@ -324,23 +317,10 @@ def _url(task: ShardTask, modality: str, name: str) -> str:
 
 def _read_overview_variables(task: ShardTask, layout: Layout, name: str) -> ModalityFile:
     """Only what the default config needs: reading S2L1C bands for its timestamps would be 464 MB per file."""
-    url = _url(task, layout.modality, name)
-    names = ["center_lat", "center_lon", "crs", "time_"]
-    if layout.has_cloud_mask:
-        names.append("cloud_mask")
+    names = ["center_lat", "center_lon", "crs", "time_", "cloud_mask"]
     if layout.modality == task.thumbnail:
         names.append("bands")
-    # a remote file is fetched whole only for the thumbnails' bands; timestamps and masks are a few zip entries
-    with open_zarr_zip(url, whole="bands" in names) as dataset:
-        actual = layout_of(url, layout.modality, dataset)
-        if actual != layout:
-            raise SSL4EOS12FileError(url, f"layout {actual} differs from the dataset's {layout}")
-        try:
-            variables = {variable: dataset[variable].values for variable in names}
-        except Exception as err:  # a chunk that does not decompress, a CRC error, a broken connection
-            raise SSL4EOS12FileError(url, f"cannot read data ({type(err).__name__}: {err})") from err
-        variables["sample"] = dataset["sample"].values.astype(str)
-    return ModalityFile(layout, variables)
+    return read_modality_file(_url(task, layout.modality, name), layout.modality, expected=layout, variables=names)
 
 
 def overview_examples(

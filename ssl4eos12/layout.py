@@ -7,6 +7,7 @@ index ``splits/{train,val}_metadata.parquet``, or a listing of ``{train,val}/{MO
 
 from __future__ import annotations
 
+import os
 import posixpath
 
 import pyarrow.parquet as pq
@@ -17,6 +18,14 @@ from .remote import is_remote, url_to_fs
 
 class SSL4EOS12DataError(FileNotFoundError):
     """The data root holds no SSL4EO-S12 data for what was asked (or is not a data root at all)."""
+
+
+def normalize_root(root: str | os.PathLike) -> str:
+    """A data root as this package uses it: local paths absolute, no trailing slash."""
+    root = os.fspath(root)
+    if "://" not in root:
+        root = os.path.abspath(os.path.expanduser(root))
+    return root.rstrip("/")
 
 
 def list_split_files(root: str, split_folder: str, modality: str, download_config=None) -> list[str]:

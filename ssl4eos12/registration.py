@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 from pathlib import Path
 
 BUILDER_NAME = "ssl4eos12"
@@ -24,10 +23,12 @@ def builder_module(data_dir: str | None = None):
     """The ``DatasetModule`` that ``datasets`` instantiates the builder from."""
     from datasets.load import DatasetModule
 
+    from .layout import normalize_root
+
     builder_kwargs = {"dataset_name": BUILDER_NAME}
     if data_dir is not None:
         # an absolute path keys the cache by location, not by the current directory's view of it
-        builder_kwargs["data_dir"] = data_dir if "://" in data_dir else os.path.abspath(os.path.expanduser(data_dir))
+        builder_kwargs["data_dir"] = normalize_root(data_dir)
     return DatasetModule(BUILDER_MODULE, _source_hash(), builder_kwargs)
 
 

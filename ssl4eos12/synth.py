@@ -11,7 +11,6 @@ modality, and the ``splits/`` lists. Values are random but in realistic ranges p
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import numpy as np
 import xarray as xr
 from numcodecs import Blosc
 
-from .constants import BANDS, BANDS_DTYPE, CLOUD_MASKED, MODALITIES, SPLIT_FOLDERS, file_name, split_list_path
+from .constants import BANDS, CLOUD_MASKED, MODALITIES, SPLIT_FOLDERS, file_name, split_list_path
 
 #: The compressor of the real files (xarray's default for zarr v2 at the time they were written).
 COMPRESSOR = Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE)
@@ -200,7 +199,3 @@ def synthesize(
             list_path.write_text("".join(f"{name}\n" for name in names))
     return out
 
-
-def modality_dtype(modality: str) -> str:
-    """Storage dtype of ``bands`` for a modality the generator knows."""
-    return BANDS_DTYPE.get(modality) or EXTRA_MODALITIES[modality][0]

@@ -192,25 +192,36 @@ def probe_num_samples(url: str, modality: str, download_config=None) -> int:
         return dataset.sizes["sample"]
 
 
-def read_modality_file(url: str, modality: str, download_config=None, expected: Layout | None = None) -> ModalityFile:
-    """Read and decode every variable of one file, checking it against the ``expected`` layout."""
-    with open_zarr_zip(url, download_config) as dataset:
+def read_modality_file(
+    url: str, modality: str, download_config=None, expected: Layout | None = None, variables=None,
+) -> ModalityFile:
+    """Read and decode the variables of one file (default: all), checking it against the ``expected`` layout.
+
+    Asked for a subset without ``bands``, a remote file is read piecewise: the other variables are a few
+    small zip entries, not worth fetching the whole file for.
+    """
+    whole = variables is None or "bands" in variables
+    with open_zarr_zip(url, download_config, whole=whole) as dataset:
         layout = layout_of(url, modality, dataset)
         if expected is not None and layout != expected:
             raise SSL4EOS12FileError(url, f"layout {_describe(layout)} differs from the dataset's {_describe(expected)}")
-        names = ["bands", *PER_SAMPLE_VARIABLES] + (["cloud_mask"] if layout.has_cloud_mask else [])
+        if variables is None:
+            names = ["bands", *PER_SAMPLE_VARIABLES] + (["cloud_mask"] if layout.has_cloud_mask else [])
+        else:
+            names = [name for name in variables if name != "cloud_mask" or layout.has_cloud_mask]
         try:
             # the big arrays: decoded straight from the page cache or fetched bytes (fastzip); the rest: xarray
             source = dataset.encoding.get(ZIP_SOURCE)
             direct = {} if source is None else fastzip.read_arrays(source, [n for n in _DIRECT_VARIABLES if n in names])
-            variables = {name: direct[name] if name in direct else dataset[name].values for name in names}
+            values = {name: direct[name] if name in direct else dataset[name].values for name in names}
         except ConnectionError as err:
             raise _unreachable(url, err) from err
         except Exception as err:  # a chunk that does not decompress, a CRC error
             raise SSL4EOS12FileError(url, f"cannot read data ({type(err).__name__}: {err})") from err
-        variables["sample"] = dataset["sample"].values.astype(str)
-    _check_sample_ids(url, variables["sample"], variables["sample_id"])
-    return ModalityFile(layout, variables)
+        values["sample"] = dataset["sample"].values.astype(str)
+    if "sample_id" in values:
+        _check_sample_ids(url, values["sample"], values["sample_id"])
+    return ModalityFile(layout, values)
 
 
 def _describe(layout: Layout) -> str:
