@@ -342,8 +342,8 @@ def row_prepare(data: Path, group: str, repeat: int) -> dict:
 
 
 def row_convert(data: Path, group: str, repeat: int) -> dict:
-    """``ssl4eos12.convert.convert(data_dir, out_dir, workers=1)``: every config; kept for the Parquet rows."""
-    from ssl4eos12.convert import convert
+    """``ssl4eos12.publish.convert(data_dir, out_dir, workers=1)``: every config; kept for the Parquet rows."""
+    from ssl4eos12.publish import convert
 
     out = Path(os.environ["BENCH_WORK"]) / "parquet"
     shutil.rmtree(out, ignore_errors=True)
@@ -371,7 +371,7 @@ def _parquet_dataset():
 
 
 def row_parquet_arrow(data: Path, group: str, repeat: int) -> dict:
-    from ssl4eos12.native import arrow_to_numpy
+    from ssl4eos12.torch import arrow_to_numpy
 
     dataset = _parquet_dataset().with_format("arrow")
     info = {}

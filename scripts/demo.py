@@ -34,7 +34,7 @@ def main(work_dir: str = "demo") -> None:
     print(f"prepared S2L2A validation: {prepared.num_rows} rows, features {list(prepared.features)}")
 
     out_dir = work / "parquet"
-    from ssl4eos12.convert import convert
+    from ssl4eos12.publish import convert
 
     convert(str(data_dir), str(out_dir), workers=2)
     parquet = load_dataset(str(out_dir), "S2L2A", split="validation", cache_dir=str(work / "cache"))

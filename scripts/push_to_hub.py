@@ -14,11 +14,11 @@ import argparse
 import logging
 import sys
 
-from ssl4eos12.card import write_card
+from ssl4eos12.publish.card import write_card
 from ssl4eos12.constants import SPLIT_FOLDERS
-from ssl4eos12.convert import convert
-from ssl4eos12.hub import HubPushError, push
-from ssl4eos12.layout import SSL4EOS12DataError
+from ssl4eos12.publish import convert
+from ssl4eos12.publish.hub import HubPushError, push
+from ssl4eos12.errors import SSL4EOS12DataError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,10 +5,9 @@
 
 from .builder import SSL4EOS12, SSL4EOS12Config
 from .constants import BANDS, MEAN, MODALITIES, STD
-from .layout import SSL4EOS12DataError
-from .native import arrow_to_numpy, collate
+from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12FileError
 from .registration import register
-from .zarrzip import SSL4EOS12BadFileWarning, SSL4EOS12FileError
+from .torch import arrow_to_numpy, collate
 
 __version__ = "0.1.0"
 

@@ -25,25 +25,18 @@ Cite: see :data:`ssl4eos12.constants.CITATION`.
 
 from __future__ import annotations
 
-import posixpath
 import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import datasets
-import numpy as np
 from datasets.builder import Key
 
 from .constants import CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, MODALITIES, SPLIT_FOLDERS
-from .layout import SSL4EOS12DataError, list_split_files, normalize_root
-from .schema import example_features
-from .zarrzip import (
-    Layout, ModalityFile, SSL4EOS12BadFileWarning, SSL4EOS12FileError, probe_layout, probe_num_samples,
-    read_modality_file,
-)
+from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12FileError
+from .schema import example_features, location_examples
+from .sources import ON_BAD_FILE_CHOICES, Layout, Source, normalize_root, open_source
 
-
-ON_BAD_FILE_CHOICES = ("error", "skip")
 #: reshard() splits each source file into this many sample ranges.
 RESHARD_PARTS_PER_FILE = 4
 
@@ -87,21 +80,19 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         if self.config.on_bad_file not in ON_BAD_FILE_CHOICES:
             raise ValueError(f"on_bad_file must be one of {ON_BAD_FILE_CHOICES}, got {self.config.on_bad_file!r}")
-        root = data_root(self.config)
-        modalities = tuple(self.config.modalities or MODALITIES)
-        download_config = dl_manager.download_config
+        source = self._source(dl_manager.download_config)
         splits = []
         for split, folder in SPLIT_FOLDERS.items():
-            files = list_split_files(root, folder, modalities[0], download_config)
+            files = source.shards(folder)
             if files:
-                split_dir = posixpath.join(root, folder)
-                splits.append(datasets.SplitGenerator(name=split, gen_kwargs={"files": files, "split_dir": split_dir}))
+                splits.append(datasets.SplitGenerator(name=split, gen_kwargs={"files": files, "split_folder": folder}))
         if not splits:
+            first = source.modalities[0]
             raise SSL4EOS12DataError(
-                f"{root}: no SSL4EO-S12 files for {modalities[0]}: expected train/ or val/ folders "
-                f"({', '.join(f'{f}/{modalities[0]}/*.zarr.zip' for f in SPLIT_FOLDERS.values())}) or splits/ lists"
+                f"{source.root}: no SSL4EO-S12 files for {first}: expected train/ or val/ folders "
+                f"({', '.join(f'{f}/{first}/*.zarr.zip' for f in SPLIT_FOLDERS.values())}) or splits/ lists"
             )
-        layouts = self._probe_layouts(splits[0].gen_kwargs, modalities, download_config)
+        layouts = self._probe_layouts(source, splits[0].gen_kwargs)
         features = example_features(layouts, self.config.single_timestamp)
         if self.info.features is None:
             self.info.features = features
@@ -112,153 +103,63 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
             split_generator.gen_kwargs["sample_ranges"] = [None] * len(split_generator.gen_kwargs["files"])
         return splits
 
-    def _probe_layouts(self, gen_kwargs: dict, modalities: tuple[str, ...], download_config) -> tuple[Layout, ...]:
+    def _source(self, download_config=None) -> Source:
+        return open_source(data_root(self.config), self.config.modalities or MODALITIES,
+                           download_config or self._download_config())
+
+    def _probe_layouts(self, source: Source, gen_kwargs: dict) -> tuple[Layout, ...]:
         """Layouts of the first readable file (any bad file is the reader's to report or skip)."""
         for name in gen_kwargs["files"]:
             try:
-                return tuple(
-                    probe_layout(posixpath.join(gen_kwargs["split_dir"], m, name), m, download_config)
-                    for m in modalities
-                )
+                return source.layouts(gen_kwargs["split_folder"], name)
             except SSL4EOS12FileError:
                 if self.config.on_bad_file != "skip":
                     raise
-        raise SSL4EOS12DataError(f"{gen_kwargs['split_dir']}: no readable file among {len(gen_kwargs['files'])}")
+        raise SSL4EOS12DataError(
+            f"{source.root}/{gen_kwargs['split_folder']}: no readable file among {len(gen_kwargs['files'])}"
+        )
 
     def _download_config(self) -> datasets.DownloadConfig:
         """The token and storage options the builder was given, as the reading side expects them."""
         return datasets.DownloadConfig(token=self.token, storage_options=self.storage_options)
 
-    def _generate_shards(self, files, split_dir, layouts, sample_ranges):
+    def _generate_shards(self, files, split_folder, layouts, sample_ranges):
         yield from files
 
-    def _generate_more_gen_kwargs(self, files, split_dir, layouts, sample_ranges):
+    def _generate_more_gen_kwargs(self, files, split_folder, layouts, sample_ranges):
         """Split each file into sample ranges, for ``IterableDataset.reshard()`` when files < workers.
 
         A chunk holds all samples of its timestamp, so every part still reads its whole file: resharding
         trades I/O for parallelism.
         """
-        download_config = self._download_config()
+        source = self._source()
         for name, sample_range in zip(files, sample_ranges):
             start, stop = sample_range or (0, None)
             if stop is None:
-                first = layouts[0].modality
-                stop = probe_num_samples(posixpath.join(split_dir, first, name), first, download_config)
+                stop = source.probe(split_folder, name, layouts[0].modality)[1]
             step = max(1, -(-(stop - start) // RESHARD_PARTS_PER_FILE))
             parts = [(a, min(a + step, stop)) for a in range(start, stop, step)]
-            yield {"files": [name] * len(parts), "split_dir": split_dir, "layouts": layouts, "sample_ranges": parts}
+            yield {"files": [name] * len(parts), "split_folder": split_folder, "layouts": layouts,
+                   "sample_ranges": parts}
 
-    def _generate_examples(self, files, split_dir, layouts, sample_ranges):
-        download_config = self._download_config()
+    def _generate_examples(self, files, split_folder, layouts, sample_ranges):
+        source = self._source()
         skipped = 0
         for file_index, (name, sample_range) in enumerate(zip(files, sample_ranges)):
             try:
-                parts = {
-                    layout.modality: read_modality_file(
-                        posixpath.join(split_dir, layout.modality, name), layout.modality, download_config, layout
-                    )
-                    for layout in layouts
-                }
-                orders = join_on_sample(posixpath.join(split_dir, "*", name), parts)
+                for block in source.blocks(split_folder, name, layouts):
+                    for key, example in location_examples(block, self.config.single_timestamp, sample_range):
+                        yield Key(file_index, key), example
+                    # before the next block is read: memory holds one decoded block per modality
+                    del block
             except SSL4EOS12FileError as err:
                 if self.config.on_bad_file != "skip":
                     raise
                 skipped += 1
                 warnings.warn(f"skipping {err} ({skipped} file(s) skipped in this shard so far)",
                               SSL4EOS12BadFileWarning, stacklevel=2)
-                continue
-            examples = location_examples(name, parts, orders, self.config.single_timestamp, sample_range)
-            for key, example in examples:
-                yield Key(file_index, key), example
-            del parts  # before the next file is read: memory holds one decoded file per modality
 
 
 def data_root(config: SSL4EOS12Config) -> str:
     """``root``, else ``data_dir``, else the hosted copy; local paths absolute, without a trailing slash."""
     return normalize_root(config.root or config.data_dir or HOSTED_ROOT)
-
-
-def join_on_sample(file: str, parts: dict[str, ModalityFile]) -> dict[str, np.ndarray]:
-    """Row order of each modality that lines its samples up with the first modality's.
-
-    The same file name holds the same locations in every modality; a file where the modalities disagree
-    on the samples, or on the centre or CRS of a location, is broken and raises.
-    """
-    (first, reference), *others = parts.items()
-    samples = reference.samples
-    orders = {first: np.arange(len(samples))}
-    for modality, part in others:
-        if np.array_equal(part.samples, samples):
-            order = orders[first]
-        elif len(part.samples) == len(samples) and set(part.samples) == set(samples):
-            sorter = np.argsort(part.samples)
-            order = sorter[np.searchsorted(part.samples, samples, sorter=sorter)]
-        else:
-            only_first = sorted(set(samples) - set(part.samples))
-            only_other = sorted(set(part.samples) - set(samples))
-            raise SSL4EOS12FileError(
-                file, f"modalities {first} and {modality} disagree on the samples: only in {first}: "
-                      f"{_ids(only_first)}; only in {modality}: {_ids(only_other)}"
-            )
-        orders[modality] = order
-        for name in ("center_lat", "center_lon", "crs"):
-            differ = reference.variables[name] != part.variables[name][order]
-            if differ.any():
-                raise SSL4EOS12FileError(
-                    file, f"modalities {first} and {modality} disagree on {name} of sample(s) {_ids(samples[differ])}"
-                )
-    return orders
-
-
-def _ids(samples, limit: int = 5) -> str:
-    samples = [str(s) for s in samples]
-    more = f" and {len(samples) - limit} more" if len(samples) > limit else ""
-    return (", ".join(samples[:limit]) or "none") + more
-
-
-def location_examples(
-    name: str, parts: dict[str, ModalityFile], orders: dict[str, np.ndarray], single_timestamp: bool,
-    sample_range: tuple[int, int] | None = None,
-):
-    """The examples of one file (of a range of its samples): one per location, or per (location, timestamp)."""
-    reference = next(iter(parts.values()))
-    shared = reference.variables
-    num_times = reference.layout.num_times
-    start, stop = sample_range or (0, len(reference.samples))
-    for i in range(start, stop):
-        sample = reference.samples[i]
-        base = {
-            "sample": str(sample),
-            "file": name,
-            "center_lat": float(shared["center_lat"][i]),
-            "center_lon": float(shared["center_lon"][i]),
-            "crs": int(shared["crs"][i]),
-        }
-        if not single_timestamp:
-            example = dict(base)
-            for modality, part in parts.items():
-                example.update(modality_fields(modality, part, orders[modality][i], slice(None)))
-            yield i, example
-            continue
-        for t in range(num_times):
-            example = dict(base, time_index=t)
-            for modality, part in parts.items():
-                example.update(modality_fields(modality, part, orders[modality][i], t))
-            yield i * num_times + t, example
-
-
-def modality_fields(modality: str, part: ModalityFile, row: int, time) -> dict:
-    """One location's fields of one modality; ``time`` is a timestamp index or ``slice(None)`` for all.
-
-    Arrays are copies, not views: a view would keep the whole decoded file alive for as long as the
-    consumer (or a shuffle buffer) holds one example of it.
-    """
-    v = part.variables
-    fields = {modality: v["bands"][row, time].copy()}
-    if part.layout.has_cloud_mask:
-        fields[f"{modality}_cloud_mask"] = v["cloud_mask"][row, time].copy()
-    fields[f"{modality}_time"] = v["time_"][row, time].copy()
-    fields[f"{modality}_file_id"] = v["file_id"][row, time].tolist()
-    fields[f"{modality}_x"] = v["x_"][row].copy()
-    fields[f"{modality}_y"] = v["y_"][row].copy()
-    return fields

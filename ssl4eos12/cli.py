@@ -21,14 +21,14 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from .convert import convert
+    from .publish import convert
 
     convert(args.data_dir, args.out_dir, configs=args.configs, splits=args.splits, workers=args.workers,
             scheduler=args.scheduler)
 
 
 def _verify(args: argparse.Namespace) -> None:
-    from .convert import verify
+    from .publish import verify
 
     problems = verify(args.out_dir, args.data_dir)
     for problem in problems:
@@ -39,7 +39,7 @@ def _verify(args: argparse.Namespace) -> None:
 
 
 def _push(args: argparse.Namespace) -> None:
-    from .hub import HubPushError, push
+    from .publish.hub import HubPushError, push
 
     try:
         commit = push(args.out_dir, args.repo_id, private=args.private, revision=args.revision,

@@ -16,14 +16,14 @@ from pathlib import Path
 BUILDER_NAME = "ssl4eos12"
 BUILDER_MODULE = "ssl4eos12.builder"
 #: Modules whose code decides what the builder yields: their hash keys the ``datasets`` cache.
-_HASHED_MODULES = ("builder.py", "fastzip.py", "layout.py", "remote.py", "schema.py", "zarrzip.py")
+_HASHED_MODULES = ("builder.py", "errors.py", "schema.py", "sources")
 
 
 def builder_module(data_dir: str | None = None):
     """The ``DatasetModule`` that ``datasets`` instantiates the builder from."""
     from datasets.load import DatasetModule
 
-    from .layout import normalize_root
+    from .sources import normalize_root
 
     builder_kwargs = {"dataset_name": BUILDER_NAME}
     if data_dir is not None:
@@ -37,7 +37,8 @@ def _source_hash() -> str:
     package = Path(__file__).parent
     digest = hashlib.sha256()
     for name in _HASHED_MODULES:
-        digest.update((package / name).read_bytes())
+        for path in sorted((package / name).rglob("*.py")) if (package / name).is_dir() else [package / name]:
+            digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

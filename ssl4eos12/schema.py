@@ -1,4 +1,4 @@
-"""The example schema: ``datasets`` features built from the layouts read from the files.
+"""The example schema: ``datasets`` features built from the layouts read from the files, and the examples.
 
 One example is one location (or, with ``single_timestamp``, one location at one timestamp). Shared fields
 come first, then per modality ``M``: ``M`` (bands), ``M_cloud_mask``, ``M_time``, ``M_file_id``, ``M_x``,
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import datasets
 
-from .zarrzip import Layout
+from .sources.base import Block, Layout, ModalityFile
 
 SHARED_FEATURES = {
     "sample": datasets.Value("string"),
@@ -57,3 +57,49 @@ def example_features(layouts: Sequence[Layout], single_timestamp: bool = False) 
     for layout in layouts:
         features.update(modality_features(layout, single_timestamp))
     return datasets.Features(features)
+
+
+def location_examples(block: Block, single_timestamp: bool, sample_range: tuple[int, int] | None = None):
+    """``(key, example)`` of a block (or a range of its rows): one per location, or per (location, timestamp)."""
+    name, parts, orders = block.file, block.parts, block.orders
+    reference = block.reference
+    shared = reference.variables
+    num_times = reference.layout.num_times
+    start, stop = sample_range or (0, len(reference.samples))
+    for i in range(start, stop):
+        sample = reference.samples[i]
+        base = {
+            "sample": str(sample),
+            "file": name,
+            "center_lat": float(shared["center_lat"][i]),
+            "center_lon": float(shared["center_lon"][i]),
+            "crs": int(shared["crs"][i]),
+        }
+        if not single_timestamp:
+            example = dict(base)
+            for modality, part in parts.items():
+                example.update(modality_fields(modality, part, orders[modality][i], slice(None)))
+            yield i, example
+            continue
+        for t in range(num_times):
+            example = dict(base, time_index=t)
+            for modality, part in parts.items():
+                example.update(modality_fields(modality, part, orders[modality][i], t))
+            yield i * num_times + t, example
+
+
+def modality_fields(modality: str, part: ModalityFile, row: int, time) -> dict:
+    """One location's fields of one modality; ``time`` is a timestamp index or ``slice(None)`` for all.
+
+    Arrays are copies, not views: a view would keep the whole decoded file alive for as long as the
+    consumer (or a shuffle buffer) holds one example of it.
+    """
+    v = part.variables
+    fields = {modality: v["bands"][row, time].copy()}
+    if part.layout.has_cloud_mask:
+        fields[f"{modality}_cloud_mask"] = v["cloud_mask"][row, time].copy()
+    fields[f"{modality}_time"] = v["time_"][row, time].copy()
+    fields[f"{modality}_file_id"] = v["file_id"][row, time].tolist()
+    fields[f"{modality}_x"] = v["x_"][row].copy()
+    fields[f"{modality}_y"] = v["y_"][row].copy()
+    return fields

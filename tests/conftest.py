@@ -62,7 +62,7 @@ SMALL_SHARD_SIZE = 100_000
 @pytest.fixture(scope="session")
 def converted_dir(data_dir, tmp_path_factory):
     """``data_dir`` converted to Parquet shards, manifest and card (the Hub repository); do not modify it."""
-    from ssl4eos12.convert import convert
+    from ssl4eos12.publish import convert
 
     out = tmp_path_factory.mktemp("parquet")
     convert(data_dir, out, workers=1, max_shard_size=SMALL_SHARD_SIZE)
@@ -88,7 +88,7 @@ def arrow_rows(dataset) -> list[dict]:
     import datasets
     import pyarrow as pa
 
-    from ssl4eos12.native import arrow_to_numpy
+    from ssl4eos12.torch import arrow_to_numpy
 
     if isinstance(dataset, datasets.IterableDataset):
         table = pa.concat_tables(list(dataset.with_format("arrow").iter(batch_size=4)))

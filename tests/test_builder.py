@@ -12,7 +12,7 @@ import pytest
 from datasets import load_dataset
 
 import ssl4eos12
-from ssl4eos12.native import arrow_to_numpy
+from ssl4eos12.torch import arrow_to_numpy
 from reference import assert_example_equal, expected_examples, split_files
 
 CONFIGS = {

@@ -23,7 +23,7 @@ from conftest import SMALL_SHARD_SIZE, arrow_rows, builder_rows
 from reference import assert_example_equal, split_files
 from ssl4eos12 import cli
 from ssl4eos12.constants import MODALITIES
-from ssl4eos12.convert import MANIFEST_FILE, RECORDS_DIR, convert, plan, read_manifest, shard_sizes, verify
+from ssl4eos12.publish import MANIFEST_FILE, RECORDS_DIR, convert, plan, read_manifest, shard_sizes, verify
 from ssl4eos12.synth import synthesize
 
 SPLITS = ("train", "validation")
@@ -154,7 +154,7 @@ def test_rerun_skips_finished_shards(converted_dir, data_dir, tmp_path):
 KILLED_CONVERSION = """
 import os, signal, sys
 import pyarrow.parquet as pq
-from ssl4eos12.convert import convert
+from ssl4eos12.publish import convert
 
 calls = 0
 write_table = pq.ParquetWriter.write_table
@@ -222,7 +222,7 @@ def test_verify_passes_then_catches_tampering(converted_dir, data_dir, tmp_path)
                              [[lat[0] + 1.0, *lat[1:]]])
     pq.write_table(table, forged)
     manifest = json.loads((out / MANIFEST_FILE).read_text())
-    from ssl4eos12.convert import file_sha256
+    from ssl4eos12.publish.manifest import file_sha256
 
     for record in manifest["shards"]:
         if record["path"] == "S1GRD/validation-00000-of-00001.parquet":

@@ -18,7 +18,7 @@ from conftest import arrow_rows, builder_rows
 from reference import assert_example_equal
 from servers import HubServer, use_hub
 from ssl4eos12 import cli
-from ssl4eos12.hub import HubPushError, push
+from ssl4eos12.publish.hub import HubPushError, push
 
 TOKEN = "hf_valid_secret_token"
 REPO = "org/ssl4eo-s12"

@@ -22,8 +22,9 @@ from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from .constants import AUTHORS_MIRROR, CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, MEAN, SPLIT_FOLDERS, STD
-from .convert import DEFAULT_CONFIG, read_manifest
+from ..constants import AUTHORS_MIRROR, CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, MEAN, SPLIT_FOLDERS, STD
+from .manifest import read_manifest
+from .plan import DEFAULT_CONFIG
 
 PRETTY_NAME = "SSL4EO-S12 v1.1"
 TASK_CATEGORIES = ["image-feature-extraction"]
@@ -61,7 +62,7 @@ def template_path() -> Path:
     packaged = resources.files("ssl4eos12") / TEMPLATE_NAME
     if packaged.is_file():
         return Path(str(packaged))
-    return Path(__file__).resolve().parents[1] / TEMPLATE_NAME
+    return Path(__file__).resolve().parents[2] / TEMPLATE_NAME
 
 
 def card_data(manifest: dict) -> DatasetCardData:

@@ -18,7 +18,6 @@ import io
 import os
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
@@ -27,7 +26,9 @@ from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 from fsspec.implementations.zip import ZipFileSystem
 
 from . import fastzip
-from .constants import BANDS_DTYPE, CLOUD_MASKED
+from ..constants import BANDS_DTYPE, CLOUD_MASKED
+from ..errors import SSL4EOS12FileError
+from .base import Layout, ModalityFile
 from .remote import is_remote, open_remote
 
 #: Variables every modality's file has, with their dimensions (``bands`` may have any trailing dims
@@ -54,44 +55,6 @@ EXPECTED_DTYPES: dict[str, str] = {
     "time_": "datetime64[ns]", "x_": "float64", "y_": "float64", "cloud_mask": "uint8",
 }
 
-
-class SSL4EOS12FileError(ValueError):
-    """A source file is missing, unreadable or not what SSL4EO-S12 v1.1 files are; names file and problem."""
-
-    def __init__(self, file: str, problem: str):
-        super().__init__(f"{file}: {problem}")
-        self.file = file
-        self.problem = problem
-
-
-class SSL4EOS12BadFileWarning(UserWarning):
-    """Emitted once per source file skipped with ``on_bad_file="skip"``."""
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The shape of one modality's files: what the ``datasets`` features are built from."""
-
-    modality: str
-    num_times: int
-    band_names: tuple[str, ...]
-    bands_shape: tuple[int, ...]  # per sample and timestamp, e.g. (C, H, W)
-    bands_dtype: str
-    height: int
-    width: int
-    has_cloud_mask: bool
-
-
-@dataclass
-class ModalityFile:
-    """Every variable of one modality's file, decoded, as numpy arrays (first axis: sample)."""
-
-    layout: Layout
-    variables: dict[str, np.ndarray]
-
-    @property
-    def samples(self) -> np.ndarray:
-        return self.variables["sample"]
 
 
 @contextlib.contextmanager
@@ -180,16 +143,10 @@ def _dtype_matches(dtype: np.dtype, expected: str) -> bool:
     return dtype.kind == expected if len(expected) == 1 else dtype == np.dtype(expected)
 
 
-def probe_layout(url: str, modality: str, download_config=None) -> Layout:
-    """Read only the metadata (and coordinates) of a file to learn its layout."""
+def probe_layout_and_size(url: str, modality: str, download_config=None) -> tuple[Layout, int]:
+    """Layout and number of samples (locations) of a file, from its metadata (and coordinates) only."""
     with open_zarr_zip(url, download_config, whole=False) as dataset:
-        return layout_of(url, modality, dataset)
-
-
-def probe_num_samples(url: str, modality: str, download_config=None) -> int:
-    """Number of samples (locations) in a file, from its metadata."""
-    with open_zarr_zip(url, download_config, whole=False) as dataset:
-        return dataset.sizes["sample"]
+        return layout_of(url, modality, dataset), dataset.sizes["sample"]
 
 
 def read_modality_file(

@@ -8,6 +8,7 @@ storage_options=...)`` reaches every file this package opens.
 from __future__ import annotations
 
 import io
+import os
 
 import fsspec
 
@@ -48,3 +49,11 @@ def open_remote(url: str, download_config=None, whole: bool = True):
 
 def is_remote(url: str) -> bool:
     return "://" in url and not url.startswith("file://")
+
+
+def normalize_root(root: str | os.PathLike) -> str:
+    """A data root as this package uses it: local paths absolute, no trailing slash."""
+    root = os.fspath(root)
+    if "://" not in root:
+        root = os.path.abspath(os.path.expanduser(root))
+    return root.rstrip("/")

@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 from numcodecs import Blosc
 
-from .constants import BANDS, CLOUD_MASKED, MODALITIES, SPLIT_FOLDERS, file_name, split_list_path
+from ..constants import BANDS, CLOUD_MASKED, MODALITIES, SPLIT_FOLDERS, file_name, split_list_path
 
 #: The compressor of the real files (xarray's default for zarr v2 at the time they were written).
 COMPRESSOR = Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE)

@@ -1,4 +1,4 @@
-"""Publish a converted folder (see :mod:`ssl4eos12.convert`) to the Hugging Face Hub with ``huggingface_hub``.
+"""Publish a converted folder (see :mod:`.shards`) to the Hugging Face Hub with ``huggingface_hub``.
 
 ``push`` creates the dataset repository if needed, renders the card for it (so its examples name the
 repository) and uploads ``README.md``, the Parquet shards and the manifest with ``HfApi.upload_folder`` in
@@ -25,7 +25,7 @@ from huggingface_hub import CommitInfo, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
-from .convert import MANIFEST_FILE
+from .manifest import MANIFEST_FILE
 
 logger = logging.getLogger(__name__)
 

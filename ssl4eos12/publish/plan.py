@@ -1,0 +1,287 @@
+"""The conversion's plan: which shards each (config, split) gets, and the tasks that write them.
+
+The output folder is exactly the Hub repository::
+
+    OUT_DIR/README.md                                   the dataset card (see :mod:`ssl4eos12.card`)
+    OUT_DIR/{config}/{split}-NNNNN-of-MMMMM.parquet     the shards
+    OUT_DIR/.ssl4eos12/manifest.json                    what every shard holds (rows, samples, sha256, statistics)
+    OUT_DIR/.ssl4eos12/shards/{config}/{split}-NNNNN-of-MMMMM.json   one record per finished shard (local only)
+
+Configs: one per modality (``S1GRD``, ``S2L1C``, ``S2L2A``, ``S2RGB``, and any other modality folder asked for),
+with exactly the features of the builder's config of the same name, and a light ``default`` config for the
+dataset viewer: a PNG ``thumbnail`` of each location plus the scalar metadata. Every config lists the same
+locations in the same order (split-list order of the files, file order of the samples), so configs can be
+zipped row by row.
+
+Shard plan: a shard holds whole source files. Before anything is read, each (config, split) gets
+``files_per_shard = max(1, MAX_SHARD_SIZE // (samples per file * uncompressed bytes per example))`` with
+``datasets.config.MAX_SHARD_SIZE`` (500 MB, what ``Dataset.push_to_hub`` uses) and the samples per file of the
+first file. At full size that is one file per S2L1C/S2L2A shard (464/428 MB), seven per S1GRD/S2RGB shard
+and ~37 per ``default`` shard; zstd then brings the files to a few hundred MB. Row groups hold at most
+50 MB of uncompressed data (:data:`ROW_GROUP_BYTES`) and never span two source files, far below the dataset
+viewer's 286 MiB limit; a task keeps one decoded source file per modality, and one row group, in memory.
+
+Parallel: tasks are (config, split, shard); they run in a local process pool (spawned, ``workers``) or, with
+``scheduler``, on a Dask distributed cluster whose workers see ``DATA_DIR`` and ``OUT_DIR`` at the same paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import datasets
+import numpy as np
+from datasets.utils.py_utils import convert_file_size_to_int
+from datasets.utils.tqdm import tqdm as hf_tqdm
+
+from ..constants import MODALITIES, SPLIT_FOLDERS
+from ..errors import SSL4EOS12DataError, SSL4EOS12FileError
+from ..schema import SHARED_FEATURES, TIMESTAMP, example_features
+from ..sources import Layout, Source, normalize_root, open_source
+from .manifest import FORMAT_VERSION, RECORDS_DIR
+
+logger = logging.getLogger(__name__)
+
+#: Name of the light config the dataset viewer shows first.
+DEFAULT_CONFIG = "default"
+#: Modalities that can provide the thumbnails, in order of preference.
+THUMBNAIL_SOURCES = ("S2RGB", "S2L2A", "S2L1C")
+#: Uncompressed bytes per row group: half of ``datasets.config.MAX_ROW_GROUP_SIZE`` (100 MB). Encoding a row group
+#: of nested int16 arrays takes a few times its size (levels, dictionary indices, pages); at 50 MB a worker's
+#: peak memory stays that of reading one S2L1C file (measured: ~1.0 GB, against ~1.4 GB at 100 MB), and the
+#: viewer and streaming readers fetch less per row group. Same file sizes.
+ROW_GROUP_BYTES = 50_000_000
+#: Estimated bytes of one string value, for the shard plan only.
+_STRING_BYTES = 40
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One output shard: which source files go into it and how they are laid out."""
+
+    config: str
+    split: str
+    index: int
+    num_shards: int
+    files: tuple[str, ...]
+    root: str  # the data root, normalised
+    layouts: tuple[Layout, ...]  # the modalities read; the first one orders the rows
+    thumbnail: Optional[str] = None  # modality the thumbnails are made from (default config only)
+    rows_per_group: int = 1
+
+    @property
+    def path(self) -> str:
+        """Path of the shard relative to the output folder."""
+        return f"{self.config}/{self.split}-{self.index:05d}-of-{self.num_shards:05d}.parquet"
+
+    @property
+    def record_path(self) -> str:
+        return f"{RECORDS_DIR}/{self.path.removesuffix('.parquet')}.json"
+
+    @property
+    def split_folder(self) -> str:
+        return SPLIT_FOLDERS[self.split]
+
+    def source(self) -> Source:
+        """The source of the modalities this shard reads."""
+        return open_source(self.root, [layout.modality for layout in self.layouts])
+
+    @functools.cached_property
+    def features(self) -> datasets.Features:
+        return config_features(self.config, self.layouts, self.thumbnail)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Hash of everything that decides the shard's bytes, except the source data itself."""
+        spec = {
+            "version": FORMAT_VERSION, "config": self.config, "split": self.split, "index": self.index,
+            "num_shards": self.num_shards, "files": self.files, "thumbnail": self.thumbnail,
+            "rows_per_group": self.rows_per_group, "features": self.features.to_dict(),
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def config_features(config: str, layouts: tuple[Layout, ...], thumbnail: Optional[str]) -> datasets.Features:
+    """A modality config's features are the builder's; the default config's are :func:`overview_features`."""
+    if config == DEFAULT_CONFIG:
+        return overview_features(layouts, thumbnail)
+    return example_features(layouts)
+
+
+def overview_features(layouts: tuple[Layout, ...], thumbnail: Optional[str]) -> datasets.Features:
+    """Features of the ``default`` config: a thumbnail and the scalar metadata of every modality."""
+    features = {}
+    if thumbnail is not None:
+        features["thumbnail"] = datasets.Image()
+    features.update(SHARED_FEATURES)
+    if thumbnail is not None:
+        features["thumbnail_time_index"] = datasets.Value("int64")
+    for layout in layouts:
+        m = layout.modality
+        features[f"{m}_time"] = datasets.List(TIMESTAMP, length=layout.num_times)
+        if layout.has_cloud_mask:
+            features[f"{m}_cloud_fraction"] = datasets.List(datasets.Value("float32"), length=layout.num_times)
+    return datasets.Features(features)
+
+
+def plan(data_dir: str, configs: Optional[Iterable[str]] = None, splits: Optional[Iterable[str]] = None,
+         max_shard_size: int | str | None = None) -> list[ShardTask]:
+    """Every shard of the conversion, computed from the file lists and the first file of each modality.
+
+    ``configs`` defaults to every modality present plus ``default``; ``splits`` to every split present;
+    ``max_shard_size`` (bytes of uncompressed data, or a string like ``"500MB"``) to
+    ``datasets.config.MAX_SHARD_SIZE``.
+    """
+    root = normalize_root(data_dir)
+    configs = list(dict.fromkeys(configs)) if configs else None
+    wanted = [c for c in configs or () if c != DEFAULT_CONFIG]
+    # the default config shows every modality there is
+    candidates = list(dict.fromkeys([*wanted, *MODALITIES])) if not configs or DEFAULT_CONFIG in configs else wanted
+    split_files = _split_files(root, list(splits or SPLIT_FOLDERS), candidates)
+    first_folder = SPLIT_FOLDERS[next(iter(split_files))]
+    first_file = next(iter(split_files.values()))[0]
+    source = open_source(root, candidates)
+    probes = {m: probe for m in candidates if (probe := _probe(source, first_folder, first_file, m))}
+    missing = [c for c in wanted if c not in probes]
+    if missing:
+        raise SSL4EOS12DataError(f"{root}/{first_folder}: no files of modality {', '.join(missing)}")
+    tasks = []
+    for config in configs or [*probes, DEFAULT_CONFIG]:
+        modalities, thumbnail = _config_modalities(config, probes)
+        layouts = tuple(probes[m][0] for m in modalities)
+        example_bytes = example_nbytes(config_features(config, layouts, thumbnail), layouts)
+        files_per_shard, rows_per_group = shard_sizes(example_bytes, probes[modalities[0]][1], max_shard_size)
+        for split, names in split_files.items():
+            chunks = [tuple(names[i:i + files_per_shard]) for i in range(0, len(names), files_per_shard)]
+            tasks.extend(
+                ShardTask(config, split, index, len(chunks), chunk, root, layouts, thumbnail, rows_per_group)
+                for index, chunk in enumerate(chunks)
+            )
+    return tasks
+
+
+def _split_files(root: str, splits: list[str], modalities: list[str]) -> dict[str, list[str]]:
+    """The file names of each split present (from the first modality that lists any)."""
+    unknown = [s for s in splits if s not in SPLIT_FOLDERS]
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}: choose from {list(SPLIT_FOLDERS)}")
+    split_files = {}
+    for split in splits:
+        names = next((n for m in modalities if (n := open_source(root, [m]).shards(SPLIT_FOLDERS[split]))), None)
+        if names:
+            split_files[split] = names
+    if not split_files:
+        raise SSL4EOS12DataError(f"{root}: no SSL4EO-S12 files of {modalities} in split(s) {splits}")
+    return split_files
+
+
+def _config_modalities(config: str, probes: dict) -> tuple[list[str], Optional[str]]:
+    """The modalities a config reads (the first orders the rows) and its thumbnail source."""
+    if config != DEFAULT_CONFIG:
+        return [config], None
+    modalities = [m for m in MODALITIES if m in probes]
+    if not modalities:
+        raise SSL4EOS12DataError(f"the default config needs one of {MODALITIES}; found {list(probes)}")
+    thumbnail = next((m for m in THUMBNAIL_SOURCES if m in probes), None)
+    if thumbnail is None:
+        logger.warning("no Sentinel-2 modality to make thumbnails from: the default config has none")
+    return modalities, thumbnail
+
+
+def shard_sizes(example_bytes: int, samples_per_file: int, max_shard_size: int | str | None = None) -> tuple[int, int]:
+    """Files per shard and rows per row group, for examples of ``example_bytes`` uncompressed bytes."""
+    max_shard_size = convert_file_size_to_int(max_shard_size or datasets.config.MAX_SHARD_SIZE)
+    files_per_shard = max(1, max_shard_size // max(1, samples_per_file * example_bytes))
+    return files_per_shard, max(1, ROW_GROUP_BYTES // example_bytes)
+
+
+def _probe(source: Source, split_folder: str, shard: str, modality: str) -> Optional[tuple[Layout, int]]:
+    """Layout and number of samples of a shard's modality, or ``None`` if there is no such file."""
+    try:
+        return source.probe(split_folder, shard, modality)
+    except SSL4EOS12FileError as err:
+        if err.problem == "file not found":
+            return None
+        raise
+
+
+def example_nbytes(features: datasets.Features, layouts: tuple[Layout, ...]) -> int:
+    """Uncompressed bytes of one example, estimated from its features (images as raw RGB of the patch size)."""
+    image_bytes = 3 * layouts[0].height * layouts[0].width
+
+    def nbytes(feature) -> int:
+        if isinstance(feature, datasets.Image):
+            return image_bytes
+        if isinstance(feature, datasets.features.features._ArrayXD):
+            return math.prod(feature.shape) * np.dtype(feature.dtype).itemsize
+        if isinstance(feature, datasets.List):
+            return max(feature.length, 1) * nbytes(feature.feature)
+        return _STRING_BYTES if feature.dtype in ("string", "large_string", "binary", "large_binary") \
+            else feature.pa_type.byte_width
+
+    return sum(nbytes(feature) for feature in features.values())
+
+
+def read_record(out: Path, task: ShardTask) -> Optional[dict]:
+    try:
+        return json.loads((out / task.record_path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def is_done(out: Path, task: ShardTask) -> bool:
+    """A shard is finished when its record matches the plan and its file has the recorded size."""
+    record = read_record(out, task)
+    if record is None or record.get("fingerprint") != task.fingerprint:
+        return False
+    try:
+        return (out / task.path).stat().st_size == record["size"]
+    except FileNotFoundError:
+        return False
+
+
+def run_tasks(fn: Callable, tasks: list, workers: Optional[int] = None, scheduler: Optional[str] = None,
+              desc: str = "Converting") -> Iterator:
+    """Results of ``fn(task)`` in completion order, on a Dask cluster, a process pool or inline, with a progress bar."""
+    with hf_tqdm(total=len(tasks), desc=desc, unit="shard") as progress:
+        for result in _map_unordered(fn, tasks, workers, scheduler):
+            progress.update(1)
+            yield result
+
+
+def _map_unordered(fn: Callable, tasks: list, workers: Optional[int], scheduler: Optional[str]) -> Iterator:
+    if not tasks:
+        return
+    if scheduler is not None:
+        from distributed import Client
+        from distributed import as_completed as dask_as_completed
+
+        with Client(scheduler) as client:  # connecting to a running scheduler: closing leaves the cluster up
+            futures = client.map(fn, tasks, pure=False)
+            for future in dask_as_completed(futures):
+                yield future.result()
+        return
+    workers = min(workers or os.cpu_count() or 1, len(tasks))
+    if workers == 1:
+        yield from map(fn, tasks)
+        return
+    # spawn, not fork: zarr, fsspec and pyarrow start threads that a forked child would inherit broken
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, task) for task in tasks]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()

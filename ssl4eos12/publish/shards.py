@@ -1,0 +1,319 @@
+"""Convert SSL4EO-S12 v1.1 to Parquet shards that ``datasets`` loads with no custom code.
+
+The output folder is exactly the Hub repository::
+
+    OUT_DIR/README.md                                   the dataset card (see :mod:`.card`)
+    OUT_DIR/{config}/{split}-NNNNN-of-MMMMM.parquet     the shards
+    OUT_DIR/.ssl4eos12/manifest.json                    what every shard holds (rows, samples, sha256, statistics)
+    OUT_DIR/.ssl4eos12/shards/{config}/{split}-NNNNN-of-MMMMM.json   one record per finished shard (local only)
+
+Configs: one per modality (``S1GRD``, ``S2L1C``, ``S2L2A``, ``S2RGB``, and any other modality folder asked for),
+with exactly the features of the builder's config of the same name, and a light ``default`` config for the
+dataset viewer: a PNG ``thumbnail`` of each location plus the scalar metadata. Every config lists the same
+locations in the same order (split-list order of the files, file order of the samples), so configs can be
+zipped row by row.
+
+Shard plan: a shard holds whole source files. Before anything is read, each (config, split) gets
+``files_per_shard = max(1, MAX_SHARD_SIZE // (samples per file * uncompressed bytes per example))`` with
+``datasets.config.MAX_SHARD_SIZE`` (500 MB, what ``Dataset.push_to_hub`` uses) and the samples per file of the
+first file. At full size that is one file per S2L1C/S2L2A shard (464/428 MB), seven per S1GRD/S2RGB shard
+and ~37 per ``default`` shard; zstd then brings the files to a few hundred MB. Row groups hold at most
+50 MB of uncompressed data (:data:`ROW_GROUP_BYTES`) and never span two source files, far below the dataset
+viewer's 286 MiB limit; a task keeps one decoded source file per modality, and one row group, in memory.
+
+Resumable and byte-identical: a shard is written to a hidden ``.NAME.<random>.partial`` file in its folder
+(which the data_files patterns never match), hashed, then ``os.replace``-d into place; its record is written
+the same way afterwards. A rerun skips every shard whose record matches the plan and whose file has the
+recorded size, removes leftovers, and rewrites the rest. The writer settings are fixed and nothing in a file
+depends on time, paths or the order tasks finish in, so a resumed, a parallel or a Dask run produces the
+same bytes as a clean sequential one (same library versions assumed).
+
+Parallel: tasks are (config, split, shard); they run in a local process pool (spawned, ``workers``) or, with
+``scheduler``, on a Dask distributed cluster whose workers see ``DATA_DIR`` and ``OUT_DIR`` at the same paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import math
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from io import BytesIO
+from pathlib import Path
+from typing import Optional
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets.arrow_writer import get_parquet_column_options
+
+from ..schema import location_examples, modality_fields
+from ..sources import Block, ModalityFile
+from .manifest import (
+    MANIFEST_DIR, RECORDS_DIR, alignment_problems, file_sha256, fsync, samples_digest, write_json_atomic,
+    write_manifest,
+)
+from .plan import DEFAULT_CONFIG, ShardTask, is_done, plan, run_tasks
+
+logger = logging.getLogger(__name__)
+
+THUMBNAIL_BANDS = ("B04", "B03", "B02")
+#: Percentiles of a thumbnail's values mapped to black and white.
+THUMBNAIL_STRETCH = (2.0, 98.0)
+_ZSTD_LEVEL = 3
+
+
+def task_batches(task: ShardTask, name: str, stats: dict) -> Iterator[dict]:
+    """The columns of one source shard of ``task``, ``task.rows_per_group`` rows at a time; adds to ``stats``."""
+    if task.config == DEFAULT_CONFIG:
+        _, examples = task_examples(task, name)
+        for batch in _batches(examples, task.rows_per_group):  # small: thumbnails and metadata
+            yield {field: [example[field] for example in batch] for field in batch[0]}
+        return
+    for block in task.source().blocks(task.split_folder, name, task.layouts):
+        _add_statistics(stats, block.reference)
+        yield from modality_batches(block.file, block.reference, task.rows_per_group)
+        del block  # before the next block is read
+
+
+def modality_batches(name: str, part: ModalityFile, size: int) -> Iterator[dict]:
+    """The builder's examples of a file as columns of ``size`` rows: row slices, not one copy per example.
+
+    The fields are the builder's own (:func:`~ssl4eos12.schema.location_examples` and ``modality_fields``,
+    indexed with a slice of rows), so a config's rows are the builder's examples by construction.
+    """
+    shared = part.variables
+    for start in range(0, len(part.samples), size):
+        rows = slice(start, start + size)
+        samples = part.samples[rows].tolist()
+        # yielded without a local name, so the previous batch is freed before the next one is cut
+        yield {"sample": samples, "file": [name] * len(samples), "center_lat": shared["center_lat"][rows],
+               "center_lon": shared["center_lon"][rows], "crs": shared["crs"][rows],
+               **modality_fields(part.layout.modality, part, rows, slice(None))}
+
+
+def task_examples(task: ShardTask, name: str) -> tuple[list[str], Iterator[dict]]:
+    """Samples (in row order) and examples, one dict per row, of one source shard of ``task``."""
+    variables = None if task.config != DEFAULT_CONFIG else _overview_variables(task)
+    blocks = list(task.source().blocks(task.split_folder, name, task.layouts, variables))
+    samples = [str(s) for block in blocks for s in block.samples]
+    if task.config != DEFAULT_CONFIG:
+        examples = (example for block in blocks for _, example in location_examples(block, False))
+    else:
+        examples = (example for block in blocks for _, example in overview_examples(block, task.thumbnail))
+    return samples, examples
+
+
+def _overview_variables(task: ShardTask) -> dict[str, list[str]]:
+    """Only what the default config needs: reading S2L1C bands for its timestamps would be 464 MB per file."""
+    names = ["center_lat", "center_lon", "crs", "time_", "cloud_mask"]
+    return {layout.modality: names + ["bands"] * (layout.modality == task.thumbnail) for layout in task.layouts}
+
+
+def overview_examples(block: Block, thumbnail: Optional[str]) -> Iterator[tuple[int, dict]]:
+    """The ``default`` config's examples of one block (``(key, example)`` pairs, like the builder's)."""
+    name, parts, orders = block.file, block.parts, block.orders
+    reference = next(iter(parts.values()))
+    shared = reference.variables
+    fractions = {
+        m: cloud_fraction(part.variables["cloud_mask"]) for m, part in parts.items() if part.layout.has_cloud_mask
+    }
+    if thumbnail is not None:
+        rgb = [parts[thumbnail].layout.band_names.index(b) for b in THUMBNAIL_BANDS]
+    for i, sample in enumerate(reference.samples):
+        example = {}
+        if thumbnail is not None:
+            row = orders[thumbnail][i]
+            # the least cloudy timestamp (the first of equals); without a cloud mask, the first one
+            t = int(np.argmin(fractions[thumbnail][row])) if thumbnail in fractions else 0
+            png = thumbnail_png(parts[thumbnail].variables["bands"][row, t, rgb])
+            example["thumbnail"] = {"bytes": png, "path": None}
+        example.update(sample=str(sample), file=name, center_lat=float(shared["center_lat"][i]),
+                       center_lon=float(shared["center_lon"][i]), crs=int(shared["crs"][i]))
+        if thumbnail is not None:
+            example["thumbnail_time_index"] = t
+        for m, part in parts.items():
+            example[f"{m}_time"] = part.variables["time_"][orders[m][i]]
+            if m in fractions:
+                example[f"{m}_cloud_fraction"] = fractions[m][orders[m][i]]
+        yield i, example
+
+
+def cloud_fraction(cloud_mask: np.ndarray) -> np.ndarray:
+    """Share of the pixels of each (sample, timestamp) that the cloud mask flags (any non-zero class)."""
+    fraction = np.count_nonzero(cloud_mask, axis=(-2, -1)) / math.prod(cloud_mask.shape[-2:])
+    return fraction.astype(np.float32)
+
+
+def thumbnail_png(rgb: np.ndarray) -> bytes:
+    """A ``(3, H, W)`` true-colour patch as PNG, stretched so its 2nd-98th percentiles span black to white.
+
+    One stretch for all three bands keeps the colour balance.
+    """
+    from PIL import Image
+
+    values = rgb.astype(np.float32)
+    finite = values[np.isfinite(values)]
+    low, high = np.percentile(finite, THUMBNAIL_STRETCH) if finite.size else (0.0, 1.0)
+    scaled = (values - low) * (255.0 / max(float(high - low), 1e-6))
+    pixels = np.nan_to_num(np.clip(scaled, 0, 255), nan=0).round().astype(np.uint8)
+    buffer = BytesIO()
+    Image.fromarray(np.moveaxis(pixels, 0, -1)).save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def _add_statistics(stats: dict, part: ModalityFile) -> None:
+    """Add one file to per-band sums (exact integers for integer bands), cloud and no-data pixel counts."""
+    bands = part.variables["bands"]
+    per_band = stats.setdefault("bands", [{"count": 0, "sum": 0, "sum_sq": 0} for _ in range(bands.shape[2])])
+    for b, entry in enumerate(per_band):
+        values = bands[:, :, b]
+        if values.dtype.kind in "iu":
+            entry["count"] += values.size
+            entry["sum"] += int(values.sum(dtype=np.int64))
+            entry["sum_sq"] += int(np.square(values, dtype=np.int64).sum())
+        else:
+            values = values.astype(np.float64)
+            valid = int(np.count_nonzero(~np.isnan(values)))
+            entry["count"] += valid
+            entry["sum"] += float(np.nansum(values))
+            entry["sum_sq"] += float(np.nansum(np.square(values)))
+            entry["nan"] = entry.get("nan", 0) + values.size - valid
+    if part.layout.has_cloud_mask:
+        mask = part.variables["cloud_mask"]
+        stats["cloud_pixels"] = stats.get("cloud_pixels", 0) + int(np.count_nonzero(mask))
+        stats["pixels"] = stats.get("pixels", 0) + int(mask.size)
+
+
+def arrow_column(values, pa_type: pa.DataType) -> pa.Array:
+    """One column from a ``(rows, ...)`` numpy array (shared, not copied) or a list of per-row values."""
+    if isinstance(pa_type, pa.ExtensionType) or pa.types.is_list(pa_type) or pa.types.is_fixed_size_list(pa_type):
+        if not isinstance(values, np.ndarray):
+            values = np.stack([np.asarray(value) for value in values])
+        return _nested_array(values, pa_type)
+    return pa.array(values, type=pa_type)
+
+
+def _nested_array(array: np.ndarray, pa_type: pa.DataType) -> pa.Array:
+    """``(rows, d1, d2, ...)`` numpy array to Arrow (nested) lists of ``pa_type``, sharing the numpy buffer."""
+    if isinstance(pa_type, pa.ExtensionType):  # datasets' ArrayND: lists of lists over the same values
+        return pa.ExtensionArray.from_storage(pa_type, _nested_array(array, pa_type.storage_type))
+    if pa.types.is_fixed_size_list(pa_type) or pa.types.is_list(pa_type):
+        rows, width = array.shape[:2]
+        child = _nested_array(array.reshape(rows * width, *array.shape[2:]), pa_type.value_type)
+        if pa.types.is_fixed_size_list(pa_type):
+            return pa.FixedSizeListArray.from_arrays(child, type=pa_type)
+        offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * np.int32(width))
+        return pa.ListArray.from_arrays(offsets, child, type=pa_type)
+    return pa.array(np.ascontiguousarray(array), type=pa_type)
+
+
+def _batches(iterable: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(iterable)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def writer_options(features: datasets.Features, schema: pa.Schema) -> dict:
+    """``pq.ParquetWriter`` options: ``datasets``' per-column choices (and content-defined chunking), zstd.
+
+    Fixed settings, no timestamps: the same table always gives the same bytes.
+    """
+    options = get_parquet_column_options(features, schema)
+    # datasets picks snappy; zstd is much smaller for imagery. Embedded files (PNG) stay uncompressed.
+    compression = {leaf: "zstd" if codec == "snappy" else codec for leaf, codec in options["compression"].items()}
+    levels = {leaf: _ZSTD_LEVEL for leaf, codec in compression.items() if codec == "zstd"}
+    return dict(options, compression=compression, compression_level=levels, write_page_index=True,
+                use_content_defined_chunking=datasets.config.DEFAULT_CDC_OPTIONS)
+
+
+def convert_shard(task: ShardTask, out_dir: str) -> dict:
+    """Write one shard (to a temporary name, renamed when complete) and its record; return the record."""
+    out = Path(out_dir)
+    final = out / task.path
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.with_name(f".{final.name}.{uuid.uuid4().hex}.partial")
+    features = task.features
+    schema = features.arrow_schema
+    stats: dict = {}
+    files, rows, num_bytes = [], 0, 0
+    try:
+        with pq.ParquetWriter(partial, schema, **writer_options(features, schema)) as writer:
+            for name in task.files:
+                samples = []
+                for batch in task_batches(task, name, stats):
+                    table = pa.Table.from_arrays([arrow_column(batch[f.name], f.type) for f in schema], schema=schema)
+                    writer.write_table(table)  # one row group per batch
+                    num_bytes += table.nbytes
+                    samples += batch["sample"]
+                    del batch, table  # before the next batch is cut: one in memory at a time
+                rows += len(samples)
+                files.append({"name": name, "rows": len(samples), "samples_sha256": samples_digest(samples)})
+        digest = file_sha256(partial)
+        size = partial.stat().st_size
+        fsync(partial)  # on disk before it becomes visible: a crash never leaves a renamed, empty shard
+        os.replace(partial, final)
+    finally:
+        partial.unlink(missing_ok=True)
+    record = {
+        "path": task.path, "config": task.config, "split": task.split, "index": task.index,
+        "num_shards": task.num_shards, "rows": rows, "num_bytes": num_bytes, "size": size, "sha256": digest,
+        "fingerprint": task.fingerprint, "files": files, "modalities": [layout.modality for layout in task.layouts],
+        "band_names": list(task.layouts[0].band_names), "thumbnail": task.thumbnail,
+        "features": features.to_dict(), "statistics": stats,
+    }
+    write_json_atomic(out / task.record_path, record)
+    return record
+
+
+def _clean(out: Path, tasks: list[ShardTask]) -> None:
+    """Remove half-written files, and the shards (and records) of an older plan of the (config, split)s redone."""
+    planned = {task.path for task in tasks}
+    for partial in [*out.glob(".*.partial"), *(out / MANIFEST_DIR).glob(".*.partial")]:
+        partial.unlink(missing_ok=True)  # the card's and the manifest's
+    for config, split in dict.fromkeys((task.config, task.split) for task in tasks):
+        for folder, suffix in ((out / config, ".parquet"), (out / RECORDS_DIR / config, ".json")):
+            for partial in folder.glob(f".{split}-*.partial"):
+                partial.unlink(missing_ok=True)
+            for path in folder.glob(f"{split}-*-of-*{suffix}"):
+                if f"{config}/{path.name.removesuffix(suffix)}.parquet" not in planned:
+                    logger.info(f"removing {path}: not part of the current plan")
+                    path.unlink(missing_ok=True)
+
+
+def convert(data_dir, out_dir, configs=None, splits=None, workers=None, scheduler=None, max_shard_size=None) -> dict:
+    """Convert the Zarr zips under ``data_dir`` to Parquet shards, a manifest and a dataset card in ``out_dir``.
+
+    Args:
+        data_dir: root of the SSL4EO-S12 v1.1 files (local path or fsspec URL).
+        out_dir: output folder; reruns resume in it.
+        configs: modality configs and/or ``"default"`` (default: every modality present and ``"default"``).
+        splits: ``"train"`` and/or ``"validation"`` (default: every split present).
+        workers: local worker processes (default: the CPU count; 1 runs in this process).
+        scheduler: address of a Dask distributed scheduler to run the tasks on instead.
+        max_shard_size: uncompressed bytes per shard (default ``datasets.config.MAX_SHARD_SIZE``, 500 MB); a shard
+            always holds whole source files, at least one.
+
+    Returns:
+        The manifest (also written to ``OUT_DIR/.ssl4eos12/manifest.json``).
+    """
+    from .card import write_card  # the card imports the plan: imported here, not at the top
+
+    out = Path(out_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = plan(data_dir, configs, splits, max_shard_size)
+    _clean(out, tasks)
+    todo = [task for task in tasks if not is_done(out, task)]
+    if len(todo) < len(tasks):
+        logger.info(f"{len(tasks) - len(todo)} of {len(tasks)} shard(s) already converted: skipping them")
+    for _ in run_tasks(functools.partial(convert_shard, out_dir=str(out)), todo, workers, scheduler):
+        pass
+    manifest = write_manifest(out)
+    for problem in alignment_problems(manifest):
+        logger.warning(problem)
+    write_card(out, manifest)
+    return manifest

@@ -1,0 +1,113 @@
+"""What every source of examples gives: the interface between the on-disk layouts and their readers.
+
+A *source* is one data root in one on-disk layout (the 64-sample Zarr zips of :mod:`.chunked`; the
+webdataset tars of the later release). It names the *shards* of each split (a source file or a tar: the
+unit that DataLoader workers, nodes and conversion tasks split), tells the :class:`Layout` of each
+modality, and reads a shard as a sequence of :class:`Block`: decoded arrays of several locations, every
+modality's rows lined up on the same locations. The builder, ``convert``, ``verify`` and ``index`` take
+their examples from these blocks and never know which release they read.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+#: ``on_bad_file`` values: raise on the first bad source file, or skip it (warned and counted).
+ON_BAD_FILE_CHOICES = ("error", "skip")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The shape of one modality's files: what the ``datasets`` features are built from."""
+
+    modality: str
+    num_times: int
+    band_names: tuple[str, ...]
+    bands_shape: tuple[int, ...]  # per sample and timestamp, e.g. (C, H, W)
+    bands_dtype: str
+    height: int
+    width: int
+    has_cloud_mask: bool
+
+
+@dataclass
+class ModalityFile:
+    """Every variable of one modality's file, decoded, as numpy arrays (first axis: sample)."""
+
+    layout: Layout
+    variables: dict[str, np.ndarray]
+
+    @property
+    def samples(self) -> np.ndarray:
+        return self.variables["sample"]
+
+
+@dataclass
+class Block:
+    """Decoded arrays of some locations of one shard, every modality's rows lined up.
+
+    Row ``orders[m][i]`` of ``parts[m]`` is the location of row ``i`` of the first modality, whose order is
+    the block's. ``file`` names where the rows come from (the source file, or the shard's tar).
+    """
+
+    file: str
+    parts: dict[str, ModalityFile]
+    orders: dict[str, np.ndarray]
+
+    @property
+    def reference(self) -> ModalityFile:
+        """The first modality's arrays: they give the block's row order and shared fields."""
+        return next(iter(self.parts.values()))
+
+    @property
+    def samples(self) -> np.ndarray:
+        return self.reference.samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+class Source(abc.ABC):
+    """One data root in one on-disk layout, read for a set of modalities.
+
+    Args:
+        root: the data root, normalised (:func:`~ssl4eos12.sources.remote.normalize_root`).
+        modalities: the modality folders to read and join; the first orders the rows.
+        download_config: ``datasets.DownloadConfig`` with the token and storage options for remote roots.
+    """
+
+    #: The name of the layout, as the ``layout=`` keyword and the CLI call it.
+    name: str = ""
+
+    def __init__(self, root: str, modalities: Sequence[str], download_config=None):
+        self.root = root
+        self.modalities = tuple(modalities)
+        self.download_config = download_config
+
+    @abc.abstractmethod
+    def shards(self, split_folder: str) -> list[str]:
+        """Shard names of one split (``train``/``val`` folder), in order; ``[]`` when the split is absent."""
+
+    @abc.abstractmethod
+    def probe(self, split_folder: str, shard: str, modality: str) -> tuple[Layout, int]:
+        """Layout of a modality and number of locations of a shard, from its metadata only."""
+
+    @abc.abstractmethod
+    def blocks(
+        self, split_folder: str, shard: str, layouts: Sequence[Layout],
+        variables: Optional[dict[str, Sequence[str]]] = None,
+    ) -> Iterator[Block]:
+        """The decoded, joined blocks of a shard, each checked against ``layouts``.
+
+        ``variables``: per modality, the variables to read (default: all); the rest are never decoded.
+        Problems with the data raise :class:`~ssl4eos12.errors.SSL4EOS12FileError` naming the file.
+        """
+
+    def layouts(self, split_folder: str, shard: str) -> tuple[Layout, ...]:
+        """Layouts of every modality, probed from one shard."""
+        return tuple(self.probe(split_folder, shard, m)[0] for m in self.modalities)

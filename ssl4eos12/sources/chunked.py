@@ -1,0 +1,120 @@
+"""The 64-sample release: Zarr v2 zips of 64 locations each, one folder per modality, joined on the file.
+
+    ROOT/splits/ssl4eos12_{train,val}.txt          optional lists of file names
+    ROOT/{train,val}/{MODALITY}/ssl4eos12_{train,val}_seasonal_data_NNNNNN.zarr.zip
+
+One shard is one file name: the same name in every modality folder holds the same locations.
+
+A split's files are, in order of preference: the names in ``splits/ssl4eos12_{train,val}.txt`` (no
+directory listing needed, so plain HTTP mirrors work), the ``file`` column of the authors' GeoParquet
+index ``splits/{train,val}_metadata.parquet``, or a listing of ``{train,val}/{MODALITY}/*.zarr.zip``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator, Sequence
+from typing import Optional
+
+import numpy as np
+
+import pyarrow.parquet as pq
+
+from ..constants import ZARR_ZIP_SUFFIX, split_list_path, split_metadata_path
+from ..errors import SSL4EOS12DataError, SSL4EOS12FileError
+from .base import Block, Layout, ModalityFile, Source
+from .remote import is_remote, url_to_fs
+from .zarrzip import probe_layout_and_size, read_modality_file
+
+
+
+def list_split_files(root: str, split_folder: str, modality: str, download_config=None) -> list[str]:
+    """File names of one split, or ``[]`` when the root has no such split."""
+    fs, root_path = url_to_fs(root, download_config)
+    if not is_remote(root) and not fs.isdir(root_path):
+        raise SSL4EOS12DataError(f"{root}: data directory does not exist")
+    split_dir = posixpath.join(root_path, split_folder)
+    # A local copy often holds only some splits while the lists name all of them.
+    if not is_remote(root) and not fs.isdir(split_dir):
+        return []
+    list_file = posixpath.join(root_path, split_list_path(split_folder))
+    if fs.exists(list_file):
+        with fs.open(list_file, "rt") as f:
+            return [line.strip() for line in f if line.strip()]
+    metadata_file = posixpath.join(root_path, split_metadata_path(split_folder))
+    if fs.exists(metadata_file):
+        with fs.open(metadata_file, "rb") as f:
+            names = pq.read_table(f, columns=["file"]).column("file").to_pylist()
+        return list(dict.fromkeys(names))  # unique, in order of first appearance
+    modality_dir = posixpath.join(split_dir, modality)
+    if not fs.exists(modality_dir):
+        return []
+    return sorted(posixpath.basename(p) for p in fs.ls(modality_dir, detail=False) if p.endswith(ZARR_ZIP_SUFFIX))
+
+
+class ChunkedSource(Source):
+    """The 64-sample Zarr zips: one shard per file name, every modality's file of that name joined on ``sample``."""
+
+    name = "zarr"
+
+    def shards(self, split_folder: str) -> list[str]:
+        return list_split_files(self.root, split_folder, self.modalities[0], self.download_config)
+
+    def url(self, split_folder: str, modality: str, shard: str) -> str:
+        return posixpath.join(self.root, split_folder, modality, shard)
+
+    def probe(self, split_folder: str, shard: str, modality: str) -> tuple[Layout, int]:
+        return probe_layout_and_size(self.url(split_folder, modality, shard), modality, self.download_config)
+
+    def blocks(
+        self, split_folder: str, shard: str, layouts: Sequence[Layout],
+        variables: Optional[dict[str, Sequence[str]]] = None,
+    ) -> Iterator[Block]:
+        parts = {
+            layout.modality: read_modality_file(
+                self.url(split_folder, layout.modality, shard), layout.modality, self.download_config, layout,
+                variables=None if variables is None else variables.get(layout.modality),
+            )
+            for layout in layouts
+        }
+        yield Block(shard, parts, join_on_sample(self.url(split_folder, "*", shard), parts))
+
+
+def join_on_sample(file: str, parts: dict[str, ModalityFile]) -> dict[str, np.ndarray]:
+    """Row order of each modality that lines its samples up with the first modality's.
+
+    The same file name holds the same locations in every modality; a file where the modalities disagree
+    on the samples, or on the centre or CRS of a location, is broken and raises.
+    """
+    (first, reference), *others = parts.items()
+    samples = reference.samples
+    orders = {first: np.arange(len(samples))}
+    for modality, part in others:
+        if np.array_equal(part.samples, samples):
+            order = orders[first]
+        elif len(part.samples) == len(samples) and set(part.samples) == set(samples):
+            sorter = np.argsort(part.samples)
+            order = sorter[np.searchsorted(part.samples, samples, sorter=sorter)]
+        else:
+            only_first = sorted(set(samples) - set(part.samples))
+            only_other = sorted(set(part.samples) - set(samples))
+            raise SSL4EOS12FileError(
+                file, f"modalities {first} and {modality} disagree on the samples: only in {first}: "
+                      f"{_ids(only_first)}; only in {modality}: {_ids(only_other)}"
+            )
+        orders[modality] = order
+        for name in ("center_lat", "center_lon", "crs"):
+            if name not in reference.variables or name not in part.variables:
+                continue  # a partial read without them
+            differ = reference.variables[name] != part.variables[name][order]
+            if differ.any():
+                raise SSL4EOS12FileError(
+                    file, f"modalities {first} and {modality} disagree on {name} of sample(s) {_ids(samples[differ])}"
+                )
+    return orders
+
+
+def _ids(samples, limit: int = 5) -> str:
+    samples = [str(s) for s in samples]
+    more = f" and {len(samples) - limit} more" if len(samples) > limit else ""
+    return (", ".join(samples[:limit]) or "none") + more
