@@ -1,12 +1,5 @@
 """The conversion's plan: which shards each (config, split) gets, and the tasks that write them.
 
-The output folder is exactly the Hub repository::
-
-    OUT_DIR/README.md                                   the dataset card (see :mod:`ssl4eos12.card`)
-    OUT_DIR/{config}/{split}-NNNNN-of-MMMMM.parquet     the shards
-    OUT_DIR/.ssl4eos12/manifest.json                    what every shard holds (rows, samples, sha256, statistics)
-    OUT_DIR/.ssl4eos12/shards/{config}/{split}-NNNNN-of-MMMMM.json   one record per finished shard (local only)
-
 Configs: one per modality (``S1GRD``, ``S2L1C``, ``S2L2A``, ``S2RGB``, and any other modality folder asked for),
 with exactly the features of the builder's config of the same name, and a light ``default`` config for the
 dataset viewer: a PNG ``thumbnail`` of each location plus the scalar metadata. Every config lists the same

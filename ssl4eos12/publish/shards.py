@@ -7,19 +7,7 @@ The output folder is exactly the Hub repository::
     OUT_DIR/.ssl4eos12/manifest.json                    what every shard holds (rows, samples, sha256, statistics)
     OUT_DIR/.ssl4eos12/shards/{config}/{split}-NNNNN-of-MMMMM.json   one record per finished shard (local only)
 
-Configs: one per modality (``S1GRD``, ``S2L1C``, ``S2L2A``, ``S2RGB``, and any other modality folder asked for),
-with exactly the features of the builder's config of the same name, and a light ``default`` config for the
-dataset viewer: a PNG ``thumbnail`` of each location plus the scalar metadata. Every config lists the same
-locations in the same order (split-list order of the files, file order of the samples), so configs can be
-zipped row by row.
-
-Shard plan: a shard holds whole source files. Before anything is read, each (config, split) gets
-``files_per_shard = max(1, MAX_SHARD_SIZE // (samples per file * uncompressed bytes per example))`` with
-``datasets.config.MAX_SHARD_SIZE`` (500 MB, what ``Dataset.push_to_hub`` uses) and the samples per file of the
-first file. At full size that is one file per S2L1C/S2L2A shard (464/428 MB), seven per S1GRD/S2RGB shard
-and ~37 per ``default`` shard; zstd then brings the files to a few hundred MB. Row groups hold at most
-50 MB of uncompressed data (:data:`ROW_GROUP_BYTES`) and never span two source files, far below the dataset
-viewer's 286 MiB limit; a task keeps one decoded source file per modality, and one row group, in memory.
+Configs and the shard plan: see :mod:`.plan`.
 
 Resumable and byte-identical: a shard is written to a hidden ``.NAME.<random>.partial`` file in its folder
 (which the data_files patterns never match), hashed, then ``os.replace``-d into place; its record is written
@@ -27,9 +15,6 @@ the same way afterwards. A rerun skips every shard whose record matches the plan
 recorded size, removes leftovers, and rewrites the rest. The writer settings are fixed and nothing in a file
 depends on time, paths or the order tasks finish in, so a resumed, a parallel or a Dask run produces the
 same bytes as a clean sequential one (same library versions assumed).
-
-Parallel: tasks are (config, split, shard); they run in a local process pool (spawned, ``workers``) or, with
-``scheduler``, on a Dask distributed cluster whose workers see ``DATA_DIR`` and ``OUT_DIR`` at the same paths.
 """
 
 from __future__ import annotations
