@@ -7,11 +7,12 @@ from .builder import SSL4EOS12, SSL4EOS12Config
 from .constants import BANDS, MEAN, MODALITIES, STD
 from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12FileError
 from .registration import register
-from .torch import arrow_to_numpy, collate
+from .torch import arrow_to_numpy, collate, install_formats
 
 __version__ = "0.1.0"
 
 register()
+install_formats()
 
 __all__ = [
     "BANDS", "MEAN", "MODALITIES", "STD", "SSL4EOS12", "SSL4EOS12Config", "SSL4EOS12BadFileWarning",

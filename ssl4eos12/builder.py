@@ -36,6 +36,7 @@ from .constants import CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, MO
 from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12FileError
 from .schema import example_features, location_examples
 from .sources import ON_BAD_FILE_CHOICES, Layout, Source, normalize_root, open_source
+from .torch import NATIVE_FORMAT
 
 #: reshard() splits each source file into this many sample ranges.
 RESHARD_PARTS_PER_FILE = 4
@@ -122,6 +123,10 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
     def _download_config(self) -> datasets.DownloadConfig:
         """The token and storage options the builder was given, as the reading side expects them."""
         return datasets.DownloadConfig(token=self.token, storage_options=self.storage_options)
+
+    def _as_dataset(self, *args, **kwargs) -> datasets.Dataset:
+        """The prepared split, formatted like streaming yields it: numpy arrays of the files' dtypes."""
+        return super()._as_dataset(*args, **kwargs).with_format(NATIVE_FORMAT)
 
     def _generate_shards(self, files, split_folder, layouts, sample_ranges):
         yield from files
