@@ -32,9 +32,13 @@ from typing import Optional
 import datasets
 from datasets.builder import Key
 
-from .constants import CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, MODALITIES, SPLIT_FOLDERS
+from .checks import check_modalities_keyword, check_modalities_present
+from .constants import (CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, MODALITIES, SPLIT_FOLDERS,
+                        split_list_path)
 from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12FileError
 from .schema import example_features, location_examples
+from .sources.failures import diagnose_root, remote_failure_message
+from .sources.remote import is_remote
 from .sources import ON_BAD_FILE_CHOICES, Layout, Source, normalize_root, open_source
 from .torch import NATIVE_FORMAT
 
@@ -73,6 +77,17 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
     # One location of all modalities is ~17 MB at full size: keep the Arrow writer's buffer small.
     DEFAULT_WRITER_BATCH_SIZE = 8
 
+    def _create_builder_config(self, config_name=None, custom_features=None, config_id=None, **config_kwargs):
+        """The datasets config, its keywords checked first: one clear error here, not a traceback later."""
+        check_modalities_keyword(config_kwargs.get("modalities"), config_name or self.DEFAULT_CONFIG_NAME)
+        on_bad_file = config_kwargs.get("on_bad_file")
+        if on_bad_file is not None and on_bad_file not in ON_BAD_FILE_CHOICES:
+            raise ValueError(f"on_bad_file={on_bad_file!r}: choose from {ON_BAD_FILE_CHOICES}")
+        config, config_id = super()._create_builder_config(config_name, custom_features, config_id, **config_kwargs)
+        if config.modalities is not None:
+            check_modalities_present(data_root(config), config.modalities)
+        return config, config_id
+
     def _info(self):
         return datasets.DatasetInfo(
             description=DESCRIPTION, citation=CITATION, homepage=HOMEPAGE, license=LICENSE, features=None
@@ -84,11 +99,15 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         source = self._source(dl_manager.download_config)
         splits = []
         for split, folder in SPLIT_FOLDERS.items():
-            files = source.shards(folder)
+            files = _shards(source, folder)
             if files:
                 splits.append(datasets.SplitGenerator(name=split, gen_kwargs={"files": files, "split_folder": folder}))
         if not splits:
             first = source.modalities[0]
+            if is_remote(source.root):  # a root that cannot be reached looks empty to fsspec
+                message = diagnose_root(source.root, split_list_path(SPLIT_FOLDERS["train"]), source.download_config)
+                if message:
+                    raise SSL4EOS12DataError(message)
             raise SSL4EOS12DataError(
                 f"{source.root}: no SSL4EO-S12 files for {first}: expected train/ or val/ folders "
                 f"({', '.join(f'{f}/{first}/*.zarr.zip' for f in SPLIT_FOLDERS.values())}) or splits/ lists"
@@ -163,6 +182,19 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
                 skipped += 1
                 warnings.warn(f"skipping {err} ({skipped} file(s) skipped in this shard so far)",
                               SSL4EOS12BadFileWarning, stacklevel=2)
+
+
+def _shards(source: Source, split_folder: str) -> list[str]:
+    """The shards of a split; a remote root that cannot be read raises one line saying why and what to do."""
+    try:
+        return source.shards(split_folder)
+    except (SSL4EOS12DataError, SSL4EOS12FileError):
+        raise
+    except Exception as err:
+        message = remote_failure_message(source.root, err) if is_remote(source.root) else None
+        if message is None:
+            raise
+        raise SSL4EOS12DataError(message) from None
 
 
 def data_root(config: SSL4EOS12Config) -> str:

@@ -29,6 +29,7 @@ from . import fastzip
 from ..constants import BANDS_DTYPE, CLOUD_MASKED
 from ..errors import SSL4EOS12FileError
 from .base import Layout, ModalityFile
+from .failures import remote_cause, remote_failure_message
 from .remote import is_remote, open_remote
 
 #: Variables every modality's file has, with their dimensions (``bands`` may have any trailing dims
@@ -78,6 +79,9 @@ def open_zarr_zip(url: str, download_config=None, whole: bool = True) -> Iterato
         except ConnectionError as err:  # what datasets' read retries raise once they are exhausted
             raise _unreachable(url, err) from err
         except Exception as err:  # zarr/xarray raise many types for "this is not a consolidated Zarr v2 store"
+            cause = remote_cause(err) if is_remote(url) else None
+            if cause is not None:  # not the file's fault: the server's (no Range support, 401/403, offline)
+                raise SSL4EOS12FileError(url, remote_failure_message(url, err).removeprefix(f"{url}: ")) from None
             raise SSL4EOS12FileError(url, f"not a consolidated Zarr v2 store ({type(err).__name__}: {err})") from err
         stack.callback(dataset.close)
         yield dataset
