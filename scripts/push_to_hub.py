@@ -5,7 +5,8 @@
 
 Without ``--local-dir`` the Parquet folder is ``--work-dir`` (default ``./NAME-parquet``), kept after the upload:
 rerunning the same command after an interruption resumes the conversion and then the upload. The token comes
-from ``HF_TOKEN`` or ``hf auth login``. Same as ``ssl4eos12 convert`` followed by ``ssl4eos12 push``.
+from ``HF_TOKEN`` or ``hf auth login``; it and the repository id are checked with the Hub before anything is
+converted. Same as ``ssl4eos12 convert`` followed by ``ssl4eos12 push``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import argparse
 import logging
 import sys
 
-from ssl4eos12.publish.card import write_card
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from ssl4eos12.cli import error_line
 from ssl4eos12.constants import SPLIT_FOLDERS
 from ssl4eos12.publish import convert
-from ssl4eos12.publish.hub import HubPushError, push
-from ssl4eos12.errors import SSL4EOS12DataError
+from ssl4eos12.publish.card import write_card
+from ssl4eos12.publish.hub import HubPushError, check_push, push
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--private", action="store_true", help="create the repository private")
     parser.add_argument("--revision", help="branch to push to (created if needed), or refs/pr/N")
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    parser.add_argument("--on-bad-file", choices=["error", "skip"], default="error",
+                        help="'skip' leaves unreadable source files out (listed in the manifest and the card)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
 
@@ -42,16 +49,30 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out_dir = args.local_dir or args.work_dir or f"{args.repo_id.rsplit('/', 1)[-1]}-parquet"
     try:
+        if args.local_dir:
+            check_repo_id(args.repo_id)
+        else:  # token, repository id and options, before hours of conversion
+            token = check_push(args.repo_id, revision=args.revision, create_pr=args.create_pr)
         convert(args.data_dir, out_dir, configs=args.configs, splits=args.splits, workers=args.workers,
-                scheduler=args.scheduler)
+                scheduler=args.scheduler, on_bad_file=args.on_bad_file)
         if args.local_dir:
             write_card(out_dir, repo_id=args.repo_id)
             print(f"converted to {out_dir}; upload it with: ssl4eos12 push {out_dir} --repo-id {args.repo_id}")
             return
-        commit = push(out_dir, args.repo_id, private=args.private, revision=args.revision, create_pr=args.create_pr)
-    except (HubPushError, SSL4EOS12DataError) as err:
-        sys.exit(f"error: {err}")
+        commit = push(out_dir, args.repo_id, private=args.private, revision=args.revision, create_pr=args.create_pr,
+                      token=token)
+    except Exception as err:
+        if args.debug:
+            raise
+        sys.exit(f"error: {error_line(err, 'convert')}")
     print(f"pushed to {commit.pr_url or commit.commit_url}")
+
+
+def check_repo_id(repo_id: str) -> None:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise HubPushError(f"--repo-id: invalid repository id {repo_id!r}: {err}") from None
 
 
 if __name__ == "__main__":

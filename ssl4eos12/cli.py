@@ -1,96 +1,283 @@
-"""The ``ssl4eos12`` command: generate sample data, convert to Parquet, verify, push to the Hub."""
+"""The ssl4eos12 command: generate sample data, convert to Parquet, verify, push to the Hub.
+
+Every mistake (a missing folder, an unknown name, a bad file, a rejected token) ends with one line,
+``error: <file or argument>: <problem>; <what to do>``, and exit status 1 (2 for a malformed command line);
+``--debug`` shows the full traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
 
 from .constants import MODALITIES, SPLIT_FOLDERS
+from .errors import SSL4EOS12DataError, SSL4EOS12FileError
+
+DESCRIPTION = """\
+SSL4EO-S12 v1.1: generate sample data in the real format, convert the Zarr zips to Parquet shards
+and a dataset card, verify a converted folder against its sources, and push it to the Hugging Face Hub.
+
+  ssl4eos12 synth DATA_DIR                     sample data (real format, small)
+  ssl4eos12 convert DATA_DIR OUT_DIR           Parquet shards + manifest + dataset card in OUT_DIR
+  ssl4eos12 verify DATA_DIR OUT_DIR            every shard and value against the source files
+  ssl4eos12 push OUT_DIR --repo-id ORG/NAME    upload OUT_DIR to a dataset repository
+
+Run `ssl4eos12 COMMAND --help` for the options of each command; add --debug to any command to see the
+full traceback of an error."""
+
+
+class UsageError(Exception):
+    """A mistake in the command line; its message names the argument, the problem and what to do."""
+
+
+def _check_data_dir(data_dir: str) -> str:
+    """DATA_DIR exists (local) and holds split folders; returns it normalised."""
+    from .sources import normalize_root
+    from .sources.remote import is_remote
+
+    root = normalize_root(data_dir)
+    if not is_remote(root):
+        if not os.path.isdir(root):
+            raise UsageError(f"DATA_DIR {data_dir}: no such folder; pass the folder that holds train/ and val/ "
+                             f"(or generate one with `ssl4eos12 synth DATA_DIR`)")
+        if not any(os.path.isdir(os.path.join(root, f)) for f in SPLIT_FOLDERS.values()):
+            raise UsageError(f"DATA_DIR {data_dir}: no {' or '.join(f + '/' for f in SPLIT_FOLDERS.values())} folder; "
+                             f"pass the root of the SSL4EO-S12 v1.1 files")
+    return root
+
+
+def _check_names(root: str, configs: Optional[list[str]], splits: Optional[list[str]]) -> None:
+    """``--configs`` and ``--splits`` against what DATA_DIR holds (a local root), before any file is read."""
+    from .checks import present_modalities, present_splits
+    from .publish.plan import DEFAULT_CONFIG
+
+    modalities = present_modalities(root)
+    if configs and modalities is not None:
+        valid = [*modalities, DEFAULT_CONFIG]
+        unknown = [c for c in configs if c not in valid]
+        if unknown:
+            raise UsageError(f"--configs: no config {', '.join(unknown)} in {root}; choose from {', '.join(valid)}")
+    present = present_splits(root)
+    if splits and present is not None:
+        missing = [s for s in splits if s not in present]
+        if missing:
+            raise UsageError(f"--splits: no {', '.join(missing)} split in {root} (no "
+                             f"{', '.join(SPLIT_FOLDERS[s] + '/' for s in missing)} folder); choose from "
+                             f"{', '.join(present) or 'none: the folder holds no split'}")
 
 
 def _synth(args: argparse.Namespace) -> None:
+    from datasets.utils.tqdm import tqdm
+
     from .synth import EXTRA_MODALITIES, synthesize
 
+    valid = list(MODALITIES) + list(EXTRA_MODALITIES)
     modalities = tuple(args.modalities or MODALITIES)
-    unknown = [m for m in modalities if m not in MODALITIES and m not in EXTRA_MODALITIES]
+    unknown = [m for m in modalities if m not in valid]
     if unknown:
-        raise SystemExit(f"unknown modalities {unknown}: choose from {list(MODALITIES) + list(EXTRA_MODALITIES)}")
-    out = synthesize(args.out_dir, splits=tuple(args.splits), files=args.files, samples=args.samples,
-                     size=args.size, times=args.times, modalities=modalities, seed=args.seed)
-    print(f"wrote {args.files} file(s) x {len(modalities)} modalities x {len(args.splits)} split(s) to {out}")
+        raise UsageError(f"--modalities: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
+    for name in ("files", "samples", "size", "times"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name}: must be at least 1, got {getattr(args, name)}")
+    total = args.files * len(modalities) * len(args.splits)
+    start = time.perf_counter()
+    with tqdm(total=total, desc="Writing", unit="file") as progress:
+        out = synthesize(args.out_dir, splits=tuple(args.splits), files=args.files, samples=args.samples,
+                         size=args.size, times=args.times, modalities=modalities, seed=args.seed,
+                         progress=lambda path: progress.update(1))
+    print(f"wrote {args.files} file(s) x {len(modalities)} modalities x {len(args.splits)} split(s) "
+          f"({total} files, {_size(out)}) to {out} in {time.perf_counter() - start:.1f} s")
 
 
 def _convert(args: argparse.Namespace) -> None:
     from .publish import convert
+    from .publish.manifest import skipped_files
 
-    convert(args.data_dir, args.out_dir, configs=args.configs, splits=args.splits, workers=args.workers,
-            scheduler=args.scheduler)
+    root = _check_data_dir(args.data_dir)
+    _check_names(root, args.configs, args.splits)
+    _check_workers(args.workers)
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"OUT_DIR {out}: exists and is not a folder; pass a folder to write the shards to")
+    start = time.perf_counter()
+    stats: dict = {}
+    manifest = convert(root, out, configs=args.configs, splits=args.splits, workers=args.workers,
+                       scheduler=args.scheduler, on_bad_file=args.on_bad_file, stats=stats)
+    shards = manifest["shards"]
+    rows = sum(split["num_rows"] for info in manifest["configs"].values() for split in info["splits"].values())
+    size = sum(shard["size"] for shard in shards)
+    skipped = skipped_files(manifest)
+    print(f"converted {root} to {out}: {stats.get('written', 0)} shard(s) written, {stats.get('done', 0)} "
+          f"already done; {len(shards)} shard(s), {rows:,} rows, {_human(size)} in all; "
+          f"{time.perf_counter() - start:.1f} s")
+    if skipped:
+        print(f"left out {len(skipped)} unreadable source file(s) (--on-bad-file skip; listed in the manifest and "
+              f"the card): {', '.join(sorted({name for _, name, _ in skipped}))}", file=sys.stderr)
 
 
 def _verify(args: argparse.Namespace) -> None:
     from .publish import verify
+    from .publish.manifest import MANIFEST_FILE, read_manifest, skipped_files
 
-    problems = verify(args.out_dir, args.data_dir)
+    data_dir, out_dir = args.data_dir, args.out_dir
+    if (Path(data_dir) / MANIFEST_FILE).is_file() and not (Path(out_dir) / MANIFEST_FILE).is_file():
+        print(f"warning: `ssl4eos12 verify OUT_DIR DATA_DIR` is deprecated; write `ssl4eos12 verify {out_dir} "
+              f"{data_dir}` (DATA_DIR first, as for convert)", file=sys.stderr)
+        data_dir, out_dir = out_dir, data_dir
+    if not (Path(out_dir) / MANIFEST_FILE).is_file():
+        raise UsageError(f"OUT_DIR {out_dir}: not a converted folder (no {MANIFEST_FILE}); run "
+                         f"`ssl4eos12 convert DATA_DIR OUT_DIR` first")
+    root = _check_data_dir(data_dir)
+    _check_workers(args.workers)
+    start = time.perf_counter()
+    problems = verify(out_dir, root, workers=args.workers)
     for problem in problems:
         print(problem, file=sys.stderr)
+    manifest = read_manifest(out_dir)
+    rows = sum(shard["rows"] for shard in manifest["shards"])
+    skipped = skipped_files(manifest)
+    left_out = f"; {len(skipped)} source file(s) were left out at conversion (see the manifest)" if skipped else ""
     if problems:
-        raise SystemExit(f"{len(problems)} problem(s) found")
-    print("all shards match their sources")
+        raise UsageError(f"OUT_DIR {out_dir}: {len(problems)} problem(s) found (listed above){left_out}; "
+                         f"convert again to rewrite the shards concerned")
+    print(f"verified {len(manifest['shards'])} shard(s), {rows:,} rows of {out_dir} against {root}: all shards "
+          f"match their sources{left_out}; {time.perf_counter() - start:.1f} s")
 
 
 def _push(args: argparse.Namespace) -> None:
-    from .publish.hub import HubPushError, push
+    from .publish.hub import push
 
-    try:
-        commit = push(args.out_dir, args.repo_id, private=args.private, revision=args.revision,
-                      create_pr=args.create_pr)
-    except HubPushError as err:  # its message says what to do, and never holds the token
-        raise SystemExit(f"error: {err}") from None
+    commit = push(args.out_dir, args.repo_id, private=args.private, revision=args.revision,
+                  create_pr=args.create_pr)
     print(f"pushed to {commit.pr_url or commit.commit_url}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssl4eos12", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def _check_workers(workers: Optional[int]) -> None:
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers: must be at least 1, got {workers}")
 
-    synth = commands.add_parser("synth", help="write sample data in the real SSL4EO-S12 v1.1 format")
-    synth.add_argument("out_dir")
-    synth.add_argument("--splits", nargs="+", default=list(SPLIT_FOLDERS), choices=list(SPLIT_FOLDERS))
+
+def _size(path: Path) -> str:
+    return _human(sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()))
+
+
+def _human(num_bytes: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if num_bytes < 1000 or unit == "TB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1000
+    raise AssertionError  # unreachable
+
+
+def build_parser() -> argparse.ArgumentParser:
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
+    parser = argparse.ArgumentParser(prog="ssl4eos12", description=DESCRIPTION, parents=[debug],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    splits = list(SPLIT_FOLDERS)
+
+    synth = commands.add_parser("synth", parents=[debug], help="write sample data in the real SSL4EO-S12 v1.1 format",
+                                description="Write small sample data in the real format (Zarr v2 zips, split lists).")
+    synth.add_argument("out_dir", metavar="DATA_DIR", help="folder to write the sample data root to")
+    synth.add_argument("--splits", nargs="+", default=splits, choices=splits, help="splits to write (default: all)")
     synth.add_argument("--files", type=int, default=2, help="files per split (default: 2)")
-    synth.add_argument("--samples", type=int, default=8, help="locations per file (real data: 64)")
-    synth.add_argument("--size", type=int, default=32, help="pixels per side (real data: 264)")
-    synth.add_argument("--times", type=int, default=4, help="timestamps per location (real data: 4)")
-    synth.add_argument("--modalities", nargs="+", help=f"default: {' '.join(MODALITIES)}")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--samples", type=int, default=8, help="locations per file (default: 8; real data: 64)")
+    synth.add_argument("--size", type=int, default=32, help="pixels per side (default: 32; real data: 264)")
+    synth.add_argument("--times", type=int, default=4, help="timestamps per location (default: 4; real data: 4)")
+    synth.add_argument("--modalities", nargs="+", metavar="MODALITY",
+                       help=f"modality folders to write (default: {' '.join(MODALITIES)}; NDVI also exists)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same files")
     synth.set_defaults(func=_synth)
 
-    convert = commands.add_parser("convert", help="convert the Zarr zips to Parquet shards and a dataset card")
-    convert.add_argument("data_dir")
-    convert.add_argument("out_dir")
-    convert.add_argument("--configs", nargs="+", help="default: every modality config plus the default config")
-    convert.add_argument("--splits", nargs="+", choices=list(SPLIT_FOLDERS), help="default: every split present")
+    convert = commands.add_parser(
+        "convert", parents=[debug], help="convert the Zarr zips to Parquet shards and a dataset card",
+        description="Convert to Parquet shards, a manifest and a dataset card; a rerun resumes where it stopped.")
+    convert.add_argument("data_dir", metavar="DATA_DIR", help="root of the Zarr files (local folder or URL)")
+    convert.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the shards, manifest and card to")
+    convert.add_argument("--configs", nargs="+", metavar="CONFIG",
+                         help="configs to convert: modality folders of DATA_DIR and 'default' (default: all of them)")
+    convert.add_argument("--splits", nargs="+", choices=splits, help="splits to convert (default: every split present)")
     convert.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPU count)")
-    convert.add_argument("--scheduler", help="address of a Dask distributed scheduler to run the tasks on")
+    convert.add_argument("--scheduler", metavar="ADDRESS",
+                         help="address of a Dask distributed scheduler to run the tasks on instead")
+    convert.add_argument("--on-bad-file", choices=["error", "skip"], default="error",
+                         help="'error' (default) stops at an unreadable source file; 'skip' leaves it out with a "
+                              "warning and lists it in the manifest and the card")
     convert.set_defaults(func=_convert)
 
-    verify = commands.add_parser("verify", help="check every Parquet shard against its source files")
-    verify.add_argument("out_dir")
-    verify.add_argument("data_dir")
+    verify = commands.add_parser(
+        "verify", parents=[debug], help="check every Parquet shard against its source files",
+        description="Check every shard against the manifest and every value against the source files. "
+                    "Arguments in the order of convert; the older order OUT_DIR DATA_DIR still works "
+                    "(with a deprecation warning).")
+    verify.add_argument("data_dir", metavar="DATA_DIR", help="root of the Zarr files the folder was converted from")
+    verify.add_argument("out_dir", metavar="OUT_DIR", help="the converted folder")
+    verify.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPU count)")
     verify.set_defaults(func=_verify)
 
-    push = commands.add_parser("push", help="upload a converted folder to the Hugging Face Hub")
-    push.add_argument("out_dir")
-    push.add_argument("--repo-id", required=True)
-    push.add_argument("--private", action="store_true")
-    push.add_argument("--revision", help="branch to push to (created if needed)")
+    push = commands.add_parser("push", parents=[debug], help="upload a converted folder to the Hugging Face Hub",
+                               description="Upload a converted folder; the token comes from HF_TOKEN or "
+                                           "`hf auth login`, and is checked before anything changes.")
+    push.add_argument("out_dir", metavar="OUT_DIR", help="folder written by `ssl4eos12 convert`")
+    push.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="dataset repository (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--revision", help="branch to push to (created if needed), or refs/pr/N")
     push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     push.set_defaults(func=_push)
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def error_line(err: BaseException, command: str = "") -> str:
+    """One line for an error: ``<file or argument>: <problem>; <what to do>``."""
+    from .publish.hub import HubPushError
+
+    if isinstance(err, SSL4EOS12FileError):
+        hint = "; replace or remove the file, or rerun with --on-bad-file skip to leave it out" \
+            if command == "convert" else "; replace or remove the file"
+        message = f"{err}{hint}"
+    elif isinstance(err, (SSL4EOS12DataError, UsageError, HubPushError)):
+        message = str(err)
+    elif isinstance(err, (ValueError, OSError)):
+        message = f"{err}; rerun with --debug for the full traceback"
+    else:
+        message = f"{type(err).__name__}: {err}; rerun with --debug for the full traceback"
+    return " ".join(message.split())  # one line
+
+
+def _show_progress_messages(debug: bool) -> None:
+    """This package's log messages and warnings as plain lines on stderr (``warning: ...``)."""
+    logger = logging.getLogger("ssl4eos12")
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    if not debug:
+        warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+
+
+def main(argv: Optional[list[str]] = None) -> None:
     args = build_parser().parse_args(argv)
-    args.func(args)
+    debug = getattr(args, "debug", False)
+    _show_progress_messages(debug)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        sys.exit("error: interrupted; rerun the same command to resume")
+    except Exception as err:
+        if debug:
+            raise
+        sys.exit(f"error: {error_line(err, args.command)}")
 
 
 if __name__ == "__main__":

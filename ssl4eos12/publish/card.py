@@ -23,7 +23,7 @@ from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from ..constants import AUTHORS_MIRROR, CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, MEAN, SPLIT_FOLDERS, STD
-from .manifest import read_manifest
+from .manifest import read_manifest, skipped_files
 from .plan import DEFAULT_CONFIG
 
 PRETTY_NAME = "SSL4EO-S12 v1.1"
@@ -122,6 +122,7 @@ def render_card(manifest: dict, repo_id: Optional[str] = None) -> DatasetCard:
                     if configs[name]["statistics"].get("bands")],
         standardization=_standardization_json(),
         citation=CITATION.strip(),
+        skipped=[{"shard": shard, "file": name, "problem": problem} for shard, name, problem in skipped_files(manifest)],
     )
 
 

@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from huggingface_hub import CommitInfo, HfApi, get_token
+from huggingface_hub import CommitInfo, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
@@ -58,6 +58,29 @@ def push(out_dir, repo_id: str, private: bool = False, revision: Optional[str] =
     out = Path(out_dir)
     if not (out / MANIFEST_FILE).is_file():
         raise HubPushError(f"{out}: not a converted folder (no {MANIFEST_FILE}); run `ssl4eos12 convert` first")
+    token = check_push(repo_id, token, revision, create_pr)
+    api = HfApi(token=token)
+    with _clear_errors(repo_id, revision, token):
+        url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        if revision and revision != "main" and not revision.startswith("refs/"):
+            api.create_branch(url.repo_id, repo_type="dataset", branch=revision, exist_ok=True)
+        write_card(out, repo_id=repo_id)  # only now: a push refused above leaves the folder as it was
+        commit = api.upload_folder(
+            repo_id=url.repo_id, repo_type="dataset", folder_path=out, allow_patterns=UPLOAD_PATTERNS,
+            delete_patterns=["*.parquet"], revision=revision, create_pr=create_pr,
+            commit_message="Upload SSL4EO-S12 v1.1 Parquet shards and dataset card",
+        )
+    logger.info(f"pushed {out} to {commit.pr_url or commit.commit_url}")
+    return commit
+
+
+def check_push(repo_id: str, token: Optional[str] = None, revision: Optional[str] = None,
+               create_pr: bool = False) -> str:
+    """Check everything a push needs before anything is converted, written or uploaded; return the token.
+
+    The repository id must be valid, ``revision`` and ``create_pr`` compatible, and the token present and
+    accepted by the Hub (``whoami`` against ``HF_ENDPOINT``). Raises :class:`HubPushError` saying what to do.
+    """
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
@@ -68,19 +91,15 @@ def push(out_dir, repo_id: str, private: bool = False, revision: Optional[str] =
     token = token or get_token()
     if not token:
         raise HubPushError("no Hugging Face token: set HF_TOKEN or log in with `hf auth login`")
-    write_card(out, repo_id=repo_id)
-    api = HfApi(token=token)
     with _clear_errors(repo_id, revision, token):
-        url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        if revision and revision != "main" and not revision.startswith("refs/"):
-            api.create_branch(url.repo_id, repo_type="dataset", branch=revision, exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=url.repo_id, repo_type="dataset", folder_path=out, allow_patterns=UPLOAD_PATTERNS,
-            delete_patterns=["*.parquet"], revision=revision, create_pr=create_pr,
-            commit_message="Upload SSL4EO-S12 v1.1 Parquet shards and dataset card",
-        )
-    logger.info(f"pushed {out} to {commit.pr_url or commit.commit_url}")
-    return commit
+        try:
+            HfApi(token=token).whoami()
+        except HfHubHTTPError:
+            raise  # the Hub answered: a rejected token, explained by _clear_errors
+        except Exception as err:  # no answer: httpx's connection errors, DNS
+            raise HubPushError(f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} to check the token "
+                               f"({type(err).__name__}); check the network connection and retry") from None
+    return token
 
 
 @contextlib.contextmanager

@@ -124,6 +124,12 @@ def read_manifest(out_dir) -> dict:
     return json.loads((Path(out_dir) / MANIFEST_FILE).read_text(encoding="utf-8"))
 
 
+def skipped_files(manifest: dict) -> list[tuple[str, str, str]]:
+    """``(shard path, source file, problem)`` of every source file left out with ``on_bad_file="skip"``."""
+    return [(record["path"], entry["name"], entry["problem"])
+            for record in manifest["shards"] for entry in record.get("skipped", ())]
+
+
 def alignment_problems(manifest: dict) -> list[str]:
     """Source files whose samples come in a different order in different configs (configs not row-aligned)."""
     orders: dict[tuple[str, str], dict[str, str]] = {}

@@ -129,7 +129,7 @@ def overview_features(layouts: tuple[Layout, ...], thumbnail: Optional[str]) -> 
 
 
 def plan(data_dir: str, configs: Optional[Iterable[str]] = None, splits: Optional[Iterable[str]] = None,
-         max_shard_size: int | str | None = None) -> list[ShardTask]:
+         max_shard_size: int | str | None = None, on_bad_file: str = "error") -> list[ShardTask]:
     """Every shard of the conversion, computed from the file lists and the first file of each modality.
 
     ``configs`` defaults to every modality present plus ``default``; ``splits`` to every split present;
@@ -143,9 +143,9 @@ def plan(data_dir: str, configs: Optional[Iterable[str]] = None, splits: Optiona
     candidates = list(dict.fromkeys([*wanted, *MODALITIES])) if not configs or DEFAULT_CONFIG in configs else wanted
     split_files = _split_files(root, list(splits or SPLIT_FOLDERS), candidates)
     first_folder = SPLIT_FOLDERS[next(iter(split_files))]
-    first_file = next(iter(split_files.values()))[0]
+    first_files = next(iter(split_files.values()))
     source = open_source(root, candidates)
-    probes = {m: probe for m in candidates if (probe := _probe(source, first_folder, first_file, m))}
+    probes = {m: probe for m in candidates if (probe := _probe(source, first_folder, first_files, m, on_bad_file))}
     missing = [c for c in wanted if c not in probes]
     if missing:
         raise SSL4EOS12DataError(f"{root}/{first_folder}: no files of modality {', '.join(missing)}")
@@ -199,14 +199,21 @@ def shard_sizes(example_bytes: int, samples_per_file: int, max_shard_size: int |
     return files_per_shard, max(1, ROW_GROUP_BYTES // example_bytes)
 
 
-def _probe(source: Source, split_folder: str, shard: str, modality: str) -> Optional[tuple[Layout, int]]:
-    """Layout and number of samples of a shard's modality, or ``None`` if there is no such file."""
-    try:
-        return source.probe(split_folder, shard, modality)
-    except SSL4EOS12FileError as err:
-        if err.problem == "file not found":
-            return None
-        raise
+def _probe(source: Source, split_folder: str, shards: list[str], modality: str,
+           on_bad_file: str = "error") -> Optional[tuple[Layout, int]]:
+    """Layout and number of samples of the first shard's modality, or ``None`` if there is no such file.
+
+    With ``on_bad_file="skip"`` a first shard that cannot be read gives way to the next (the conversion skips it).
+    """
+    for shard in shards:
+        try:
+            return source.probe(split_folder, shard, modality)
+        except SSL4EOS12FileError as err:
+            if err.problem == "file not found" and shard == shards[0]:
+                return None
+            if on_bad_file != "skip":
+                raise
+    return None
 
 
 def example_nbytes(features: datasets.Features, layouts: tuple[Layout, ...]) -> int:
@@ -236,8 +243,8 @@ def read_record(out: Path, task: ShardTask) -> Optional[dict]:
 def is_done(out: Path, task: ShardTask) -> bool:
     """A shard is finished when its record matches the plan and its file has the recorded size."""
     record = read_record(out, task)
-    if record is None or record.get("fingerprint") != task.fingerprint:
-        return False
+    if record is None or record.get("fingerprint") != task.fingerprint or record.get("skipped"):
+        return False  # a shard that left files out is tried again
     try:
         return (out / task.path).stat().st_size == record["size"]
     except FileNotFoundError:

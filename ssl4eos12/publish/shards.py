@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator
 from io import BytesIO
 from pathlib import Path
@@ -36,8 +37,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.arrow_writer import get_parquet_column_options
 
+from ..errors import SSL4EOS12BadFileWarning, SSL4EOS12FileError
 from ..schema import location_examples, modality_fields
-from ..sources import Block, ModalityFile
+from ..sources import ON_BAD_FILE_CHOICES, Block, ModalityFile
 from .manifest import (
     MANIFEST_DIR, RECORDS_DIR, alignment_problems, file_sha256, fsync, samples_digest, write_json_atomic,
     write_manifest,
@@ -216,8 +218,12 @@ def writer_options(features: datasets.Features, schema: pa.Schema) -> dict:
                 use_content_defined_chunking=datasets.config.DEFAULT_CDC_OPTIONS)
 
 
-def convert_shard(task: ShardTask, out_dir: str) -> dict:
-    """Write one shard (to a temporary name, renamed when complete) and its record; return the record."""
+def convert_shard(task: ShardTask, out_dir: str, on_bad_file: str = "error", _skip: Optional[dict] = None) -> dict:
+    """Write one shard (to a temporary name, renamed when complete) and its record; return the record.
+
+    ``on_bad_file="skip"``: a source file that cannot be read is left out with a :class:`SSL4EOS12BadFileWarning`
+    and listed in the record's ``skipped`` (name and problem), as the builder skips it.
+    """
     out = Path(out_dir)
     final = out / task.path
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -225,17 +231,29 @@ def convert_shard(task: ShardTask, out_dir: str) -> dict:
     features = task.features
     schema = features.arrow_schema
     stats: dict = {}
-    files, rows, num_bytes = [], 0, 0
+    files, rows, num_bytes, skipped = [], 0, 0, []
     try:
         with pq.ParquetWriter(partial, schema, **writer_options(features, schema)) as writer:
             for name in task.files:
                 samples = []
-                for batch in task_batches(task, name, stats):
-                    table = pa.Table.from_arrays([arrow_column(batch[f.name], f.type) for f in schema], schema=schema)
-                    writer.write_table(table)  # one row group per batch
-                    num_bytes += table.nbytes
-                    samples += batch["sample"]
-                    del batch, table  # before the next batch is cut: one in memory at a time
+                try:
+                    if _skip and name in _skip:  # found bad after rows of it were written: see below
+                        raise _skip[name]
+                    for batch in task_batches(task, name, stats):
+                        table = pa.Table.from_arrays([arrow_column(batch[f.name], f.type) for f in schema],
+                                                     schema=schema)
+                        writer.write_table(table)  # one row group per batch
+                        num_bytes += table.nbytes
+                        samples += batch["sample"]
+                        del batch, table  # before the next batch is cut: one in memory at a time
+                except SSL4EOS12FileError as err:
+                    if on_bad_file != "skip":
+                        raise
+                    if samples:  # rows of it are written already: write the shard again without it
+                        return convert_shard(task, out_dir, on_bad_file, {**(_skip or {}), name: err})
+                    skipped.append({"name": name, "problem": err.problem})  # no local path: the card is published
+                    warnings.warn(f"skipping {err}", SSL4EOS12BadFileWarning, stacklevel=2)
+                    continue
                 rows += len(samples)
                 files.append({"name": name, "rows": len(samples), "samples_sha256": samples_digest(samples)})
         digest = file_sha256(partial)
@@ -249,7 +267,7 @@ def convert_shard(task: ShardTask, out_dir: str) -> dict:
         "num_shards": task.num_shards, "rows": rows, "num_bytes": num_bytes, "size": size, "sha256": digest,
         "fingerprint": task.fingerprint, "files": files, "modalities": [layout.modality for layout in task.layouts],
         "band_names": list(task.layouts[0].band_names), "thumbnail": task.thumbnail,
-        "features": features.to_dict(), "statistics": stats,
+        "features": features.to_dict(), "statistics": stats, **({"skipped": skipped, "planned": list(task.files)} if skipped else {}),
     }
     write_json_atomic(out / task.record_path, record)
     return record
@@ -270,7 +288,8 @@ def _clean(out: Path, tasks: list[ShardTask]) -> None:
                     path.unlink(missing_ok=True)
 
 
-def convert(data_dir, out_dir, configs=None, splits=None, workers=None, scheduler=None, max_shard_size=None) -> dict:
+def convert(data_dir, out_dir, configs=None, splits=None, workers=None, scheduler=None, max_shard_size=None,
+            on_bad_file: str = "error", stats: Optional[dict] = None) -> dict:
     """Convert the Zarr zips under ``data_dir`` to Parquet shards, a manifest and a dataset card in ``out_dir``.
 
     Args:
@@ -282,6 +301,10 @@ def convert(data_dir, out_dir, configs=None, splits=None, workers=None, schedule
         scheduler: address of a Dask distributed scheduler to run the tasks on instead.
         max_shard_size: uncompressed bytes per shard (default ``datasets.config.MAX_SHARD_SIZE``, 500 MB); a shard
             always holds whole source files, at least one.
+        on_bad_file: ``"error"`` (default) stops at the first source file that cannot be read; ``"skip"`` leaves
+            such files out (one :class:`SSL4EOS12BadFileWarning` each) and lists them in the manifest (``skipped``
+            of each shard) and the card. A rerun tries them again.
+        stats: if given, filled with ``written`` and ``done`` (shards written now, and found finished).
 
     Returns:
         The manifest (also written to ``OUT_DIR/.ssl4eos12/manifest.json``).
@@ -290,13 +313,19 @@ def convert(data_dir, out_dir, configs=None, splits=None, workers=None, schedule
 
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    tasks = plan(data_dir, configs, splits, max_shard_size)
+    if on_bad_file not in ON_BAD_FILE_CHOICES:
+        raise ValueError(f"on_bad_file={on_bad_file!r}: choose from {ON_BAD_FILE_CHOICES}")
+    tasks = plan(data_dir, configs, splits, max_shard_size, on_bad_file=on_bad_file)
     _clean(out, tasks)
     todo = [task for task in tasks if not is_done(out, task)]
     if len(todo) < len(tasks):
         logger.info(f"{len(tasks) - len(todo)} of {len(tasks)} shard(s) already converted: skipping them")
-    for _ in run_tasks(functools.partial(convert_shard, out_dir=str(out)), todo, workers, scheduler):
-        pass
+    if todo:
+        for _ in run_tasks(functools.partial(convert_shard, out_dir=str(out), on_bad_file=on_bad_file), todo,
+                           workers, scheduler):
+            pass
+    if stats is not None:
+        stats.update(written=len(todo), done=len(tasks) - len(todo))
     manifest = write_manifest(out)
     for problem in alignment_problems(manifest):
         logger.warning(problem)

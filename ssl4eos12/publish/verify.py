@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..torch import arrow_to_numpy
-from .manifest import MANIFEST_FILE, alignment_problems, file_sha256, read_manifest, samples_digest
+from .manifest import MANIFEST_FILE, alignment_problems, file_sha256, read_manifest, samples_digest, skipped_files
 from .plan import ShardTask, plan, run_tasks
 from .shards import task_examples
 
@@ -38,7 +38,8 @@ def verify(out_dir, data_dir, workers=None, scheduler=None) -> list[str]:
     for record in records.values():
         by_split.setdefault((record["config"], record["split"]), []).append(record)
     # the plan gives what the source files say about each config; the shard boundaries are the records'
-    tasks = plan(data_dir, list(manifest["configs"]), list(dict.fromkeys(split for _, split in by_split)))
+    tasks = plan(data_dir, list(manifest["configs"]), list(dict.fromkeys(split for _, split in by_split)),
+                 on_bad_file="skip" if skipped_files(manifest) else "error")
     templates, planned_files = {}, {}
     for task in tasks:
         templates.setdefault((task.config, task.split), task)
@@ -46,7 +47,8 @@ def verify(out_dir, data_dir, workers=None, scheduler=None) -> list[str]:
     checks = []
     for key, split_records in by_split.items():
         split_records.sort(key=lambda r: r["index"])
-        shard_files = [source["name"] for record in split_records for source in record["files"]]
+        # files left out at conversion (on_bad_file="skip") count as planned: the manifest lists them
+        shard_files = [name for record in split_records for name in _planned_names(record)]
         if shard_files != planned_files.get(key, []):
             problems.append(f"{key[0]}/{key[1]}: the shards hold {len(shard_files)} source file(s), {data_dir} lists "
                             f"{len(planned_files.get(key, []))} (or in another order)")
@@ -54,14 +56,24 @@ def verify(out_dir, data_dir, workers=None, scheduler=None) -> list[str]:
             continue
         for record in split_records:
             task = dataclasses.replace(templates[key], index=record["index"], num_shards=record["num_shards"],
-                                       files=tuple(source["name"] for source in record["files"]))
+                                       files=_planned_names(record))
             if record["fingerprint"] != task.fingerprint:
                 problems.append(f"{task.path}: converted with other features or settings than {data_dir} gives")
+            # the values are compared for the files written
+            task = dataclasses.replace(task, files=tuple(source["name"] for source in record["files"]))
             checks.append((task, record))
     check = functools.partial(verify_shard, out_dir=str(out))
     for shard_problems in run_tasks(check, checks, workers, scheduler, desc="Verifying"):
         problems.extend(shard_problems)
     return sorted(problems)
+
+
+def _planned_names(record: dict) -> tuple[str, ...]:
+    """The source files a shard was planned with: those written and those left out, in plan order."""
+    written = [source["name"] for source in record["files"]]
+    left_out = [entry["name"] for entry in record.get("skipped", ())]
+    order = record.get("planned")
+    return tuple(order) if order else tuple(written + left_out)
 
 
 def verify_shard(check: tuple[ShardTask, dict], out_dir: str) -> list[str]:

@@ -170,12 +170,13 @@ def synthesize(
     modalities: tuple[str, ...] = MODALITIES,
     split_lists: bool = True,
     seed: int = 0,
+    progress=None,
 ) -> Path:
     """Write a small SSL4EO-S12 v1.1 tree under ``out_dir`` and return its path.
 
     ``modalities`` may include the extra modalities of :data:`EXTRA_MODALITIES` (e.g. ``"NDVI"``).
     S2L1C, S2L2A and S2RGB of a location share timestamps and product ids (they come from the same
-    Sentinel-2 product); S1GRD has its own.
+    Sentinel-2 product); S1GRD has its own. ``progress``, if given, is called with the path of each file written.
     """
     out = Path(out_dir)
     next_id = 0
@@ -193,6 +194,8 @@ def synthesize(
                 ds = make_dataset(modality, locations, num_times=times, size=size,
                                   seed=file_seed * 31 + modality_index, times=shared_times)
                 write_zarr_zip(ds, out / folder / modality / name)
+                if progress is not None:
+                    progress(out / folder / modality / name)
         if split_lists:
             list_path = out / split_list_path(folder)
             list_path.parent.mkdir(parents=True, exist_ok=True)
