@@ -84,7 +84,7 @@ def _synth(args: argparse.Namespace) -> None:
         raise UsageError(f"--modalities: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
     for name in ("files", "samples", "size", "times"):
         if getattr(args, name) < 1:
-            raise UsageError(f"--{name}: must be at least 1, got {getattr(args, name)}")
+            raise UsageError(f"--{name}: must be at least 1, got {getattr(args, name)}; pass a positive number")
     total = args.files * len(modalities) * len(args.splits)
     start = time.perf_counter()
     with tqdm(total=total, desc="Writing", unit="file") as progress:
@@ -160,7 +160,7 @@ def _push(args: argparse.Namespace) -> None:
 
 def _check_workers(workers: Optional[int]) -> None:
     if workers is not None and workers < 1:
-        raise UsageError(f"--workers: must be at least 1, got {workers}")
+        raise UsageError(f"--workers: must be at least 1, got {workers}; leave it out for one per CPU")
 
 
 def _size(path: Path) -> str:
@@ -253,21 +253,22 @@ def error_line(err: BaseException, command: str = "") -> str:
 
 
 def _show_progress_messages(debug: bool) -> None:
-    """This package's log messages and warnings as plain lines on stderr (``warning: ...``)."""
+    """This package's log messages as plain lines on stderr."""
     logger = logging.getLogger("ssl4eos12")
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-    if not debug:
-        warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
     _show_progress_messages(debug)
+    original_format = warnings.formatwarning
+    if not debug:  # warnings as one plain line each
+        warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     try:
         args.func(args)
     except KeyboardInterrupt:
@@ -278,6 +279,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         if debug:
             raise
         sys.exit(f"error: {error_line(err, args.command)}")
+    finally:
+        warnings.formatwarning = original_format
 
 
 if __name__ == "__main__":

@@ -1,0 +1,123 @@
+"""The ways PyTorch users write a DataLoader, on the builder's datasets (streaming and prepared) and the Parquet:
+every example once, every value as xarray reads it, bands in the files' dtypes where the path promises it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from datasets import load_dataset
+
+import ssl4eos12
+from reference import assert_example_equal, expected_examples
+
+torch = pytest.importorskip("torch")
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler  # noqa: E402
+
+ALL = ["S2L1C", "S2L2A", "S2RGB", "S1GRD"]
+NATIVE = {"S2L1C": torch.int16, "S2L2A": torch.int16, "S2RGB": torch.uint8, "S1GRD": torch.float16}
+
+
+def unbatch(batches) -> list[dict]:
+    """Examples of collated batches as numpy, timestamps back to datetime64[ns] (the documented convention)."""
+    examples = []
+    for batch in batches:
+        size = len(batch["sample"])
+        for i in range(size):
+            example = {}
+            for name, value in batch.items():
+                if isinstance(value, torch.Tensor):
+                    value = value[i].numpy()
+                    if name.endswith("_time"):
+                        assert value.dtype == np.int64, name
+                        value = value.view("datetime64[ns]")
+                    example[name] = value
+                else:
+                    example[name] = value[i]
+            examples.append(example)
+    return examples
+
+
+def check_every_example_once(examples: list[dict], data_dir, split: str, modalities: list[str]) -> None:
+    expected = {e["sample"]: e for e in expected_examples(data_dir, split, modalities)}
+    assert sorted(e["sample"] for e in examples) == sorted(expected), "every example exactly once"
+    for example in examples:
+        assert_example_equal(example, expected[example["sample"]], f"{split}/{example['sample']}")
+
+
+def test_streaming_all_two_workers_native_dtypes(data_dir):
+    streamed = load_dataset("ssl4eos12", "all", data_dir=str(data_dir), split="train", streaming=True)
+    batches = list(DataLoader(streamed, batch_size=4, collate_fn=ssl4eos12.collate, num_workers=2))
+    for modality, dtype in NATIVE.items():
+        assert all(batch[modality].dtype == dtype for batch in batches), modality
+    check_every_example_once(unbatch(batches), data_dir, "train", ALL)
+
+
+def test_prepared_plain_dataloader_two_workers_native_dtypes(data_dir, tmp_path):
+    prepared = load_dataset("ssl4eos12", "S2L2A", data_dir=str(data_dir), split="validation", cache_dir=str(tmp_path))
+    # the prepared rows are what streaming yields: numpy arrays in the files' dtypes
+    assert prepared[0]["S2L2A"].dtype == np.int16 and prepared[0]["S2L2A_time"].dtype == np.dtype("datetime64[ns]")
+    batches = list(DataLoader(prepared, batch_size=4, collate_fn=ssl4eos12.collate, num_workers=2))
+    assert [len(batch["sample"]) for batch in batches] == [4, 2]
+    assert all(batch["S2L2A"].dtype == torch.int16 and batch["S2L2A_cloud_mask"].dtype == torch.uint8
+               for batch in batches)
+    check_every_example_once(unbatch(batches), data_dir, "validation", ["S2L2A"])
+
+
+def test_prepared_arrow_batches_native_dtypes(data_dir, tmp_path):
+    prepared = load_dataset("ssl4eos12", "S2L2A", data_dir=str(data_dir), split="validation", cache_dir=str(tmp_path))
+    sampler = BatchSampler(SequentialSampler(prepared), batch_size=4, drop_last=False)
+    batches = list(DataLoader(prepared.with_format("arrow"), sampler=sampler, batch_size=None,
+                              collate_fn=ssl4eos12.collate))
+    assert all(batch["S2L2A"].dtype == torch.int16 for batch in batches)
+    check_every_example_once(unbatch(batches), data_dir, "validation", ["S2L2A"])
+
+
+def test_python_rows_collate(data_dir, tmp_path):
+    """After ``with_format(None)`` the rows are Python objects: collate still makes tensors (numpy's dtypes)."""
+    prepared = load_dataset("ssl4eos12", "S2L2A", data_dir=str(data_dir), split="validation", cache_dir=str(tmp_path))
+    batch = next(iter(DataLoader(prepared.with_format(None), batch_size=3, collate_fn=ssl4eos12.collate)))
+    expected = list(expected_examples(data_dir, "validation", ["S2L2A"]))[:3]
+    np.testing.assert_array_equal(batch["S2L2A"].numpy(), np.stack([e["S2L2A"] for e in expected]))
+    np.testing.assert_array_equal(batch["S2L2A_time"].numpy(),
+                                  np.stack([e["S2L2A_time"] for e in expected]).view(np.int64))
+
+
+def _collate_and_report_sharing(batch):
+    out = ssl4eos12.collate(batch)
+    out["shared"] = [out["S2L2A"].is_shared()] * len(batch)
+    return out
+
+
+def test_collate_allocates_in_shared_memory_inside_workers(data_dir):
+    streamed = load_dataset("ssl4eos12", "S2L2A", data_dir=str(data_dir), split="train", streaming=True)
+    in_worker = next(iter(DataLoader(streamed, batch_size=2, collate_fn=_collate_and_report_sharing, num_workers=1)))
+    in_main = next(iter(DataLoader(streamed, batch_size=2, collate_fn=_collate_and_report_sharing)))
+    assert in_worker["shared"] == [True, True] and in_main["shared"] == [False, False]
+    assert torch.equal(in_worker["S2L2A"], in_main["S2L2A"])
+
+
+def torch_rows(dataset) -> list[dict]:
+    return [dict(row) for row in dataset.with_format("torch")]
+
+
+@pytest.mark.parametrize("kind", ["streaming all", "prepared S2L2A", "converted Parquet S2L2A"])
+def test_with_format_torch(kind, data_dir, converted_dir, tmp_path):
+    """No exception on any dataset we produce; datasets' own dtypes; timestamps as int64 nanoseconds."""
+    config = kind.rsplit(" ", 1)[-1]
+    split = "validation"
+    if kind.startswith("streaming"):
+        dataset = load_dataset("ssl4eos12", config, data_dir=str(data_dir), split=split, streaming=True)
+    elif kind.startswith("prepared"):
+        dataset = load_dataset("ssl4eos12", config, data_dir=str(data_dir), split=split, cache_dir=str(tmp_path))
+    else:
+        dataset = load_dataset(str(converted_dir), config, split=split, cache_dir=str(tmp_path))
+    modalities = ALL if config == "all" else [config]
+    rows = torch_rows(dataset)
+    expected = list(expected_examples(data_dir, split, modalities))
+    assert len(rows) == len(expected)
+    for row, example in zip(rows, expected):
+        for m in modalities:
+            assert row[m].dtype in (torch.int64, torch.float32), (m, row[m].dtype)  # datasets widens
+            np.testing.assert_array_equal(row[m].numpy(), example[m].astype(row[m].numpy().dtype))
+            assert row[f"{m}_time"].dtype == torch.int64
+            np.testing.assert_array_equal(row[f"{m}_time"].numpy(), example[f"{m}_time"].view(np.int64))
