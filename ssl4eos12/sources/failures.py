@@ -51,19 +51,22 @@ def remote_cause(err: BaseException) -> Optional[tuple[str, str]]:
     kinds: ``offline`` (DNS, refused connection), ``missing`` (no such repository or path, HTTP 404),
     ``no-range`` (the server ignores Range requests), ``401``, ``403``.
     """
-    for e in _chain(err):
+    chain = list(_chain(err))
+    for e in chain:  # what the server answered says most
         status = _status(e)
-        name = type(e).__name__
-        text = f"{name}: {e}".lower()
         if status in (401, 403):
             reason = "Unauthorized: the server wants a token" if status == 401 else "Forbidden: no read access"
             return str(status), f"HTTP {status} {reason}"
-        if status == 404 or name in ("RepositoryNotFoundError", "EntryNotFoundError"):
+        if status == 404 or type(e).__name__ in ("RepositoryNotFoundError", "EntryNotFoundError"):
             return "missing", "no such repository or file (HTTP 404)"
+    texts = [(e, f"{type(e).__name__}: {e}".lower()) for e in chain]
+    for e, text in texts:
         if any(marker in text for marker in _NO_RANGE):
             return "no-range", "the server does not support HTTP Range requests (it sent the whole file)"
+    for e, text in texts:  # a name that does not resolve, anywhere in the chain, before "cannot connect"
         if isinstance(e, socket.gaierror) or any(marker in text for marker in _DNS):
             return "offline", f"cannot resolve the host, offline or DNS failure ({e})"
+    for e, text in texts:
         if isinstance(e, (ConnectionRefusedError, TimeoutError)) or any(marker in text for marker in _CONNECT):
             return "offline", f"cannot connect to the server, offline or the server is down ({e})"
     return None
