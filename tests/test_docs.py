@@ -24,7 +24,6 @@ import ssl4eos12
 from reference import assert_example_equal, expected_examples
 from servers import HubServer, RangeHTTPServer, use_hub
 from ssl4eos12.constants import HOSTED_ROOT
-from ssl4eos12.synth import synthesize
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_docs_token"
@@ -62,7 +61,7 @@ class Docs:
             code = code.replace(placeholder, value)
         return code
 
-    def run(self, name: str, markdown: str) -> dict:
+    def run(self, name: str, markdown: str, after_block=None) -> dict:
         namespace: dict = {"__name__": f"docs:{name}"}
         ran = 0
         for language, code, reason, line in code_blocks(markdown):
@@ -81,6 +80,8 @@ class Docs:
                                         capture_output=True, text=True, timeout=600)
                 assert result.returncode == 0, f"{where} failed:\n{code}\n{result.stdout}\n{result.stderr}"
             ran += 1
+            if after_block is not None:
+                after_block()
         assert ran, f"{name}: no block ran"
         return namespace
 
@@ -97,11 +98,10 @@ def webdataset_root(path: Path) -> Path | None:
 def docs_env(tmp_path_factory):
     """Generated data, its HTTP server, a local Hub holding it as the hosted copy, and the placeholders."""
     tmp = tmp_path_factory.mktemp("docs")
-    # the parameters of the README's `ssl4eos12 synth` line: rerunning it rewrites the same files
-    data = synthesize(tmp / "data", files=2, samples=3, size=16)
+    data = tmp / "data"  # empty: the README's `ssl4eos12 synth` block writes it, as it would for a reader
+    data.mkdir()
     with RangeHTTPServer(data) as http, HubServer(tokens={TOKEN: "user"}) as hub, \
             use_hub(hub, token=TOKEN, home=tmp / "hf_home"):
-        hub.seed(HOSTED_ROOT.removeprefix("hf://datasets/"), data)
         substitutions = {"https://host/ssl4eo-s12": http.url, "data/ssl4eo-s12": str(data),
                          "out/parquet": str(tmp / "out")}
         wds = webdataset_root(tmp / "wds")
@@ -114,7 +114,16 @@ def docs_env(tmp_path_factory):
 
 def test_readme_runs(docs_env):
     docs, data, tmp, hub = docs_env
-    namespace = docs.run("README.md", (REPO_ROOT / "README.md").read_text(encoding="utf-8"))
+    hosted = HOSTED_ROOT.removeprefix("hf://datasets/")
+
+    seeded = []
+
+    def publish_hosted_copy():  # the local Hub holds the generated data as the hosted copy, once there is some
+        if not seeded and any(data.rglob("*.zarr.zip")):
+            seeded.append(hub.seed(hosted, data))
+
+    namespace = docs.run("README.md", (REPO_ROOT / "README.md").read_text(encoding="utf-8"), publish_hosted_copy)
+    assert seeded, "the README generates its data before loading it"
     assert "loader" in namespace and "batch" in namespace
     # what the README's shell block left behind: a converted, verified folder, pushed to ORG/NAME
     assert (tmp / "out" / ".ssl4eos12" / "manifest.json").is_file()
