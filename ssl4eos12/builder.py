@@ -40,7 +40,7 @@ from .schema import example_features, location_examples
 from .sources.failures import diagnose_root, remote_failure_message
 from .sources.remote import is_remote
 from .sources import ON_BAD_FILE_CHOICES, Layout, Source, normalize_root, open_source
-from .torch import NATIVE_FORMAT
+from .torch import native_format
 
 #: reshard() splits each source file into this many sample ranges.
 RESHARD_PARTS_PER_FILE = 4
@@ -145,7 +145,7 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
 
     def _as_dataset(self, *args, **kwargs) -> datasets.Dataset:
         """The prepared split, formatted like streaming yields it: numpy arrays of the files' dtypes."""
-        return super()._as_dataset(*args, **kwargs).with_format(NATIVE_FORMAT)
+        return native_format(super()._as_dataset(*args, **kwargs))
 
     def _generate_shards(self, files, split_folder, layouts, sample_ranges):
         yield from files

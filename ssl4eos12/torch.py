@@ -21,6 +21,10 @@ holds them as **int64 nanoseconds since 1970-01-01 UTC** (``NaT`` as the int64 m
 ``numpy.datetime64[ns]``: ``collate`` does so, and so does ``ds.with_format("torch")`` once
 ``ssl4eos12`` is imported (without it, ``datasets`` raises on timestamp columns). Back to dates:
 ``tensor.numpy().astype("datetime64[ns]")``. This is the one place that convention is defined.
+
+DataLoader workers started with ``spawn`` (the default on macOS and Windows) import ``ssl4eos12`` for a
+prepared dataset, or with ``collate_fn=ssl4eos12.collate``; with ``with_format("torch")`` and torch's own
+collate, pass ``worker_init_fn=ssl4eos12.install_formats`` so the workers know the timestamp convention too.
 """
 
 from __future__ import annotations
@@ -33,6 +37,19 @@ import pyarrow as pa
 
 #: The format type of the builder's prepared datasets: numpy arrays of the files' dtypes, strings as ``str``.
 NATIVE_FORMAT = "ssl4eos12-numpy"
+
+
+class _Registrar:
+    """Kept in a prepared dataset's format options: unpickling it (a spawned DataLoader worker) imports this
+    package, which registers :data:`NATIVE_FORMAT` there before the dataset is read."""
+
+    def __repr__(self) -> str:
+        return "ssl4eos12"
+
+
+def native_format(dataset):
+    """``dataset`` in :data:`NATIVE_FORMAT`, readable in spawned processes too."""
+    return dataset.with_format(NATIVE_FORMAT, registered_by=_Registrar())
 
 
 def arrow_column_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray | list:
@@ -145,6 +162,9 @@ def _native_formatter_class():
     class NativeNumpyFormatter(Formatter):
         """Rows and batches as native-dtype numpy arrays (strings as ``str``, string lists as lists)."""
 
+        def __init__(self, features=None, token_per_repo_id=None, registered_by=None):
+            super().__init__(features=features, token_per_repo_id=token_per_repo_id)
+
         def format_row(self, pa_table: pa.Table) -> dict:
             return {name: values[0] for name, values in self.format_batch(pa_table).items()}
 
@@ -163,11 +183,12 @@ def _native_formatter_class():
     return NativeNumpyFormatter
 
 
-def install_formats() -> None:
+def install_formats(*_worker_id) -> None:
     """Register :data:`NATIVE_FORMAT`, and teach ``with_format("torch")`` the timestamp convention (idempotent).
 
     ``datasets``' ``TorchFormatter`` hands ``datetime64`` arrays to ``torch.tensor``, which raises; wrapped, such
-    values become int64 nanoseconds first. Every other value goes to ``datasets`` unchanged.
+    values become int64 nanoseconds first. Every other value goes to ``datasets`` unchanged. Also a
+    DataLoader ``worker_init_fn`` (which passes the worker id, ignored).
     """
     from datasets.formatting import _FORMAT_TYPES, _register_formatter
 

@@ -121,3 +121,11 @@ def test_with_format_torch(kind, data_dir, converted_dir, tmp_path):
             np.testing.assert_array_equal(row[m].numpy(), example[m].astype(row[m].numpy().dtype))
             assert row[f"{m}_time"].dtype == torch.int64
             np.testing.assert_array_equal(row[f"{m}_time"].numpy(), example[f"{m}_time"].view(np.int64))
+
+
+def test_prepared_in_spawned_workers(data_dir, tmp_path):
+    """macOS and Windows start workers with spawn: a fresh interpreter that has not imported ssl4eos12."""
+    prepared = load_dataset("ssl4eos12", "S2L2A", data_dir=str(data_dir), split="validation", cache_dir=str(tmp_path))
+    # len: a collate_fn from builtins, so nothing but the dataset itself can import ssl4eos12 in the worker
+    sizes = list(DataLoader(prepared, batch_size=4, collate_fn=len, num_workers=1, multiprocessing_context="spawn"))
+    assert sizes == [4, 2]
