@@ -97,6 +97,7 @@ def _synth(args: argparse.Namespace) -> None:
 
 def _convert(args: argparse.Namespace) -> None:
     from .publish import convert
+    from .publish.card import human_size
     from .publish.manifest import skipped_files
 
     root = _check_data_dir(args.data_dir)
@@ -114,7 +115,7 @@ def _convert(args: argparse.Namespace) -> None:
     size = sum(shard["size"] for shard in shards)
     skipped = skipped_files(manifest)
     print(f"converted {root} to {out}: {stats.get('written', 0)} shard(s) written, {stats.get('done', 0)} "
-          f"already done; {len(shards)} shard(s), {rows:,} rows, {_human(size)} in all; "
+          f"already done; {len(shards)} shard(s), {rows:,} rows, {human_size(size)} in all; "
           f"{time.perf_counter() - start:.1f} s")
     if skipped:
         print(f"left out {len(skipped)} unreadable source file(s) (--on-bad-file skip; listed in the manifest and "
@@ -164,15 +165,9 @@ def _check_workers(workers: Optional[int]) -> None:
 
 
 def _size(path: Path) -> str:
-    return _human(sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()))
+    from .publish.card import human_size
 
-
-def _human(num_bytes: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if num_bytes < 1000 or unit == "TB":
-            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
-        num_bytes /= 1000
-    raise AssertionError  # unreachable
+    return human_size(sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def run(argv, capsys) -> tuple[int, str, str]:
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
         if isinstance(exit_.code, str):
-            print(exit_.code, file=__import__("sys").stderr)
+            print(exit_.code, file=sys.stderr)
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -113,7 +114,7 @@ def test_on_bad_file_skip_is_counted_listed_and_verified(small, tmp_path, capsys
     assert code == 0, err
     assert [str(w.message) for w in warned] == [f"skipping {bad}: not a readable zip file, truncated or corrupt "
                                                 "(File is not a zip file)"]
-    assert f"left out 1 unreadable source file(s)" in err and FIRST in err
+    assert "left out 1 unreadable source file(s)" in err and FIRST in err
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     skipped = [(s["path"], entry["name"]) for s in manifest["shards"] for entry in s.get("skipped", ())]
     assert skipped == [("S1GRD/train-00000-of-00001.parquet", FIRST)]

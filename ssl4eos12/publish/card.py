@@ -157,7 +157,7 @@ def _config_summary(name: str, info: dict) -> dict:
     return {
         "name": name, "summary": summary,
         "rows": {split: totals["num_rows"] for split, totals in info["splits"].items()},
-        "size": _human_size(sum(t["size"] for t in info["splits"].values())),
+        "size": human_size(sum(t["size"] for t in info["splits"].values())),
         "fields": [{"name": field, "type": _describe_feature(feature), "description": _describe_field(field)}
                    for field, feature in features.items()],
     }
@@ -235,7 +235,7 @@ def _standardization_json() -> str:
     return "{\n" + ",\n".join(modalities) + "\n}"
 
 
-def _human_size(num_bytes: int) -> str:
+def human_size(num_bytes: int) -> str:
     size = float(num_bytes)
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if size < 1000 or unit == "TB":
