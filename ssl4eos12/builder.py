@@ -51,7 +51,9 @@ class SSL4EOS12Config(datasets.BuilderConfig):
     """BuilderConfig for SSL4EO-S12 v1.1.
 
     Args:
-        modalities: modality folders to join on file and sample (default: the config's own).
+        modalities: a list of modality folders to join on file and sample (default: the config's own); the
+            first orders the rows. Checked when the builder is created: a list (not a string) of folders the
+            root has, keeping the modality of a single-modality config name.
         single_timestamp: one example per (location, timestamp) instead of one per location.
         root: root of the data (local path, ``http(s)://`` or ``hf://`` URL); ``data_dir`` works too.
             Without either, the hosted copy on the Hub is read.
