@@ -24,6 +24,14 @@ BANDS_DTYPE: dict[str, str] = {"S2L1C": "int16", "S2L2A": "int16", "S2RGB": "uin
 #: Modalities whose files carry a ``cloud_mask`` variable.
 CLOUD_MASKED: frozenset[str] = frozenset({"S2L1C", "S2L2A", "S2RGB"})
 
+#: The cloud mask's classes, as the authors document them (both releases).
+CLOUD_MASK_CLASSES: dict[int, str] = {
+    0: "land", 1: "water", 2: "snow", 3: "thin cloud", 4: "thick cloud", 5: "cloud shadow", 6: "no data",
+}
+#: The classes that count as cloud in a cloud fraction (the index, the filters, the ``default`` config):
+#: thin cloud, thick cloud and cloud shadow. Water and snow are not clouds; no data is not either.
+CLOUD_CLASSES: tuple[int, ...] = (3, 4, 5)
+
 #: Offset added to S2 L1C/L2A digital numbers in the files (subtract it to get reflectance * 10,000).
 S2_OFFSET = 1000
 
@@ -63,6 +71,11 @@ def split_list_path(split_folder: str) -> str:
 def split_metadata_path(split_folder: str) -> str:
     """Relative path of the authors' GeoParquet index of a split (it has a ``file`` column)."""
     return f"splits/{split_folder}_metadata.parquet"
+
+
+def index_path(split_folder: str) -> str:
+    """Relative path of this package's GeoParquet index of a split (written by ``ssl4eos12 index``)."""
+    return f"splits/ssl4eos12_{split_folder}_index.parquet"
 
 
 def file_name(split_folder: str, index: int) -> str:

@@ -1,0 +1,551 @@
+"""The GeoParquet index of a data root, and the selection by place, time, cloud and id that it serves.
+
+The index of a split is one GeoParquet file, ``ROOT/splits/ssl4eos12_{train,val}_index.parquet`` by default
+(written by ``ssl4eos12 index DATA_DIR`` or :func:`build_index`), with one row per (location, timestamp)::
+
+    sample  file  split  time_index  {M}_time ...  center_lon  center_lat  crs  {M}_cloud_fraction ...  geometry
+
+``{M}_time`` is the time of every modality indexed, ``{M}_cloud_fraction`` the share of the pixels of each
+Sentinel-2 modality's cloud mask in :data:`~ssl4eos12.constants.CLOUD_CLASSES` (thin cloud, thick cloud, cloud
+shadow) at that timestamp, ``geometry`` the patch footprint: a WKB polygon in EPSG:4326 (lon/lat), the four
+corners of the patch's pixel extent in its UTM zone (``x_``/``y_`` are pixel centres, so the extent reaches half
+a pixel beyond them) projected with pyproj, as the authors' own index draws them. The file carries GeoParquet
+1.1 ``geo`` metadata, so geopandas, DuckDB and GDAL read it as a geo table. Building it reads only the small
+variables and the cloud masks, never ``bands``.
+
+Where a root has no such index, the authors' own metadata serves the filters it can (:func:`load_index`): the
+Zarr release's ``splits/{train,val}_metadata.parquet`` (sample, S2 time, footprint, file: no cloud cover, no
+Sentinel-1 time) and the webdataset release's ``{train,val}_metadata.parquet`` (centres, shard, cloud cover per
+timestamp). A filter the table cannot serve raises :class:`~ssl4eos12.errors.SSL4EOS12DataError` saying to run
+``ssl4eos12 index``.
+
+:func:`select` is the one place that turns filters into *which files, locations and timestamps to read*; the
+``datasets`` builder and the training ``Loader`` both consume its result.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import posixpath
+import shutil
+import struct
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .constants import CLOUD_CLASSES, CLOUD_MASKED, MODALITIES, SPLIT_FOLDERS, index_path, split_metadata_path
+from .errors import SSL4EOS12DataError, SSL4EOS12FileError
+from .sources import Block, normalize_root, open_source
+from .sources.remote import is_remote, url_to_fs
+
+logger = logging.getLogger(__name__)
+
+#: The variables the index reads from every modality's files (plus ``cloud_mask`` where there is one).
+INDEX_VARIABLES = ("center_lat", "center_lon", "crs", "time_", "x_", "y_")
+GEO_VERSION = "1.1.0"
+_INDEX_FORMAT = 1
+
+#: What :func:`select` returns: per file (in order), the locations kept, each with the time indices kept
+#: (``None``: the whole time series).
+Selection = dict[str, dict[str, Optional[frozenset[int]]]]
+
+
+# --- cloud fraction and footprints ------------------------------------------------------------------------
+
+def cloud_fraction(cloud_mask: np.ndarray) -> np.ndarray:
+    """Share of the pixels of each mask (last two axes) in :data:`~ssl4eos12.constants.CLOUD_CLASSES`, float32."""
+    cloudy = np.isin(cloud_mask, CLOUD_CLASSES)
+    return (np.count_nonzero(cloudy, axis=(-2, -1)) / math.prod(cloud_mask.shape[-2:])).astype(np.float32)
+
+
+def footprints(x: np.ndarray, y: np.ndarray, crs: np.ndarray) -> np.ndarray:
+    """``(n, 5, 2)`` lon/lat rings (closed, counter-clockwise) of the pixel extents of ``n`` patches.
+
+    ``x`` ``(n, W)`` and ``y`` ``(n, H)`` are pixel-centre coordinates in metres in the projected ``crs`` (EPSG
+    code) of each patch.
+    """
+    from pyproj import Transformer
+
+    half_x = np.abs(x[:, -1] - x[:, 0]) / max(x.shape[1] - 1, 1) / 2
+    half_y = np.abs(y[:, -1] - y[:, 0]) / max(y.shape[1] - 1, 1) / 2
+    x0, x1 = x.min(axis=1) - half_x, x.max(axis=1) + half_x
+    y0, y1 = y.min(axis=1) - half_y, y.max(axis=1) + half_y
+    ring_x = np.stack([x1, x1, x0, x0, x1], axis=1)
+    ring_y = np.stack([y0, y1, y1, y0, y0], axis=1)
+    rings = np.empty(ring_x.shape + (2,))
+    for code in np.unique(crs):
+        rows = crs == code
+        transformer = Transformer.from_crs(int(code), 4326, always_xy=True)
+        rings[rows, :, 0], rings[rows, :, 1] = transformer.transform(ring_x[rows], ring_y[rows])
+    return rings
+
+
+def polygon_wkb(ring: np.ndarray) -> bytes:
+    """WKB (little-endian) of a polygon with one closed ring of ``(lon, lat)`` points."""
+    return struct.pack("<BIII", 1, 3, 1, len(ring)) + np.ascontiguousarray(ring, dtype="<f8").tobytes()
+
+
+def wkb_ring(wkb: bytes) -> np.ndarray:
+    """The outer ring of a little-endian WKB polygon, ``(points, 2)``."""
+    if wkb[0] != 1 or struct.unpack("<I", wkb[1:5])[0] != 3:
+        raise ValueError("not a little-endian WKB polygon")
+    (count,) = struct.unpack("<I", wkb[9:13])
+    return np.frombuffer(wkb[13:13 + 16 * count], dtype="<f8").reshape(count, 2)
+
+
+def geo_metadata(geometry: Sequence[bytes]) -> dict:
+    """GeoParquet 1.1 ``geo`` metadata of a WKB polygon column in EPSG:4326 (lon/lat order)."""
+    from pyproj import CRS
+
+    rings = np.concatenate([wkb_ring(g) for g in geometry]) if len(geometry) else np.zeros((0, 2))
+    bbox = [float(v) for v in (*rings.min(axis=0), *rings.max(axis=0))] if len(rings) else []
+    column = {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": CRS.from_epsg(4326).to_json_dict(),
+              "edges": "planar"}
+    if bbox:
+        column["bbox"] = bbox
+    return {"version": GEO_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
+
+
+# --- building the index -----------------------------------------------------------------------------------
+
+def block_rows(block: Block, split: str) -> pa.Table:
+    """The index rows of one block: one per (location, timestamp), from its small variables and cloud masks."""
+    reference = block.reference.variables
+    n = len(block)
+    num_times = max(part.layout.num_times for part in block.parts.values())
+    ring = footprints(reference["x_"], reference["y_"], reference["crs"])
+    geometry = [polygon_wkb(r) for r in ring]
+    repeat = functools.partial(np.repeat, repeats=num_times)
+    columns = {
+        "sample": pa.array(repeat(block.samples.astype(str)), pa.string()),
+        "file": pa.array([block.file] * (n * num_times), pa.string()),
+        "split": pa.array([split] * (n * num_times), pa.string()),
+        "time_index": pa.array(np.tile(np.arange(num_times, dtype=np.int64), n)),
+    }
+    for modality, part in block.parts.items():
+        times = np.full((n, num_times), np.datetime64("NaT"), dtype="datetime64[ns]")
+        times[:, :part.layout.num_times] = part.variables["time_"][block.orders[modality]]
+        columns[f"{modality}_time"] = pa.array(times.reshape(-1), pa.timestamp("ns"))
+    columns["center_lon"] = pa.array(repeat(reference["center_lon"]), pa.float64())
+    columns["center_lat"] = pa.array(repeat(reference["center_lat"]), pa.float64())
+    columns["crs"] = pa.array(repeat(reference["crs"]), pa.int64())
+    for modality, part in block.parts.items():
+        if part.layout.has_cloud_mask:
+            fractions = np.full((n, num_times), np.nan, dtype=np.float32)
+            fractions[:, :part.layout.num_times] = cloud_fraction(part.variables["cloud_mask"][block.orders[modality]])
+            columns[f"{modality}_cloud_fraction"] = pa.array(fractions.reshape(-1), pa.float32())
+    columns["geometry"] = pa.array([g for g in geometry for _ in range(num_times)], pa.binary())
+    return pa.table(columns)
+
+
+@dataclass(frozen=True)
+class IndexTask:
+    """One shard of one split to index; writes its rows to ``part``."""
+
+    root: str
+    split: str
+    shard: str
+    modalities: tuple[str, ...]
+    part: str  # where the shard's rows go (a Parquet file; its existence means done)
+
+    def run(self) -> str:
+        source = open_source(self.root, self.modalities)
+        folder = SPLIT_FOLDERS[self.split]
+        layouts = source.layouts(folder, self.shard)
+        variables = {layout.modality: list(INDEX_VARIABLES) + ["cloud_mask"] * layout.has_cloud_mask
+                     for layout in layouts}
+        tables = [block_rows(block, self.split) for block in source.blocks(folder, self.shard, layouts, variables)]
+        write_atomic(pa.concat_tables(tables), self.part)
+        return self.part
+
+
+def _run_task(task: IndexTask) -> str:
+    return task.run()
+
+
+def write_atomic(table: pa.Table, path: str) -> None:
+    """Write ``table`` to a hidden temporary file beside ``path``, then rename: never half a file at ``path``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+    try:
+        pq.write_table(table, partial, compression="zstd")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def present_modalities(source_root: str, split_folder: str, shard: str, candidates: Iterable[str]) -> list[str]:
+    """The ``candidates`` that have a file for ``shard``."""
+    found = []
+    for modality in candidates:
+        try:
+            open_source(source_root, [modality]).probe(split_folder, shard, modality)
+        except SSL4EOS12FileError as err:
+            if err.problem != "file not found":
+                raise
+            continue
+        found.append(modality)
+    return found
+
+
+def build_index(
+    data_dir: str, out: Optional[str] = None, *, splits: Optional[Iterable[str]] = None,
+    modalities: Optional[Sequence[str]] = None, workers: Optional[int] = None, scheduler: Optional[str] = None,
+) -> dict[str, Path]:
+    """Index every split of ``data_dir``; return the written file of each split.
+
+    Args:
+        data_dir: the data root (local path or fsspec URL).
+        out: where to write: a ``.parquet`` file (every split in one, told apart by ``split``), or a folder that
+            gets ``ssl4eos12_{train,val}_index.parquet``. Default: ``DATA_DIR/splits/`` (local roots only), where
+            the builder looks.
+        splits: ``"train"`` and/or ``"validation"`` (default: every split present).
+        modalities: the modalities to index (default: those of the four the root has).
+        workers, scheduler: as :func:`ssl4eos12.publish.convert`: a local process pool of ``workers`` (1: in this
+            process) or a Dask distributed cluster; each task indexes one shard.
+
+    Resumable: each shard's rows go to a part file (hidden folder beside the output) as soon as it is done, and a
+    rerun skips the parts there are; the index is assembled, atomically, once all parts exist.
+    """
+    from .publish.plan import run_tasks
+
+    root = normalize_root(data_dir)
+    if out is None:
+        if is_remote(root):
+            raise SSL4EOS12DataError(f"{root}: a remote root cannot be written to: pass an output path (--out)")
+        out = str(Path(root) / "splits")
+    splits = list(splits or SPLIT_FOLDERS)
+    unknown = [s for s in splits if s not in SPLIT_FOLDERS]
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}: choose from {list(SPLIT_FOLDERS)}")
+    shards = {}
+    for split in splits:
+        names = open_source(root, [(modalities or MODALITIES)[0]]).shards(SPLIT_FOLDERS[split])
+        if not names and not modalities:  # the first modality may be missing: any of the four lists the shards
+            names = next((n for m in MODALITIES if (n := open_source(root, [m]).shards(SPLIT_FOLDERS[split]))), [])
+        if names:
+            shards[split] = names
+    if not shards:
+        raise SSL4EOS12DataError(f"{root}: no SSL4EO-S12 files in split(s) {splits}")
+    if modalities is None:
+        split, names = next(iter(shards.items()))
+        modalities = present_modalities(root, SPLIT_FOLDERS[split], names[0], MODALITIES)
+    modalities = tuple(modalities)
+    single_file = str(out).endswith(".parquet")
+    out_path = Path(out)
+    parts_dir = (out_path.parent if single_file else out_path) / f".ssl4eos12-index-parts-{_fingerprint(root, modalities)}"
+    tasks = [IndexTask(root, split, name, modalities, str(parts_dir / SPLIT_FOLDERS[split] / f"{name}.parquet"))
+             for split, names in shards.items() for name in names]
+    todo = [task for task in tasks if not os.path.exists(task.part)]
+    if len(todo) < len(tasks):
+        logger.info(f"{len(tasks) - len(todo)} of {len(tasks)} shard(s) already indexed: skipping them")
+    for _ in run_tasks(_run_task, todo, workers, scheduler, desc="Indexing"):
+        pass
+    written = {}
+    tables = {split: pa.concat_tables([pq.read_table(t.part) for t in tasks if t.split == split]) for split in shards}
+    if single_file:
+        written = {split: out_path for split in shards}
+        _write_index(pa.concat_tables(tables.values()), out_path)
+    else:
+        for split, table in tables.items():
+            written[split] = out_path / posixpath.basename(index_path(SPLIT_FOLDERS[split]))
+            _write_index(table, written[split])
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    for split, path in written.items():
+        logger.info(f"{split}: indexed {tables[split].num_rows} (location, timestamp) rows of "
+                    f"{len(shards[split])} file(s) to {path}")
+    return written
+
+
+def _fingerprint(root: str, modalities: tuple[str, ...]) -> str:
+    spec = json.dumps({"format": _INDEX_FORMAT, "root": root, "modalities": modalities})
+    return hashlib.sha256(spec.encode()).hexdigest()[:12]
+
+
+def _write_index(table: pa.Table, path: Path) -> None:
+    geo = geo_metadata(table.column("geometry").to_pylist())
+    table = table.replace_schema_metadata({b"geo": json.dumps(geo).encode()})
+    write_atomic(table, str(path))
+
+
+# --- reading an index, or the authors' metadata ------------------------------------------------------------
+
+def load_index(root: str, split_folder: str, index: Optional[str] = None, download_config=None) -> pd.DataFrame:
+    """The index rows of one split as a ``DataFrame`` (``geometry`` left out), from the best table there is.
+
+    In order: ``index`` (a ``.parquet`` file or URL holding one or more splits, or a folder or URL prefix holding
+    ``ssl4eos12_{split}_index.parquet``); ``ROOT/splits/ssl4eos12_{split}_index.parquet``; the authors'
+    metadata of the Zarr release (``ROOT/splits/{split}_metadata.parquet``) or of the webdataset release
+    (``ROOT/{split}_metadata.parquet``). Columns the table lacks are absent (see :func:`select`).
+    """
+    split = _split_name(split_folder)
+    if index is not None:
+        location = str(index) if "://" in str(index) else normalize_root(index)
+        url = location if location.endswith(".parquet") else posixpath.join(
+            location, posixpath.basename(index_path(split_folder)))
+        frame = _read_parquet(url, download_config)
+        if frame is None:
+            raise SSL4EOS12DataError(f"{url}: index not found (index=...); write one with `ssl4eos12 index`")
+        return _own_index(frame, split, url)
+    url = posixpath.join(root, index_path(split_folder))
+    if (frame := _read_parquet(url, download_config)) is not None:
+        return _own_index(frame, split, url)
+    url = posixpath.join(root, split_metadata_path(split_folder))
+    if (frame := _read_parquet(url, download_config, geometry=True)) is not None:
+        return from_zarr_metadata(frame, url)
+    url = posixpath.join(root, f"{split_folder}_metadata.parquet")
+    if (frame := _read_parquet(url, download_config)) is not None:
+        return from_webdataset_metadata(frame, url)
+    raise SSL4EOS12DataError(
+        f"{root}: no index of split {split_folder} to filter with (looked for {index_path(split_folder)} and the "
+        f"authors' metadata): run `ssl4eos12 index {root}` (or pass index=PATH_OR_URL)"
+    )
+
+
+def _split_name(split_folder: str) -> str:
+    return next((name for name, folder in SPLIT_FOLDERS.items() if folder == split_folder), split_folder)
+
+
+def _read_parquet(url: str, download_config=None, geometry: bool = False) -> Optional[pd.DataFrame]:
+    """The table at ``url`` (its geometry only if asked: selecting needs none), or ``None`` if there is none."""
+    fs, path = url_to_fs(url, download_config)
+    try:
+        with fs.open(path, "rb") as f:
+            names = pq.read_schema(f).names
+            f.seek(0)
+            columns = [name for name in names if geometry or name != "geometry"]
+            return pq.read_table(f, columns=columns).to_pandas()
+    except FileNotFoundError:
+        return None
+
+
+def _own_index(frame: pd.DataFrame, split: str, url: str) -> pd.DataFrame:
+    if "split" in frame.columns:
+        frame = frame[frame["split"] == split]
+    frame.attrs["source"] = url
+    return frame.reset_index(drop=True)
+
+
+def from_zarr_metadata(frame: pd.DataFrame, url: str) -> pd.DataFrame:
+    """The Zarr release's ``splits/*_metadata.parquet`` as index rows: sample, file, time_index, the S2 time, the
+    footprint's centre (the mean of its four corners, not the file's ``center_lon``/``center_lat``: a location on
+    the very edge of a ``bbox`` may fall on either side). No cloud cover, no Sentinel-1 time."""
+    wkb = frame["geometry"].tolist()
+    centres = np.array([wkb_ring(g)[:4].mean(axis=0) for g in wkb]) if wkb else np.zeros((0, 2))
+    rows = pd.DataFrame({
+        "sample": frame["sample_id"].astype(str).to_numpy(), "file": frame["file"].to_numpy(),
+        "time_index": frame["time_id"].astype(np.int64).to_numpy(),
+        "center_lon": centres[:, 0], "center_lat": centres[:, 1],
+    })
+    for modality in ("S2L1C", "S2L2A", "S2RGB"):  # the Sentinel-2 product's time (its tile_id is an S2 tile)
+        rows[f"{modality}_time"] = frame["time"].to_numpy()
+    rows.attrs["source"] = url
+    return rows
+
+
+def from_webdataset_metadata(frame: pd.DataFrame, url: str) -> pd.DataFrame:
+    """The webdataset release's ``*_metadata.parquet`` as index rows: the shard (``tar``), centres, the cloud cover
+    ``cloud_cover_0..3`` of each timestamp (read as every Sentinel-2 modality's), and the location id where a
+    ``sample``/``sample_id`` column names it."""
+    id_column = next((c for c in ("sample", "sample_id") if c in frame.columns), None)
+    covers = sorted((c for c in frame.columns if c.startswith("cloud_cover_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+    rows = []
+    for t, column in enumerate(covers or [None]):
+        part = pd.DataFrame({"file": frame["tar"].to_numpy(), "time_index": np.int64(t),
+                             "center_lon": frame["center_lon"].to_numpy(), "center_lat": frame["center_lat"].to_numpy()})
+        if id_column is not None:
+            part.insert(0, "sample", frame[id_column].astype(str).to_numpy())
+        if column is not None:
+            for modality in ("S2L1C", "S2L2A", "S2RGB"):
+                part[f"{modality}_cloud_fraction"] = frame[column].to_numpy(dtype=np.float32)
+        part["_row"] = np.arange(len(frame))
+        rows.append(part)
+    rows = pd.concat(rows).sort_values(["_row", "time_index"], kind="stable").drop(columns="_row")
+    rows.attrs["source"] = url
+    return rows.reset_index(drop=True)
+
+
+# --- filters and selection --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Filters:
+    """The selection keywords, checked and normalised (see :meth:`from_keywords`)."""
+
+    bbox: Optional[tuple[float, float, float, float]] = None
+    time_range: Optional[tuple[np.datetime64, np.datetime64]] = None
+    max_cloud_fraction: Optional[float] = None
+    samples: Optional[frozenset[str]] = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.bbox, self.time_range, self.max_cloud_fraction, self.samples))
+
+    @classmethod
+    def from_keywords(cls, bbox=None, time_range=None, max_cloud_fraction=None, samples=None) -> "Filters":
+        """Check the builder keywords; a bad one raises ``ValueError`` naming it and what it takes."""
+        return cls(_check_bbox(bbox), _check_time_range(time_range), _check_cloud(max_cloud_fraction),
+                   _check_samples(samples))
+
+    def describe(self) -> str:
+        parts = []
+        if self.bbox is not None:
+            parts.append(f"bbox={self.bbox}")
+        if self.time_range is not None:
+            parts.append(f"time_range=[{self.time_range[0]}, {self.time_range[1]})")
+        if self.max_cloud_fraction is not None:
+            parts.append(f"max_cloud_fraction={self.max_cloud_fraction}")
+        if self.samples is not None:
+            parts.append(f"samples=<{len(self.samples)} ids>")
+        return ", ".join(parts)
+
+
+def _check_bbox(bbox) -> Optional[tuple[float, float, float, float]]:
+    if bbox is None:
+        return None
+    try:
+        values = tuple(float(v) for v in bbox)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"bbox must be four numbers (min_lon, min_lat, max_lon, max_lat), got {bbox!r}")
+    min_lon, min_lat, max_lon, max_lat = values
+    if not (-180 <= min_lon <= 180 and -180 <= max_lon <= 180):
+        raise ValueError(f"bbox longitudes must lie in [-180, 180], got {bbox!r}")
+    if not (-90 <= min_lat <= max_lat <= 90):
+        raise ValueError(f"bbox latitudes must satisfy -90 <= min_lat <= max_lat <= 90, got {bbox!r}")
+    return values
+
+
+def _to_utc_datetime64(value, name: str) -> np.datetime64:
+    """An ISO string, ``datetime``/``date`` or ``datetime64`` as UTC ``datetime64[ns]`` (naive means UTC)."""
+    if isinstance(value, np.datetime64):
+        return value.astype("datetime64[ns]")
+    if isinstance(value, (str, datetime.date, pd.Timestamp)):
+        try:
+            stamp = pd.Timestamp(value)
+        except ValueError as err:
+            raise ValueError(f"time_range {name} {value!r} is not an ISO date or time ({err})") from None
+        if stamp.tzinfo is not None:
+            stamp = stamp.tz_convert("UTC").tz_localize(None)
+        return stamp.to_datetime64().astype("datetime64[ns]")
+    raise ValueError(f"time_range {name} must be an ISO string, datetime or datetime64, got {value!r}")
+
+
+def _check_time_range(time_range) -> Optional[tuple[np.datetime64, np.datetime64]]:
+    if time_range is None:
+        return None
+    if isinstance(time_range, str) or len(time_range) != 2:
+        raise ValueError(f"time_range must be (start, end), got {time_range!r}")
+    start, end = (_to_utc_datetime64(v, n) for v, n in zip(time_range, ("start", "end")))
+    if not start < end:
+        raise ValueError(f"time_range start must come before its end (end is exclusive), got {time_range!r}")
+    return start, end
+
+
+def _check_cloud(value) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0 <= value <= 1:
+        raise ValueError(f"max_cloud_fraction must be a number between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _check_samples(samples) -> Optional[frozenset[str]]:
+    if samples is None:
+        return None
+    if isinstance(samples, (str, bytes)) or not isinstance(samples, Iterable):
+        raise ValueError(f"samples must be a list of location ids (e.g. ['0000173']), got {samples!r}")
+    return frozenset(str(s) for s in samples)
+
+
+def select(rows: pd.DataFrame, modalities: Sequence[str], filters: Filters, single_timestamp: bool = False) -> Selection:
+    """Which files, locations and timestamps pass ``filters``: ``{file: {sample: time indices or None}}``.
+
+    ``rows``: index rows of one split (:func:`load_index`). A location passes when its centre lies in ``bbox``
+    (edges included; ``min_lon > max_lon`` crosses the antimeridian) and its id is in ``samples``; a timestamp
+    when the time of every one of ``modalities`` lies in ``[start, end)`` and the largest cloud fraction of their
+    Sentinel-2 modalities is at most ``max_cloud_fraction``. A time series (``single_timestamp=False``) is kept
+    when every timestamp passes, and maps to ``None``; with ``single_timestamp`` each (location, timestamp) is
+    judged alone and a location maps to the set of its time indices kept. Files without a match are absent; the
+    order is the rows' (files, then locations, in first appearance).
+
+    Raises :class:`SSL4EOS12DataError` when ``rows`` cannot serve a filter (e.g. the authors' metadata has no
+    cloud cover): the message says to run ``ssl4eos12 index``.
+    """
+    source = rows.attrs.get("source", "the index")
+    needed = []
+    if filters.samples is not None:
+        needed.append("sample")
+    if filters.bbox is not None:
+        needed += ["center_lon", "center_lat"]
+    time_columns = [f"{m}_time" for m in modalities] if filters.time_range is not None else []
+    cloud_columns = []
+    if filters.max_cloud_fraction is not None:
+        cloud_columns = [f"{m}_cloud_fraction" for m in modalities if m in CLOUD_MASKED or
+                         f"{m}_cloud_fraction" in rows.columns]
+        if not cloud_columns:
+            raise ValueError(f"max_cloud_fraction needs a Sentinel-2 modality (a cloud mask) among {list(modalities)}")
+    missing = [c for c in ["file", "time_index", *needed, *time_columns, *cloud_columns] if c not in rows.columns]
+    if "sample" not in rows.columns and "sample" not in missing:
+        missing.insert(0, "sample")
+    if missing:
+        raise SSL4EOS12DataError(
+            f"{source} has no column(s) {', '.join(missing)} needed for {filters.describe()}: run "
+            f"`ssl4eos12 index DATA_DIR` to write a full index (or pass index=PATH_OR_URL)"
+        )
+    passes = np.ones(len(rows), dtype=bool)
+    if filters.samples is not None:
+        passes &= rows["sample"].astype(str).isin(filters.samples).to_numpy()
+    if filters.bbox is not None:
+        min_lon, min_lat, max_lon, max_lat = filters.bbox
+        lon, lat = rows["center_lon"].to_numpy(), rows["center_lat"].to_numpy()
+        inside_lon = (lon >= min_lon) & (lon <= max_lon) if min_lon <= max_lon else (lon >= min_lon) | (lon <= max_lon)
+        passes &= inside_lon & (lat >= min_lat) & (lat <= max_lat)
+    if filters.time_range is not None:
+        start, end = filters.time_range
+        for column in time_columns:
+            times = rows[column].to_numpy().astype("datetime64[ns]")
+            passes &= (times >= start) & (times < end)  # NaT passes neither
+    if cloud_columns:
+        worst = rows[cloud_columns].to_numpy(dtype=np.float32).max(axis=1)
+        passes &= worst <= np.float32(filters.max_cloud_fraction)  # NaN (no mask at that time) fails
+    keys = pd.DataFrame({"file": rows["file"].to_numpy(), "sample": rows["sample"].astype(str).to_numpy(),
+                         "time_index": rows["time_index"].to_numpy(), "passes": passes})
+    selection: Selection = {}
+    if single_timestamp:
+        for (file, sample), group in keys[keys["passes"]].groupby(["file", "sample"], sort=False):
+            selection.setdefault(file, {})[sample] = frozenset(int(t) for t in group["time_index"])
+        return selection
+    kept = keys.groupby(["file", "sample"], sort=False)["passes"].all()
+    for file, sample in kept.index[kept.to_numpy()]:
+        selection.setdefault(file, {})[sample] = None
+    return selection
+
+
+def count_examples(selection: Selection) -> int:
+    """Examples a selection yields: one per location kept whole, or per kept (location, timestamp)."""
+    return sum(1 if times is None else len(times) for samples in selection.values() for times in samples.values())
+
+
+def select_split(root: str, split_folder: str, modalities: Sequence[str], filters: Filters,
+                 single_timestamp: bool = False, index: Optional[str] = None, download_config=None) -> Selection:
+    """:func:`select` over the index of one split of ``root`` (see :func:`load_index` for where it is read)."""
+    rows = load_index(root, split_folder, index, download_config)
+    return select(rows, modalities, filters, single_timestamp)
+
+
+__all__ = ["CLOUD_CLASSES", "Filters", "Selection", "build_index", "cloud_fraction", "count_examples",
+           "footprints", "geo_metadata", "load_index", "select", "select_split"]
