@@ -25,6 +25,7 @@ Cite: see :data:`ssl4eos12.constants.CITATION`.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -36,11 +37,14 @@ from .checks import check_modalities_keyword, check_modalities_present
 from .constants import (CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, MODALITIES, SPLIT_FOLDERS,
                         split_list_path)
 from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12FileError
+from .index import Filters, count_examples, select_split
 from .schema import example_features, location_examples
 from .sources.failures import diagnose_root, remote_failure_message
 from .sources.remote import is_remote
 from .sources import ON_BAD_FILE_CHOICES, Layout, Source, normalize_root, open_source
 from .torch import native_format
+
+logger = logging.getLogger(__name__)
 
 #: reshard() splits each source file into this many sample ranges.
 RESHARD_PARTS_PER_FILE = 4
@@ -59,12 +63,38 @@ class SSL4EOS12Config(datasets.BuilderConfig):
             Without either, the hosted copy on the Hub is read.
         on_bad_file: ``"error"`` (default) raises on a bad source file; ``"skip"`` skips it with a
             :class:`SSL4EOS12BadFileWarning` per skipped file.
+
+    Select before reading (served by the root's GeoParquet index, see :mod:`ssl4eos12.index`; only files that
+    hold a match are opened, and the examples are the unfiltered ones):
+        bbox: ``(min_lon, min_lat, max_lon, max_lat)``: locations whose centre lies inside, edges included;
+            ``min_lon > max_lon`` means the box crosses the antimeridian.
+        time_range: ``(start, end)``, ISO strings or datetimes (UTC; naive means UTC), start inclusive, end
+            exclusive: every timestamp of every modality of the config must lie inside.
+        max_cloud_fraction: at most this share (0-1) of cloud mask pixels in the cloud classes 3-5 at every
+            timestamp (the largest of the config's Sentinel-2 modalities counts).
+        samples: location ids to keep (e.g. ``["0000173"]``).
+        index: the index to filter with, when not at ``ROOT/splits/ssl4eos12_{train,val}_index.parquet``: a
+            ``.parquet`` file or URL (one or more splits), or a folder or URL prefix holding those files.
+        With ``single_timestamp=True`` each (location, timestamp) is judged alone.
     """
 
     modalities: Optional[list[str]] = None
     single_timestamp: bool = False
     root: Optional[str] = None
     on_bad_file: str = "error"
+    bbox: Optional[tuple] = None
+    time_range: Optional[tuple] = None
+    max_cloud_fraction: Optional[float] = None
+    samples: Optional[list[str]] = None
+    index: Optional[str] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.filters()  # a bad filter keyword fails when the builder is created
+
+    def filters(self) -> Filters:
+        """The selection keywords, checked (``ValueError`` naming the bad one)."""
+        return Filters.from_keywords(self.bbox, self.time_range, self.max_cloud_fraction, self.samples)
 
 
 class SSL4EOS12(datasets.GeneratorBasedBuilder):
@@ -88,6 +118,7 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         config, config_id = super()._create_builder_config(config_name, custom_features, config_id, **config_kwargs)
         if config.modalities is not None:
             check_modalities_present(data_root(config), config.modalities)
+        config.filters()  # bbox, time_range, max_cloud_fraction, samples: ValueError naming the bad one
         return config, config_id
 
     def _info(self):
@@ -114,7 +145,13 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
                 f"{source.root}: no SSL4EO-S12 files for {first}: expected train/ or val/ folders "
                 f"({', '.join(f'{f}/{first}/*.zarr.zip' for f in SPLIT_FOLDERS.values())}) or splits/ lists"
             )
-        layouts = self._probe_layouts(source, splits[0].gen_kwargs)
+        all_files = splits[0].gen_kwargs["files"]
+        for split_generator in splits:
+            # parallel to files: the locations (and timestamps) of each file to yield (None: all)
+            split_generator.gen_kwargs["selections"] = self._select(source, split_generator, dl_manager.download_config)
+        # probed from a selected file where there is one: a file without a match is never opened
+        selected = next((g.gen_kwargs for g in splits if g.gen_kwargs["files"]), None)
+        layouts = self._probe_layouts(source, selected or {**splits[0].gen_kwargs, "files": all_files})
         features = example_features(layouts, self.config.single_timestamp)
         if self.info.features is None:
             self.info.features = features
@@ -124,6 +161,20 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
             # parallel to files: the samples of each file a shard yields (None: all); see reshard()
             split_generator.gen_kwargs["sample_ranges"] = [None] * len(split_generator.gen_kwargs["files"])
         return splits
+
+    def _select(self, source: Source, split_generator, download_config) -> list:
+        """Keep only the files with a match to the filters (their selections, parallel to ``files``)."""
+        gen_kwargs = split_generator.gen_kwargs
+        filters = self.config.filters()
+        if not filters:
+            return [None] * len(gen_kwargs["files"])
+        selection = select_split(source.root, gen_kwargs["split_folder"], source.modalities, filters,
+                                 self.config.single_timestamp, self.config.index, download_config)
+        files = [name for name in gen_kwargs["files"] if name in selection]
+        logger.info(f"{split_generator.name}: {filters.describe()} selects {len(files)} of {len(gen_kwargs['files'])} "
+                    f"file(s), {count_examples({f: selection[f] for f in files})} example(s)")
+        gen_kwargs["files"] = files
+        return [selection[name] for name in files]
 
     def _source(self, download_config=None) -> Source:
         return open_source(data_root(self.config), self.config.modalities or MODALITIES,
@@ -149,32 +200,33 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         """The prepared split, formatted like streaming yields it: numpy arrays of the files' dtypes."""
         return native_format(super()._as_dataset(*args, **kwargs))
 
-    def _generate_shards(self, files, split_folder, layouts, sample_ranges):
+    def _generate_shards(self, files, split_folder, layouts, sample_ranges, selections):
         yield from files
 
-    def _generate_more_gen_kwargs(self, files, split_folder, layouts, sample_ranges):
+    def _generate_more_gen_kwargs(self, files, split_folder, layouts, sample_ranges, selections):
         """Split each file into sample ranges, for ``IterableDataset.reshard()`` when files < workers.
 
         A chunk holds all samples of its timestamp, so every part still reads its whole file: resharding
         trades I/O for parallelism.
         """
         source = self._source()
-        for name, sample_range in zip(files, sample_ranges):
+        for name, sample_range, selection in zip(files, sample_ranges, selections):
             start, stop = sample_range or (0, None)
             if stop is None:
                 stop = source.probe(split_folder, name, layouts[0].modality)[1]
             step = max(1, -(-(stop - start) // RESHARD_PARTS_PER_FILE))
             parts = [(a, min(a + step, stop)) for a in range(start, stop, step)]
             yield {"files": [name] * len(parts), "split_folder": split_folder, "layouts": layouts,
-                   "sample_ranges": parts}
+                   "sample_ranges": parts, "selections": [selection] * len(parts)}
 
-    def _generate_examples(self, files, split_folder, layouts, sample_ranges):
+    def _generate_examples(self, files, split_folder, layouts, sample_ranges, selections):
         source = self._source()
         skipped = 0
-        for file_index, (name, sample_range) in enumerate(zip(files, sample_ranges)):
+        for file_index, (name, sample_range, selection) in enumerate(zip(files, sample_ranges, selections)):
             try:
                 for block in source.blocks(split_folder, name, layouts):
-                    for key, example in location_examples(block, self.config.single_timestamp, sample_range):
+                    for key, example in location_examples(block, self.config.single_timestamp, sample_range,
+                                                          selection):
                         yield Key(file_index, key), example
                     # before the next block is read: memory holds one decoded block per modality
                     del block

@@ -1,4 +1,4 @@
-"""The ssl4eos12 command: generate sample data, convert to Parquet, verify, push to the Hub.
+"""The ssl4eos12 command: generate sample data, index it, plot a location, convert to Parquet, verify, push.
 
 Every mistake (a missing folder, an unknown name, a bad file, a rejected token) ends with one line,
 ``error: <file or argument>: <problem>; <what to do>``, and exit status 1 (2 for a malformed command line);
@@ -24,6 +24,8 @@ SSL4EO-S12 v1.1: generate sample data in the real format, convert the Zarr zips 
 and a dataset card, verify a converted folder against its sources, and push it to the Hugging Face Hub.
 
   ssl4eos12 synth DATA_DIR                     sample data (real format, small)
+  ssl4eos12 index DATA_DIR                     GeoParquet index: place, time, cloud cover (filters use it)
+  ssl4eos12 show DATA_DIR --sample ID          plot one location to a PNG
   ssl4eos12 convert DATA_DIR OUT_DIR           Parquet shards + manifest + dataset card in OUT_DIR
   ssl4eos12 verify DATA_DIR OUT_DIR            every shard and value against the source files
   ssl4eos12 push OUT_DIR --repo-id ORG/NAME    upload OUT_DIR to a dataset repository
@@ -159,6 +161,34 @@ def _push(args: argparse.Namespace) -> None:
     print(f"pushed to {commit.pr_url or commit.commit_url}")
 
 
+def _index(args: argparse.Namespace) -> None:
+    from .index import build_index
+    from .sources.remote import is_remote
+
+    root = args.data_dir if is_remote(args.data_dir) else _check_data_dir(args.data_dir)
+    _check_workers(args.workers)
+    if args.out is None and is_remote(root):
+        raise UsageError(f"DATA_DIR {root}: a remote root cannot be written to; pass --out FILE.parquet (then "
+                         f"load with index=FILE.parquet)")
+    start = time.perf_counter()
+    written = build_index(root, args.out, splits=args.splits, modalities=args.modalities, workers=args.workers,
+                          scheduler=args.scheduler)
+    for split, path in written.items():
+        print(f"{split}: {path}")
+    print(f"indexed {root} in {time.perf_counter() - start:.1f} s")
+
+
+def _show(args: argparse.Namespace) -> None:
+    from .plot import show
+
+    try:
+        out = show(args.data_dir, args.sample, out=args.out, config=args.config, split=args.split,
+                   single_timestamp=args.time_index)
+    except ImportError as err:  # matplotlib is an optional extra; the message says how to install it
+        raise UsageError(str(err)) from None
+    print(f"wrote {out}")
+
+
 def _check_workers(workers: Optional[int]) -> None:
     if workers is not None and workers < 1:
         raise UsageError(f"--workers: must be at least 1, got {workers}; leave it out for one per CPU")
@@ -217,6 +247,33 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("out_dir", metavar="OUT_DIR", help="the converted folder")
     verify.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPU count)")
     verify.set_defaults(func=_verify)
+
+    index = commands.add_parser(
+        "index", parents=[debug], help="write the GeoParquet index (location, time, footprint, cloud cover)",
+        description="Write one GeoParquet file per split, one row per (location, timestamp), from the small "
+                    "variables and the cloud masks only; resumable and parallel like convert. The builder's "
+                    "filters (bbox, time_range, max_cloud_fraction, samples) read it.")
+    index.add_argument("data_dir", metavar="DATA_DIR", help="root of the Zarr files (local folder or URL)")
+    index.add_argument("--out", metavar="PATH", help="a .parquet file (all splits) or a folder (default: "
+                                                     "DATA_DIR/splits/, where the builder looks)")
+    index.add_argument("--splits", nargs="+", choices=splits, help="splits to index (default: every split present)")
+    index.add_argument("--modalities", nargs="+", metavar="MODALITY",
+                       help="modalities to index (default: those of the four the root has)")
+    index.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPU count)")
+    index.add_argument("--scheduler", metavar="ADDRESS",
+                       help="address of a Dask distributed scheduler to run the tasks on instead")
+    index.set_defaults(func=_index)
+
+    show = commands.add_parser(
+        "show", parents=[debug], help="plot one location to a PNG (needs: pip install 'ssl4eos12[plot]')",
+        description="Plot every modality and timestamp of one location: true colour, S1 VV/VH in dB, clouds.")
+    show.add_argument("data_dir", metavar="DATA_DIR", help="root of the Zarr files (local folder or URL)")
+    show.add_argument("--sample", required=True, metavar="ID", help="location id, e.g. 0000173")
+    show.add_argument("--out", metavar="FILE.png", help="PNG to write (default: ID.png)")
+    show.add_argument("--config", default="all", help="config to plot (default: all)")
+    show.add_argument("--split", choices=splits, help="split the location is in (default: looked up)")
+    show.add_argument("--time-index", type=int, default=None, help="plot this timestamp only")
+    show.set_defaults(func=_show)
 
     push = commands.add_parser("push", parents=[debug], help="upload a converted folder to the Hugging Face Hub",
                                description="Upload a converted folder; the token comes from HF_TOKEN or "

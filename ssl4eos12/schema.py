@@ -59,8 +59,13 @@ def example_features(layouts: Sequence[Layout], single_timestamp: bool = False) 
     return datasets.Features(features)
 
 
-def location_examples(block: Block, single_timestamp: bool, sample_range: tuple[int, int] | None = None):
-    """``(key, example)`` of a block (or a range of its rows): one per location, or per (location, timestamp)."""
+def location_examples(block: Block, single_timestamp: bool, sample_range: tuple[int, int] | None = None,
+                      selection: dict | None = None):
+    """``(key, example)`` of a block (or a range of its rows): one per location, or per (location, timestamp).
+
+    ``selection``: only these locations (``{sample: None or time indices}``, see :func:`ssl4eos12.index.select`);
+    keys stay those of the unfiltered examples.
+    """
     name, parts, orders = block.file, block.parts, block.orders
     reference = block.reference
     shared = reference.variables
@@ -68,6 +73,9 @@ def location_examples(block: Block, single_timestamp: bool, sample_range: tuple[
     start, stop = sample_range or (0, len(reference.samples))
     for i in range(start, stop):
         sample = reference.samples[i]
+        if selection is not None and str(sample) not in selection:
+            continue
+        times = None if selection is None else selection[str(sample)]
         base = {
             "sample": str(sample),
             "file": name,
@@ -82,6 +90,8 @@ def location_examples(block: Block, single_timestamp: bool, sample_range: tuple[
             yield i, example
             continue
         for t in range(num_times):
+            if times is not None and t not in times:
+                continue
             example = dict(base, time_index=t)
             for modality, part in parts.items():
                 example.update(modality_fields(modality, part, orders[modality][i], t))

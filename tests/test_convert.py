@@ -98,7 +98,9 @@ def test_default_config_thumbnails_and_metadata(converted_dir, data_dir):
             for m in MODALITIES:
                 assert_example_equal({"t": row[f"{m}_time"]}, {"t": example[f"{m}_time"]}, f"{m}_time")
                 if m != "S1GRD":
-                    fraction = (np.count_nonzero(example[f"{m}_cloud_mask"], axis=(1, 2)) / 256).astype(np.float32)
+                    # the documented classes 3 thin cloud, 4 thick cloud, 5 cloud shadow (not water or snow)
+                    cloudy = np.isin(example[f"{m}_cloud_mask"], (3, 4, 5))
+                    fraction = (np.count_nonzero(cloudy, axis=(1, 2)) / 256).astype(np.float32)
                     assert_example_equal({"f": row[f"{m}_cloud_fraction"]}, {"f": fraction}, f"{m}_cloud_fraction")
             assert "S1GRD_cloud_fraction" not in row
             t = int(np.argmin(row["S2RGB_cloud_fraction"]))  # least cloudy, first of equals

@@ -191,7 +191,7 @@ _MODALITY_FIELD_DOCS = {
     "_file_id": "product id of each timestamp",
     "_x": "UTM easting of the pixel centres (m)",
     "_y": "UTM northing of the pixel centres (m)",
-    "_cloud_fraction": "share of the pixels flagged by the cloud mask, per timestamp",
+    "_cloud_fraction": "share of the pixels in the cloud classes 3-5 (thin, thick cloud, shadow), per timestamp",
 }
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import math
 import os
 import uuid
 import warnings
@@ -37,7 +36,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.arrow_writer import get_parquet_column_options
 
+from ..constants import CLOUD_CLASSES
 from ..errors import SSL4EOS12BadFileWarning, SSL4EOS12FileError
+from ..index import cloud_fraction
 from ..schema import location_examples, modality_fields
 from ..sources import ON_BAD_FILE_CHOICES, Block, ModalityFile
 from .manifest import (
@@ -130,12 +131,6 @@ def overview_examples(block: Block, thumbnail: Optional[str]) -> Iterator[tuple[
         yield i, example
 
 
-def cloud_fraction(cloud_mask: np.ndarray) -> np.ndarray:
-    """Share of the pixels of each (sample, timestamp) that the cloud mask flags (any non-zero class)."""
-    fraction = np.count_nonzero(cloud_mask, axis=(-2, -1)) / math.prod(cloud_mask.shape[-2:])
-    return fraction.astype(np.float32)
-
-
 def thumbnail_png(rgb: np.ndarray) -> bytes:
     """A ``(3, H, W)`` true-colour patch as PNG, stretched so its 2nd-98th percentiles span black to white.
 
@@ -172,7 +167,7 @@ def _add_statistics(stats: dict, part: ModalityFile) -> None:
             entry["nan"] = entry.get("nan", 0) + values.size - valid
     if part.layout.has_cloud_mask:
         mask = part.variables["cloud_mask"]
-        stats["cloud_pixels"] = stats.get("cloud_pixels", 0) + int(np.count_nonzero(mask))
+        stats["cloud_pixels"] = stats.get("cloud_pixels", 0) + int(np.count_nonzero(np.isin(mask, CLOUD_CLASSES)))
         stats["pixels"] = stats.get("pixels", 0) + int(mask.size)
 
 

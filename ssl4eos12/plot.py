@@ -1,0 +1,236 @@
+"""A picture of one example: ``ssl4eos12.plot(example)`` -> a matplotlib ``Figure``.
+
+One row per modality (two for Sentinel-1: VV and VH), one column per timestamp, each panel titled with its
+modality and date:
+
+- Sentinel-2 as true colour: S2RGB as stored; S2L2A/S2L1C from B04, B03, B02, the +1000 offset of the Zarr
+  release removed, stretched so the 2nd-98th percentiles of the modality's clear pixels (all timestamps
+  together, so seasons compare) span black to white;
+- Sentinel-1 VV and VH in dB on a fixed grey scale;
+- the cloud mask's cloud classes (3-5) drawn as an outline (default) or a translucent overlay;
+- any other modality (NDVI, ...) as its first band in a colour map.
+
+Works for examples of every config, time series or single-timestamp, as the builder yields them or as
+loaded from the Parquet copy (nested lists). matplotlib is an optional extra: ``pip install ssl4eos12[plot]``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Optional
+
+import numpy as np
+
+from .constants import BANDS, CLOUD_CLASSES, S2_OFFSET, ZARR_ZIP_SUFFIX
+
+#: Percentiles of the clear pixels mapped to black and white in Sentinel-2 true colour.
+STRETCH = (2.0, 98.0)
+#: Fixed dB ranges of the Sentinel-1 panels (black to white).
+S1_RANGES = {"vv": (-25.0, 0.0), "vh": (-32.0, -5.0)}
+TRUE_COLOUR = ("B04", "B03", "B02")
+CLOUD_MASK_STYLES = ("outline", "overlay", None)
+PANEL_INCHES = 2.3
+
+
+def _matplotlib():
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(
+            "ssl4eos12.plot needs matplotlib, an optional extra: pip install 'ssl4eos12[plot]'"
+        ) from err
+    return Figure
+
+
+def example_modalities(example: dict) -> list[str]:
+    """The modalities of an example, in its field order (every modality ``M`` has an ``M_time`` field)."""
+    return [name for name in example if f"{name}_time" in example and name != "sample"]
+
+
+def plot(example: dict, *, modalities: Optional[Sequence[str]] = None, cloud_mask: Optional[str] = "outline",
+         stretch: tuple[float, float] = STRETCH, title: Optional[str] = None):
+    """A ``Figure`` of one example of any config.
+
+    Args:
+        example: one example as the builder (or the Parquet copy) yields it.
+        modalities: which to draw (default: every one in the example).
+        cloud_mask: ``"outline"`` (default), ``"overlay"`` or ``None``: how to show the cloud classes 3-5.
+        stretch: percentiles of the clear pixels mapped to black and white in S2L2A/S2L1C true colour.
+        title: the figure's title (default: the location id, file and centre).
+    """
+    Figure = _matplotlib()
+    if cloud_mask not in CLOUD_MASK_STYLES:
+        raise ValueError(f"cloud_mask must be one of {CLOUD_MASK_STYLES}, got {cloud_mask!r}")
+    available = example_modalities(example)
+    modalities = list(modalities or available)
+    unknown = [m for m in modalities if m not in available]
+    if unknown:
+        raise ValueError(f"the example has no modality {unknown}: it has {available}")
+    if not modalities:
+        raise ValueError("the example has no modality to plot (no field M with a field M_time)")
+    rows = [(m, channel) for m in modalities for channel in _channels(m)]
+    columns = max(len(_times(example, m)) for m in modalities)
+    figure = Figure(figsize=(max(PANEL_INCHES * columns, 3.5), PANEL_INCHES * len(rows) + 0.6), layout="constrained")
+    axes = figure.subplots(len(rows), columns, squeeze=False)
+    for r, (modality, channel) in enumerate(rows):
+        images = _images(example, modality, channel, stretch)
+        masks = _cloud_masks(example, modality)
+        times = _times(example, modality)
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.set_axis_off()
+            if c >= len(images):
+                continue
+            image, kwargs = images[c]
+            ax.imshow(image, interpolation="nearest", **kwargs)
+            if masks is not None and cloud_mask is not None:
+                _draw_clouds(ax, masks[c], cloud_mask)
+            name = modality if channel is None else f"{modality} {channel.upper()}"
+            ax.set_title(f"{name}  {_date(times[c])}", fontsize=8)
+    figure.suptitle(title if title is not None else _describe(example, "  ·  " if columns > 2 else "\n"), fontsize=9)
+    return figure
+
+
+def _channels(modality: str) -> list[Optional[str]]:
+    return list(BANDS["S1GRD"]) if modality == "S1GRD" else [None]
+
+
+def _times(example: dict, modality: str) -> list:
+    times = example[f"{modality}_time"]
+    if isinstance(times, (list, tuple)) or (isinstance(times, np.ndarray) and times.ndim == 1):
+        return list(times)
+    return [times]  # single timestamp
+
+
+def _stack(example: dict, field: str, per_time_ndim: int) -> np.ndarray:
+    """A field as ``(T, ...)``: single-timestamp examples get a time axis of one."""
+    values = np.asarray(example[field])
+    return values[None] if values.ndim == per_time_ndim else values
+
+
+def _band_index(modality: str, band: str) -> int:
+    return BANDS[modality].index(band)
+
+
+def _images(example: dict, modality: str, channel: Optional[str], stretch) -> list[tuple[np.ndarray, dict]]:
+    bands = _stack(example, modality, 3)  # (T, C, H, W)
+    if modality == "S2RGB":
+        return [(np.moveaxis(b, 0, -1).astype(np.uint8), {}) for b in bands]
+    if modality in ("S2L2A", "S2L1C"):
+        rgb = bands[:, [_band_index(modality, b) for b in TRUE_COLOUR]].astype(np.float32)
+        rgb -= _offset(example)
+        masks = _cloud_masks(example, modality)
+        clear = rgb if masks is None else np.moveaxis(rgb, 1, -1)[~np.isin(masks, CLOUD_CLASSES)]
+        if clear.size == 0:
+            clear = rgb
+        low, high = np.nanpercentile(clear, stretch)
+        scaled = np.clip((rgb - low) / max(float(high - low), 1e-6), 0, 1)
+        return [(np.moveaxis(np.nan_to_num(s), 0, -1), {}) for s in scaled]
+    if modality == "S1GRD":
+        values = bands[:, _band_index(modality, channel)].astype(np.float32)
+        low, high = S1_RANGES[channel]
+        return [(v, {"cmap": "gray", "vmin": low, "vmax": high}) for v in values]
+    values = bands[:, 0].astype(np.float32)
+    finite = values[np.isfinite(values)]
+    low, high = np.percentile(finite, stretch) if finite.size else (0.0, 1.0)
+    return [(v, {"cmap": "viridis", "vmin": low, "vmax": high}) for v in values]
+
+
+def _offset(example: dict) -> float:
+    """The +1000 of the Zarr release's S2L1C/S2L2A values (the webdataset release removed it)."""
+    return float(S2_OFFSET) if str(example.get("file", "")).endswith(ZARR_ZIP_SUFFIX) else 0.0
+
+
+def _cloud_masks(example: dict, modality: str) -> Optional[np.ndarray]:
+    field = f"{modality}_cloud_mask"
+    return _stack(example, field, 2) if field in example else None
+
+
+def _draw_clouds(ax, mask: np.ndarray, style: str) -> None:
+    cloudy = np.isin(mask, CLOUD_CLASSES)
+    if not cloudy.any():
+        return
+    if style == "outline":
+        ax.contour(cloudy.astype(np.float32), levels=[0.5], colors="yellow", linewidths=0.8)
+    else:
+        overlay = np.zeros(mask.shape + (4,), dtype=np.float32)
+        overlay[cloudy] = (1.0, 0.9, 0.0, 0.45)
+        ax.imshow(overlay, interpolation="nearest")
+
+
+def _date(value) -> str:
+    stamp = np.datetime64(value, "s") if not isinstance(value, np.datetime64) else value.astype("datetime64[s]")
+    if np.isnat(stamp) or stamp == np.datetime64(0, "s"):
+        return "no date"  # DEM: time 0
+    return str(stamp.astype("datetime64[D]"))
+
+
+def _describe(example: dict, separator: str) -> str:
+    parts = []
+    if "sample" in example:
+        parts.append(f"location {example['sample']}")
+    if "center_lat" in example and "center_lon" in example:
+        parts.append(f"{float(example['center_lat']):.4f}°, {float(example['center_lon']):.4f}°")
+    if "file" in example:
+        parts.append(str(example["file"]))
+    return separator.join(parts)
+
+
+def show(data_dir: str, sample: str, out: Optional[str] = None, *, config: str = "all",
+         split: Optional[str] = None, single_timestamp: Optional[int] = None, **plot_kwargs) -> str:
+    """Plot location ``sample`` of ``data_dir`` to a PNG (default ``SAMPLE.png``); return its path.
+
+    The location is found through the index (``samples=[sample]``, only its file is read) where there is one,
+    else by reading the splits in turn. ``single_timestamp``: plot that time index only.
+    """
+    _matplotlib()
+    example = find_example(data_dir, sample, config=config, split=split)
+    if single_timestamp is not None:
+        example = one_timestamp(example, single_timestamp)
+    out = out or f"{sample}.png"
+    figure = plot(example, **plot_kwargs)
+    figure.savefig(out, dpi=110)
+    return os.fspath(out)
+
+
+def find_example(data_dir: str, sample: str, *, config: str = "all", split: Optional[str] = None) -> dict:
+    """The example of location ``sample`` (streamed; through the index where there is one)."""
+    import datasets
+
+    from .constants import SPLIT_FOLDERS
+    from .errors import SSL4EOS12DataError
+
+    splits = [split] if split else list(SPLIT_FOLDERS)
+    for name in splits:
+        try:
+            stream = datasets.load_dataset("ssl4eos12", config, data_dir=str(data_dir), split=name, streaming=True,
+                                           samples=[sample])
+            found = next(iter(stream), None)
+        except SSL4EOS12DataError:  # no index: read until it turns up
+            stream = datasets.load_dataset("ssl4eos12", config, data_dir=str(data_dir), split=name, streaming=True)
+            found = next((e for e in stream if e["sample"] == sample), None)
+        except ValueError as err:  # datasets: no such split in this root
+            if "split" not in str(err).lower():
+                raise
+            continue
+        if found is not None:
+            return found
+    raise SSL4EOS12DataError(f"{data_dir}: no location {sample!r} in split(s) {splits}")
+
+
+def one_timestamp(example: dict, t: int) -> dict:
+    """A time-series example cut to its time index ``t`` (the single-timestamp example's fields)."""
+    modalities = example_modalities(example)
+    cut = dict(example, time_index=t)
+    for m in modalities:
+        times = _times(example, m)
+        if not 0 <= t < len(times):
+            raise ValueError(f"time index {t} out of range: {m} has {len(times)} timestamps")
+        cut[m] = np.asarray(example[m])[t]
+        cut[f"{m}_time"] = times[t]
+        if f"{m}_cloud_mask" in example:
+            cut[f"{m}_cloud_mask"] = np.asarray(example[f"{m}_cloud_mask"])[t]
+        if f"{m}_file_id" in example:
+            cut[f"{m}_file_id"] = list(example[f"{m}_file_id"])[t]
+    return cut

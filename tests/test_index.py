@@ -1,0 +1,346 @@
+"""The GeoParquet index and the filters it serves, checked against what xarray reads from every file.
+
+The reference here is independent of the package: a pandas table computed from the files with xarray (centres,
+times, cloud fractions of the documented cloud classes 3-5), and the examples of ``reference.expected_examples``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import ssl4eos12
+from conftest import arrow_rows, assert_identical, open_with_xarray
+from reference import SPLIT_FOLDERS, assert_example_equal, expected_examples, split_files
+from ssl4eos12.index import build_index, from_webdataset_metadata, select, Filters, wkb_ring
+from ssl4eos12.synth import synthesize
+
+MODALITIES = ["S2L1C", "S2L2A", "S2RGB", "S1GRD"]
+CLOUDY = (3, 4, 5)  # the authors' classes thin cloud, thick cloud, cloud shadow
+
+
+@pytest.fixture(scope="module")
+def indexed_dir(tmp_path_factory):
+    """3 files x 4 locations per split at real places (two of them in New Zealand) and times, indexed."""
+    root = synthesize(tmp_path_factory.mktemp("indexed"), files=3, samples=4, size=16, seed=3)
+    build_index(root, workers=1)
+    return root
+
+
+def reference_rows(data_dir: Path, split: str) -> pd.DataFrame:
+    """One row per (location, timestamp), from xarray alone."""
+    rows = []
+    for name in split_files(data_dir, split):
+        files = {m: open_with_xarray(Path(data_dir) / SPLIT_FOLDERS[split] / m / name) for m in MODALITIES}
+        first = files[MODALITIES[0]]
+        for i, sample in enumerate(first["sample"].values):
+            for t in range(first.sizes["time"]):
+                row = {"sample": str(sample), "file": name, "split": split, "time_index": t,
+                       "center_lon": first["center_lon"].values[i], "center_lat": first["center_lat"].values[i],
+                       "crs": first["crs"].values[i]}
+                for m, ds in files.items():
+                    row[f"{m}_time"] = ds["time_"].sel(sample=sample).values[t]
+                    if "cloud_mask" in ds:
+                        mask = ds["cloud_mask"].sel(sample=sample).values[t]
+                        row[f"{m}_cloud_fraction"] = np.float32(np.isin(mask, CLOUDY).sum() / mask.size)
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_index_matches_what_xarray_reads(indexed_dir):
+    for split in ("train", "validation"):
+        path = Path(indexed_dir) / "splits" / f"ssl4eos12_{SPLIT_FOLDERS[split]}_index.parquet"
+        table = pq.read_table(path)
+        expected = reference_rows(indexed_dir, split)
+        assert table.num_rows == len(expected) == 3 * 4 * 4
+        for column in expected.columns:
+            actual = table.column(column).to_numpy(zero_copy_only=False)
+            wanted = expected[column].to_numpy()
+            if column.endswith("_time"):
+                actual, wanted = actual.astype("datetime64[ns]"), wanted.astype("datetime64[ns]")
+            elif column.endswith("_cloud_fraction"):
+                wanted = wanted.astype(np.float32)
+            elif column in ("center_lon", "center_lat"):
+                wanted = wanted.astype(np.float64)
+            elif column in ("crs", "time_index"):
+                wanted = wanted.astype(np.int64)
+            else:
+                actual, wanted = actual.astype(str), wanted.astype(str)
+            assert_identical(actual, wanted, f"{split}.{column}")
+        assert expected[[c for c in expected if c.endswith("_cloud_fraction")]].to_numpy().max() > 0  # some clouds
+        check_footprints(table, indexed_dir, split)
+
+
+def check_footprints(table: pa.Table, data_dir: Path, split: str) -> None:
+    """Each footprint: the patch's pixel extent in its UTM zone, projected (independently, here) to lon/lat."""
+    from pyproj import Transformer
+
+    index = table.to_pandas()
+    for name in split_files(data_dir, split):
+        ds = open_with_xarray(Path(data_dir) / SPLIT_FOLDERS[split] / "S2L2A" / name)
+        for i, sample in enumerate(ds["sample"].values):
+            x, y, crs = ds["x_"].values[i], ds["y_"].values[i], int(ds["crs"].values[i])
+            corners_x = [x.max() + 5, x.max() + 5, x.min() - 5, x.min() - 5, x.max() + 5]  # 10 m pixels
+            corners_y = [y.min() - 5, y.max() + 5, y.max() + 5, y.min() - 5, y.min() - 5]
+            lon, lat = Transformer.from_crs(crs, 4326, always_xy=True).transform(corners_x, corners_y)
+            for wkb in index.loc[(index["file"] == name) & (index["sample"] == str(sample)), "geometry"]:
+                ring = wkb_ring(wkb)
+                np.testing.assert_allclose(ring, np.stack([lon, lat], axis=1), rtol=0, atol=1e-9)
+                # the centre the file states lies inside
+                assert ring[:, 0].min() < ds["center_lon"].values[i] < ring[:, 0].max()
+                assert ring[:, 1].min() < ds["center_lat"].values[i] < ring[:, 1].max()
+
+
+def test_index_is_valid_geoparquet(indexed_dir):
+    path = Path(indexed_dir) / "splits" / "ssl4eos12_train_index.parquet"
+    geo = json.loads(pq.read_schema(path).metadata[b"geo"])
+    assert geo["primary_column"] == "geometry" and geo["version"] == "1.1.0"
+    column = geo["columns"]["geometry"]
+    assert column["encoding"] == "WKB" and column["geometry_types"] == ["Polygon"]
+    assert column["crs"]["id"] == {"authority": "EPSG", "code": 4326}
+    rings = np.concatenate([wkb_ring(g) for g in pq.read_table(path).column("geometry").to_pylist()])
+    assert column["bbox"] == [*rings.min(axis=0).tolist(), *rings.max(axis=0).tolist()]
+    geopandas = pytest.importorskip("geopandas")
+    frame = geopandas.read_parquet(path)
+    assert frame.crs.to_epsg() == 4326
+    assert frame.geometry.is_valid.all()
+    centres = geopandas.points_from_xy(frame["center_lon"], frame["center_lat"], crs=4326)
+    assert frame.geometry.contains(geopandas.GeoSeries(centres, index=frame.index)).all()
+    # ~2.64 km squares, as 16 pixels of 10 m here: the area in a metric CRS
+    for crs, rows in frame.groupby("crs"):  # in each location's own UTM zone
+        assert np.allclose(rows.geometry.to_crs(int(crs)).area, 160.0 ** 2, rtol=1e-6)
+
+
+# --- filters: the examples yielded are exactly those a pandas computation over the files selects -----------
+
+def expected_selection(rows: pd.DataFrame, modalities, *, bbox=None, time_range=None, max_cloud=None, samples=None,
+                       single_timestamp=False) -> list[tuple[str, str, int | None]]:
+    """(file, sample, time index or None) kept, in file order, computed with pandas from the reference rows."""
+    ok = pd.Series(True, index=rows.index)
+    if bbox is not None:
+        w, s, e, n = bbox
+        lon = rows["center_lon"]
+        ok &= (lon >= w) & (lon <= e) if w <= e else (lon >= w) | (lon <= e)
+        ok &= (rows["center_lat"] >= s) & (rows["center_lat"] <= n)
+    if time_range is not None:
+        start, end = (pd.Timestamp(v).tz_convert("UTC").tz_localize(None) if pd.Timestamp(v).tzinfo
+                      else pd.Timestamp(v) for v in time_range)
+        for m in modalities:
+            ok &= (rows[f"{m}_time"] >= start) & (rows[f"{m}_time"] < end)
+    if max_cloud is not None:
+        clouds = [f"{m}_cloud_fraction" for m in modalities if m != "S1GRD"]
+        ok &= rows[clouds].max(axis=1) <= np.float32(max_cloud)
+    if samples is not None:
+        ok &= rows["sample"].isin(samples)
+    rows = rows.assign(ok=ok)
+    if single_timestamp:
+        return [(r.file, r.sample, r.time_index) for r in rows[rows.ok].itertuples()]
+    whole = rows.groupby(["file", "sample"], sort=False)["ok"].all()
+    return [(file, sample, None) for (file, sample), keep in whole.items() if keep]
+
+
+def comparable(example: dict) -> dict:
+    return {k: (np.asarray(v) if isinstance(v, list) and v and not isinstance(v[0], str) else v)
+            for k, v in example.items()}
+
+
+def check_filter(data_dir, config, modalities, split="train", single_timestamp=False, streaming=True, **filters):
+    reference = reference_rows(data_dir, split)
+    wanted = expected_selection(reference, modalities, bbox=filters.get("bbox"),
+                                time_range=filters.get("time_range"), max_cloud=filters.get("max_cloud_fraction"),
+                                samples=filters.get("samples"), single_timestamp=single_timestamp)
+    expected = [e for e in expected_examples(data_dir, split, modalities, single_timestamp)
+                if (e["file"], e["sample"], int(e["time_index"]) if single_timestamp else None) in wanted]
+    kwargs = dict(name=config, split=split, data_dir=str(data_dir), single_timestamp=single_timestamp, **filters)
+    if config == "custom":  # any joint set of modalities
+        kwargs.update(name="all", modalities=modalities)
+    if streaming:
+        actual = [comparable(e) for e in datasets.load_dataset("ssl4eos12", **kwargs, streaming=True)]
+    else:
+        actual = arrow_rows(datasets.load_dataset("ssl4eos12", **kwargs, cache_dir=str(Path(data_dir).parent / "c")))
+        for example in actual:
+            for m in modalities:
+                example[f"{m}_file_id"] = example[f"{m}_file_id"] if single_timestamp else \
+                    [str(v) for v in example[f"{m}_file_id"]]
+    assert len(actual) == len(expected), f"{filters}: {len(actual)} examples, expected {len(expected)}"
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert_example_equal(a, e, f"{config}{filters}[{i}]")
+    return len(actual)
+
+
+NZ_AND_AMERICAS = (170.0, -60.0, -30.0, 60.0)  # across the antimeridian: New Zealand to the Atlantic
+
+
+@pytest.mark.parametrize("config,modalities,filters", [
+    ("all", MODALITIES, {"bbox": NZ_AND_AMERICAS}),
+    ("S2L2A", ["S2L2A"], {"bbox": (-10.0, 30.0, 60.0, 60.0)}),
+    ("all", MODALITIES, {"time_range": ("2020-01-01", "2021-01-01")}),
+    ("S1GRD", ["S1GRD"], {"time_range": ("2019-12-01T00:00:00+00:00", "2020-12-15T12:00:00+00:00")}),
+    ("S2RGB", ["S2RGB"], {"max_cloud_fraction": 0.25}),
+    ("all", MODALITIES, {"samples": ["0000001", "0000006", "0000011", "9999999"]}),
+    ("all", MODALITIES, {"bbox": NZ_AND_AMERICAS, "max_cloud_fraction": 0.4, "time_range": ("2019-06-01", "2021-06-01")}),
+])
+def test_filters_yield_what_pandas_selects(indexed_dir, config, modalities, filters):
+    assert check_filter(indexed_dir, config, modalities, **filters) > 0
+
+
+def test_filters_single_timestamp_and_prepared(indexed_dir):
+    # each (location, timestamp) alone; a modality pair of the config only
+    kept = check_filter(indexed_dir, "custom", ["S2L1C", "S1GRD"], single_timestamp=True,
+                        max_cloud_fraction=0.1, time_range=("2020-03-01", "2020-10-01"))
+    assert 0 < kept < 12 * 4
+    assert check_filter(indexed_dir, "S2L2A", ["S2L2A"], split="validation", streaming=False,
+                        bbox=NZ_AND_AMERICAS, max_cloud_fraction=0.3) > 0
+
+
+def test_files_without_a_match_are_never_opened(indexed_dir, tmp_path, monkeypatch):
+    root = Path(shutil.copytree(indexed_dir, tmp_path / "copy"))
+    names = split_files(root, "train")
+    # one location of the second train file, and nothing else: every other file is removed, and any read of
+    # one would fail with "file not found"
+    sample = str(open_with_xarray(root / "train" / "S2L2A" / names[1])["sample"].values[2])
+    for folder in ("train", "val"):
+        for path in (root / folder).rglob("*.zarr.zip"):
+            if not (folder == "train" and path.name == names[1]):
+                path.unlink()
+    reads = []
+    original = ssl4eos12.sources.ChunkedSource.blocks
+
+    def counting_blocks(self, split_folder, shard, *args, **kwargs):
+        reads.append(shard)
+        return original(self, split_folder, shard, *args, **kwargs)
+
+    monkeypatch.setattr(ssl4eos12.sources.ChunkedSource, "blocks", counting_blocks)
+    streamed = list(datasets.load_dataset("ssl4eos12", "all", data_dir=str(root), split="train", streaming=True,
+                                          samples=[sample]))
+    assert [e["sample"] for e in streamed] == [sample]
+    assert reads == [names[1]]  # the one file with a match, read once
+    empty = list(datasets.load_dataset("ssl4eos12", "all", data_dir=str(root), split="validation",
+                                       streaming=True, samples=[sample]))
+    assert empty == [] and reads == [names[1]]
+
+
+# --- where the index comes from -------------------------------------------------------------------------------
+
+def authors_metadata(data_dir: Path, split: str) -> pa.Table:
+    """The Zarr release's ``splits/{split}_metadata.parquet`` as the authors write it (from our own index)."""
+    index = pq.read_table(Path(data_dir) / "splits" / f"ssl4eos12_{SPLIT_FOLDERS[split]}_index.parquet")
+    return pa.table({
+        "sample_id": index["sample"], "time_id": index["time_index"], "time": index["S2L2A_time"],
+        "tile_id": pa.array(["T33SWC"] * index.num_rows), "geometry": index["geometry"], "tile_crs": index["crs"],
+        "file": index["file"],
+    })
+
+
+def test_authors_metadata_serves_what_it_can(indexed_dir, tmp_path):
+    root = Path(shutil.copytree(indexed_dir, tmp_path / "authors", ignore=shutil.ignore_patterns("*_index.parquet")))
+    for split in ("train", "validation"):
+        pq.write_table(authors_metadata(indexed_dir, split), root / "splits" / f"{SPLIT_FOLDERS[split]}_metadata.parquet")
+    # the footprint's centre stands in for the file's: a bbox well clear of the locations' edges
+    assert check_filter(root, "S2L2A", ["S2L2A"], bbox=NZ_AND_AMERICAS, time_range=("2020-01-01", "2021-01-01"),
+                        samples=[f"{i:07d}" for i in range(0, 12, 2)]) > 0
+    for config, keywords, missing in [("S2L2A", {"max_cloud_fraction": 0.5}, "S2L2A_cloud_fraction"),
+                                      ("S1GRD", {"time_range": ("2020-01-01", "2021-01-01")}, "S1GRD_time")]:
+        with pytest.raises(ssl4eos12.SSL4EOS12DataError, match=f"{missing}.*run `ssl4eos12 index"):
+            list(datasets.load_dataset("ssl4eos12", config, data_dir=str(root), split="train", streaming=True,
+                                       **keywords))
+
+
+def test_webdataset_metadata_rows():
+    frame = pd.DataFrame({"sample": ["0000001", "0000002"], "tar": ["ssl4eos12_shard_000001.tar"] * 2,
+                          "center_lat": [10.0, 20.0], "center_lon": [5.0, 6.0],
+                          **{f"cloud_cover_{t}": [0.1 * t, 0.05] for t in range(4)}})
+    rows = from_webdataset_metadata(frame, "val_metadata.parquet")
+    assert list(rows["time_index"]) == [0, 1, 2, 3] * 2 and list(rows["sample"]) == ["0000001"] * 4 + ["0000002"] * 4
+    kept = select(rows, ["S2L2A"], Filters.from_keywords(max_cloud_fraction=0.15))
+    assert kept == {"ssl4eos12_shard_000001.tar": {"0000002": None}}
+    kept = select(rows, ["S2L2A"], Filters.from_keywords(max_cloud_fraction=0.15), single_timestamp=True)
+    assert kept["ssl4eos12_shard_000001.tar"]["0000001"] == frozenset({0, 1})
+
+
+def test_no_index_is_a_clear_error(data_dir):
+    with pytest.raises(ssl4eos12.SSL4EOS12DataError, match="run `ssl4eos12 index"):
+        list(datasets.load_dataset("ssl4eos12", "S2L2A", data_dir=str(data_dir), split="train", streaming=True,
+                                   bbox=(0, 0, 10, 10)))
+
+
+@pytest.mark.parametrize("keywords,message", [
+    ({"bbox": (0, 0, 10)}, "bbox must be four numbers"),
+    ({"bbox": (0, 50, 10, 40)}, "min_lat <= max_lat"),
+    ({"time_range": ("2021-01-01", "2020-01-01")}, "start must come before"),
+    ({"time_range": ("spring", "2020-01-01")}, "not an ISO date"),
+    ({"max_cloud_fraction": 1.5}, "between 0 and 1"),
+    ({"samples": "0000001"}, "list of location ids"),
+])
+def test_bad_filter_keywords(data_dir, keywords, message):
+    with pytest.raises(ValueError, match=message):
+        ssl4eos12.SSL4EOS12(config_name="S2L2A", data_dir=str(data_dir), **keywords)
+
+
+def test_index_elsewhere_and_remote(indexed_dir, tmp_path):
+    from servers import HubServer, RangeHTTPServer, use_hub
+
+    root = Path(shutil.copytree(indexed_dir, tmp_path / "plain", ignore=shutil.ignore_patterns("*_index.parquet")))
+    single = tmp_path / "kept-elsewhere" / "index.parquet"
+    from ssl4eos12.cli import main
+
+    main(["index", str(root), "--out", str(single), "--workers", "1"])
+    assert set(pq.read_table(single, columns=["split"]).column("split").to_pylist()) == {"train", "validation"}
+    filters = {"bbox": NZ_AND_AMERICAS, "max_cloud_fraction": 0.5}
+    local = [comparable(e) for e in datasets.load_dataset("ssl4eos12", "all", data_dir=str(indexed_dir), split="train",
+                                                          streaming=True, **filters)]
+    assert local
+    elsewhere = datasets.load_dataset("ssl4eos12", "all", data_dir=str(root), split="train", streaming=True,
+                                      index=str(single), **filters)
+    for a, b in zip([comparable(e) for e in elsewhere], local, strict=True):
+        assert_example_equal(a, b, "index=")
+    selected = {e["file"] for e in local}
+    with RangeHTTPServer(indexed_dir) as srv:  # the root's own index, read over HTTP
+        remote = datasets.load_dataset("ssl4eos12", "all", root=srv.url, split="train", streaming=True, **filters)
+        for a, b in zip([comparable(e) for e in remote], local, strict=True):
+            assert_example_equal(a, b, "http")
+        zips = {path.rsplit("/", 1)[1] for _, path, _ in srv.requests if path.endswith(".zarr.zip")}
+        assert zips == selected
+        assert any(path.endswith("ssl4eos12_train_index.parquet") for _, path, _ in srv.requests)
+    with HubServer() as hub, use_hub(hub, home=tmp_path / "hf"):
+        hub.seed("someone/mirror", root)  # no index in the repo: passed as a URL of another repo
+        hub.seed("someone/index", files={"index.parquet": single.read_bytes()})
+        remote = datasets.load_dataset("ssl4eos12", "all", root="hf://datasets/someone/mirror", split="train",
+                                       streaming=True, index="hf://datasets/someone/index/index.parquet", **filters)
+        for a, b in zip([comparable(e) for e in remote], local, strict=True):
+            assert_example_equal(a, b, "hf")
+
+
+def test_index_is_resumable(tmp_path, monkeypatch):
+    from ssl4eos12 import index as index_module
+
+    root = synthesize(tmp_path / "d", splits=("validation",), files=3, samples=2, size=8)
+    ran = []
+    original = index_module.IndexTask.run
+
+    def failing_run(self):
+        ran.append(self.shard)
+        if len(ran) == 2:
+            raise RuntimeError("worker lost")
+        return original(self)
+
+    monkeypatch.setattr(index_module.IndexTask, "run", failing_run)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        build_index(root, workers=1)
+    assert not (root / "splits" / "ssl4eos12_val_index.parquet").exists()  # never half an index
+    ran.clear()
+    monkeypatch.setattr(index_module.IndexTask, "run", lambda self: ran.append(self.shard) or original(self))
+    build_index(root, workers=1)
+    names = split_files(root, "validation")
+    assert ran == names[1:]  # the first shard's rows were kept
+    table = pq.read_table(root / "splits" / "ssl4eos12_val_index.parquet")
+    assert table.column("file").to_pylist() == [n for n in names for _ in range(2 * 4)]
+    assert not list((root / "splits").glob(".ssl4eos12-index-parts-*"))  # cleaned up
