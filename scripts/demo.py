@@ -1,4 +1,5 @@
-"""The README's main job on generated sample data: synthesize, load, stream, convert, load the Parquet.
+"""The README's main job on generated sample data: synthesize, load, stream, index and filter, plot, convert,
+load the Parquet.
 
     python scripts/demo.py [WORK_DIR]      (default: ./demo)
 """
@@ -32,6 +33,20 @@ def main(work_dir: str = "demo") -> None:
     prepared = load_dataset("ssl4eos12", "S2L2A", data_dir=str(data_dir), split="validation",
                             cache_dir=str(work / "cache"))
     print(f"prepared S2L2A validation: {prepared.num_rows} rows, features {list(prepared.features)}")
+
+    from ssl4eos12.index import build_index
+
+    build_index(str(data_dir), workers=1)
+    clear = load_dataset("ssl4eos12", "all", data_dir=str(data_dir), split="train", streaming=True,
+                         single_timestamp=True, max_cloud_fraction=0.05)
+    print(f"indexed; {sum(1 for _ in clear)} (location, timestamp) examples of 'all' have at most 5 % clouds")
+    try:
+        import ssl4eos12
+
+        ssl4eos12.plot(first).savefig(work / "example.png", dpi=64)
+        print(f"plotted location {first['sample']} to {work / 'example.png'}")
+    except ImportError as err:  # matplotlib is an optional extra
+        print(f"no plot: {err}")
 
     out_dir = work / "parquet"
     from ssl4eos12.publish import convert
