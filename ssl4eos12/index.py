@@ -93,6 +93,26 @@ def footprints(x: np.ndarray, y: np.ndarray, crs: np.ndarray) -> np.ndarray:
     return rings
 
 
+def utm_epsg(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """EPSG code of the UTM zone of each point (326zz north, 327zz south; no Norway/Svalbard exceptions)."""
+    zone = np.clip(np.floor((np.asarray(lon) + 180) / 6).astype(np.int64) + 1, 1, 60)
+    return np.where(np.asarray(lat) >= 0, 32600, 32700) + zone
+
+
+def centred_footprints(lon: np.ndarray, lat: np.ndarray, crs: np.ndarray, width: int, height: int,
+                       pixel_size: float = 10.0) -> np.ndarray:
+    """Footprints of ``width`` x ``height`` patches of ``pixel_size`` m pixels centred on each point (in ``crs``)."""
+    from pyproj import Transformer
+
+    x, y = np.empty(len(lon)), np.empty(len(lon))
+    for code in np.unique(crs):
+        rows = crs == code
+        x[rows], y[rows] = Transformer.from_crs(4326, int(code), always_xy=True).transform(lon[rows], lat[rows])
+    columns = (np.arange(width) - (width - 1) / 2) * pixel_size
+    rows_ = (np.arange(height) - (height - 1) / 2) * pixel_size
+    return footprints(x[:, None] + columns, y[:, None] - rows_, crs)
+
+
 def polygon_wkb(ring: np.ndarray) -> bytes:
     """WKB (little-endian) of a polygon with one closed ring of ``(lon, lat)`` points."""
     return struct.pack("<BIII", 1, 3, 1, len(ring)) + np.ascontiguousarray(ring, dtype="<f8").tobytes()
@@ -124,9 +144,15 @@ def geo_metadata(geometry: Sequence[bytes]) -> dict:
 def block_rows(block: Block, split: str) -> pa.Table:
     """The index rows of one block: one per (location, timestamp), from its small variables and cloud masks."""
     reference = block.reference.variables
+    layout = block.reference.layout
     n = len(block)
     num_times = max(part.layout.num_times for part in block.parts.values())
-    ring = footprints(reference["x_"], reference["y_"], reference["crs"])
+    lon, lat = reference["center_lon"], reference["center_lat"]
+    crs = reference.get("crs")
+    if "x_" in reference and "y_" in reference and crs is not None:
+        ring = footprints(reference["x_"], reference["y_"], crs)
+    else:  # a release without the coordinate vectors: the patch's size around its centre, in its UTM zone
+        ring = centred_footprints(lon, lat, crs if crs is not None else utm_epsg(lon, lat), layout.width, layout.height)
     geometry = [polygon_wkb(r) for r in ring]
     repeat = functools.partial(np.repeat, repeats=num_times)
     columns = {
@@ -139,9 +165,9 @@ def block_rows(block: Block, split: str) -> pa.Table:
         times = np.full((n, num_times), np.datetime64("NaT"), dtype="datetime64[ns]")
         times[:, :part.layout.num_times] = part.variables["time_"][block.orders[modality]]
         columns[f"{modality}_time"] = pa.array(times.reshape(-1), pa.timestamp("ns"))
-    columns["center_lon"] = pa.array(repeat(reference["center_lon"]), pa.float64())
-    columns["center_lat"] = pa.array(repeat(reference["center_lat"]), pa.float64())
-    columns["crs"] = pa.array(repeat(reference["crs"]), pa.int64())
+    columns["center_lon"] = pa.array(repeat(lon), pa.float64())
+    columns["center_lat"] = pa.array(repeat(lat), pa.float64())
+    columns["crs"] = pa.array(repeat(crs) if crs is not None else [None] * (n * num_times), pa.int64())
     for modality, part in block.parts.items():
         if part.layout.has_cloud_mask:
             fractions = np.full((n, num_times), np.nan, dtype=np.float32)
@@ -468,7 +494,8 @@ def _check_samples(samples) -> Optional[frozenset[str]]:
         return None
     if isinstance(samples, (str, bytes)) or not isinstance(samples, Iterable):
         raise ValueError(f"samples must be a list of location ids (e.g. ['0000173']), got {samples!r}")
-    return frozenset(str(s) for s in samples)
+    # ids are 7-digit strings; an integer id means the same location
+    return frozenset(f"{s:07d}" if isinstance(s, (int, np.integer)) else str(s) for s in samples)
 
 
 def select(rows: pd.DataFrame, modalities: Sequence[str], filters: Filters, single_timestamp: bool = False) -> Selection:

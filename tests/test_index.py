@@ -7,6 +7,7 @@ times, cloud fractions of the documented cloud classes 3-5), and the examples of
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -201,7 +202,7 @@ def test_filters_single_timestamp_and_prepared(indexed_dir):
                         bbox=NZ_AND_AMERICAS, max_cloud_fraction=0.3) > 0
 
 
-def test_files_without_a_match_are_never_opened(indexed_dir, tmp_path, monkeypatch):
+def test_files_without_a_match_are_never_opened(indexed_dir, tmp_path, monkeypatch, caplog):
     root = Path(shutil.copytree(indexed_dir, tmp_path / "copy"))
     names = split_files(root, "train")
     # one location of the second train file, and nothing else: every other file is removed, and any read of
@@ -219,10 +220,12 @@ def test_files_without_a_match_are_never_opened(indexed_dir, tmp_path, monkeypat
         return original(self, split_folder, shard, *args, **kwargs)
 
     monkeypatch.setattr(ssl4eos12.sources.ChunkedSource, "blocks", counting_blocks)
-    streamed = list(datasets.load_dataset("ssl4eos12", "all", data_dir=str(root), split="train", streaming=True,
-                                          samples=[sample]))
+    with caplog.at_level(logging.INFO, logger="ssl4eos12.builder"):
+        streamed = list(datasets.load_dataset("ssl4eos12", "all", data_dir=str(root), split="train", streaming=True,
+                                              samples=[int(sample)]))  # an integer id is the same location
     assert [e["sample"] for e in streamed] == [sample]
     assert reads == [names[1]]  # the one file with a match, read once
+    assert "train: samples=<1 ids> selects 1 of 3 file(s), 1 example(s)" in caplog.text
     empty = list(datasets.load_dataset("ssl4eos12", "all", data_dir=str(root), split="validation",
                                        streaming=True, samples=[sample]))
     assert empty == [] and reads == [names[1]]
@@ -319,6 +322,15 @@ def test_index_elsewhere_and_remote(indexed_dir, tmp_path):
             assert_example_equal(a, b, "hf")
 
 
+def test_index_cli_errors(tmp_path, capsys):
+    from ssl4eos12.cli import main
+
+    with pytest.raises(SystemExit, match="error: .*does not exist"):
+        main(["index", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match="error: .*remote root cannot be written to: pass an output path"):
+        main(["index", "https://127.0.0.1:9/ssl4eo-s12"])
+
+
 def test_index_is_resumable(tmp_path, monkeypatch):
     from ssl4eos12 import index as index_module
 
@@ -344,3 +356,23 @@ def test_index_is_resumable(tmp_path, monkeypatch):
     table = pq.read_table(root / "splits" / "ssl4eos12_val_index.parquet")
     assert table.column("file").to_pylist() == [n for n in names for _ in range(2 * 4)]
     assert not list((root / "splits").glob(".ssl4eos12-index-parts-*"))  # cleaned up
+
+
+def test_footprint_without_coordinate_vectors(indexed_dir):
+    """A release whose members lack x_/y_ (and crs): the patch's size around its centre, in its UTM zone."""
+    from ssl4eos12.index import block_rows
+    from ssl4eos12.sources import open_source
+
+    source = open_source(str(indexed_dir), ["S2L2A"])
+    name = split_files(indexed_dir, "train")[0]
+    layouts = source.layouts("train", name)
+    block = next(source.blocks("train", name, layouts))
+    full = block_rows(block, "train")
+    for drop in (("x_", "y_"), ("x_", "y_", "crs")):
+        for variable in drop:
+            block.reference.variables.pop(variable, None)
+        rows = block_rows(block, "train")
+        for a, b in zip(rows.column("geometry").to_pylist(), full.column("geometry").to_pylist()):
+            # synth centres its pixel grid on the centre rounded to the 10 m grid: within 5 m, ~5e-5 degrees
+            np.testing.assert_allclose(wkb_ring(a), wkb_ring(b), rtol=0, atol=1e-4)
+    assert rows.column("crs").null_count == rows.num_rows
