@@ -169,7 +169,8 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         if not filters:
             return [None] * len(gen_kwargs["files"])
         selection = select_split(source.root, gen_kwargs["split_folder"], source.modalities, filters,
-                                 self.config.single_timestamp, self.config.index, download_config)
+                                 self.config.single_timestamp, self.config.index, download_config,
+                                 files=gen_kwargs["files"])
         files = [name for name in gen_kwargs["files"] if name in selection]
         logger.info(f"{split_generator.name}: {filters.describe()} selects {len(files)} of {len(gen_kwargs['files'])} "
                     f"file(s), {count_examples({f: selection[f] for f in files})} example(s)")

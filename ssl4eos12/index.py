@@ -361,7 +361,11 @@ def _read_parquet(url: str, download_config=None, geometry: bool = False) -> Opt
 
 def _own_index(frame: pd.DataFrame, split: str, url: str) -> pd.DataFrame:
     if "split" in frame.columns:
+        splits = sorted(frame["split"].unique())
         frame = frame[frame["split"] == split]
+        if frame.empty and splits:
+            raise SSL4EOS12DataError(f"{url}: the index holds no rows of split {split} (only {splits}): index "
+                                     f"that split too (`ssl4eos12 index DATA_DIR --splits {split}`)")
     frame.attrs["source"] = url
     return frame.reset_index(drop=True)
 
@@ -531,7 +535,8 @@ def select(rows: pd.DataFrame, modalities: Sequence[str], filters: Filters, sing
     if missing:
         raise SSL4EOS12DataError(
             f"{source} has no column(s) {', '.join(missing)} needed for {filters.describe()}: run "
-            f"`ssl4eos12 index DATA_DIR` to write a full index (or pass index=PATH_OR_URL)"
+            f"`ssl4eos12 index DATA_DIR` to write a full index (with --modalities naming every modality of the "
+            f"config, if not the four), or pass index=PATH_OR_URL"
         )
     passes = np.ones(len(rows), dtype=bool)
     if filters.samples is not None:
@@ -568,11 +573,29 @@ def count_examples(selection: Selection) -> int:
 
 
 def select_split(root: str, split_folder: str, modalities: Sequence[str], filters: Filters,
-                 single_timestamp: bool = False, index: Optional[str] = None, download_config=None) -> Selection:
-    """:func:`select` over the index of one split of ``root`` (see :func:`load_index` for where it is read)."""
+                 single_timestamp: bool = False, index: Optional[str] = None, download_config=None,
+                 files: Optional[Sequence[str]] = None) -> Selection:
+    """:func:`select` over the index of one split of ``root`` (see :func:`load_index` for where it is read).
+
+    ``files``: the split's shards; one the index does not list raises (a stale index would drop it silently).
+    """
     rows = load_index(root, split_folder, index, download_config)
+    if files is not None:
+        check_coverage(rows, files)
     return select(rows, modalities, filters, single_timestamp)
 
 
-__all__ = ["CLOUD_CLASSES", "Filters", "Selection", "build_index", "cloud_fraction", "count_examples",
+def check_coverage(rows: pd.DataFrame, files: Sequence[str]) -> None:
+    """Raise :class:`SSL4EOS12DataError` when the index lacks some of ``files`` (it was written before they came)."""
+    indexed = set(rows["file"].unique()) if "file" in rows.columns else set()
+    missing = [name for name in files if name not in indexed]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise SSL4EOS12DataError(
+            f"{rows.attrs.get('source', 'the index')} does not list {len(missing)} of the {len(files)} file(s) of "
+            f"the split ({', '.join(missing[:3])}{more}): rerun `ssl4eos12 index DATA_DIR` to bring it up to date"
+        )
+
+
+__all__ = ["CLOUD_CLASSES", "Filters", "Selection", "build_index", "check_coverage", "cloud_fraction", "count_examples",
            "footprints", "geo_metadata", "load_index", "select", "select_split"]

@@ -322,6 +322,23 @@ def test_index_elsewhere_and_remote(indexed_dir, tmp_path):
             assert_example_equal(a, b, "hf")
 
 
+def test_stale_or_partial_index_is_an_error(indexed_dir, tmp_path):
+    root = Path(shutil.copytree(indexed_dir, tmp_path / "grown"))
+    names = split_files(root, "train")
+    new_name = names[-1].replace("000003", "000004")
+    for m in MODALITIES:  # a file that came after the index was written
+        shutil.copy(root / "train" / m / names[0], root / "train" / m / new_name)
+    (root / "splits" / "ssl4eos12_train.txt").write_text("\n".join([*names, new_name]) + "\n")
+    with pytest.raises(ssl4eos12.SSL4EOS12DataError, match=f"does not list 1 of the 4 file.*{new_name}.*rerun"):
+        list(datasets.load_dataset("ssl4eos12", "S2RGB", data_dir=str(root), split="train", streaming=True,
+                                   max_cloud_fraction=0.5))
+    train_only = tmp_path / "train-only.parquet"
+    build_index(indexed_dir, str(train_only), splits=["train"], workers=1)
+    with pytest.raises(ssl4eos12.SSL4EOS12DataError, match="no rows of split validation.*--splits validation"):
+        list(datasets.load_dataset("ssl4eos12", "S2RGB", data_dir=str(indexed_dir), split="validation",
+                                   streaming=True, max_cloud_fraction=0.5, index=str(train_only)))
+
+
 def test_index_cli_errors(tmp_path, capsys):
     from ssl4eos12.cli import main
 
