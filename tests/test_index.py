@@ -319,7 +319,24 @@ def test_index_elsewhere_and_remote(indexed_dir, tmp_path):
         remote = datasets.load_dataset("ssl4eos12", "all", root="hf://datasets/someone/mirror", split="train",
                                        streaming=True, index="hf://datasets/someone/index/index.parquet", **filters)
         for a, b in zip([comparable(e) for e in remote], local, strict=True):
+            assert_example_equal(a, b, "hf index=")
+        hub.seed("someone/indexed", indexed_dir)  # the repo's own splits/ssl4eos12_train_index.parquet
+        remote = datasets.load_dataset("ssl4eos12", "all", root="hf://datasets/someone/indexed", split="train",
+                                       streaming=True, **filters)
+        for a, b in zip([comparable(e) for e in remote], local, strict=True):
             assert_example_equal(a, b, "hf")
+
+
+def test_filters_survive_resharding_and_workers(indexed_dir):
+    DataLoader = pytest.importorskip("torch.utils.data").DataLoader
+
+    stream = datasets.load_dataset("ssl4eos12", "S2RGB", data_dir=str(indexed_dir), split="train", streaming=True,
+                                   single_timestamp=True, max_cloud_fraction=0.3)
+    kept = sorted((e["sample"], e["time_index"]) for e in stream)
+    assert 0 < len(kept) < 12 * 4
+    assert sorted((e["sample"], e["time_index"]) for e in stream.reshard()) == kept
+    loader = DataLoader(stream, batch_size=None, num_workers=2, collate_fn=lambda example: example)
+    assert sorted((e["sample"], e["time_index"]) for e in loader) == kept
 
 
 def test_stale_or_partial_index_is_an_error(indexed_dir, tmp_path):
