@@ -37,7 +37,7 @@ from .checks import check_modalities_keyword, check_modalities_present
 from .constants import (CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, MODALITIES, SPLIT_FOLDERS,
                         split_list_path)
 from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12FileError
-from .index import Filters, count_examples, select_split
+from .index import Filters, count_examples, select_split, selected_times
 from .schema import example_features, location_examples
 from .sources.failures import diagnose_root, remote_failure_message
 from .sources.remote import is_remote
@@ -225,7 +225,10 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         skipped = 0
         for file_index, (name, sample_range, selection) in enumerate(zip(files, sample_ranges, selections)):
             try:
-                for block in source.blocks(split_folder, name, layouts):
+                times = selected_times(selection)  # a remote file then sends only those timestamps' chunks
+                blocks = source.blocks(split_folder, name, layouts) if times is None else \
+                    source.blocks_at(split_folder, name, layouts, times)
+                for block in blocks:
                     for key, example in location_examples(block, self.config.single_timestamp, sample_range,
                                                           selection):
                         yield Key(file_index, key), example

@@ -572,6 +572,13 @@ def count_examples(selection: Selection) -> int:
     return sum(1 if times is None else len(times) for samples in selection.values() for times in samples.values())
 
 
+def selected_times(samples: Optional[dict[str, Optional[frozenset[int]]]]) -> Optional[list[int]]:
+    """The time indices a file's selection needs (sorted), or ``None`` when it needs them all."""
+    if samples is None or any(times is None for times in samples.values()):
+        return None
+    return sorted(set().union(*samples.values()))
+
+
 def select_split(root: str, split_folder: str, modalities: Sequence[str], filters: Filters,
                  single_timestamp: bool = False, index: Optional[str] = None, download_config=None,
                  files: Optional[Sequence[str]] = None) -> Selection:

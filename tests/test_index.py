@@ -410,3 +410,32 @@ def test_footprint_without_coordinate_vectors(indexed_dir):
             # synth centres its pixel grid on the centre rounded to the 10 m grid: within 5 m, ~5e-5 degrees
             np.testing.assert_allclose(wkb_ring(a), wkb_ring(b), rtol=0, atol=1e-4)
     assert rows.column("crs").null_count == rows.num_rows
+
+
+def test_remote_reads_only_the_selected_timestamps(tmp_path):
+    """single_timestamp with a time filter: a remote file sends only the chunks of the timestamps kept."""
+    from servers import RangeHTTPServer
+
+    root = synthesize(tmp_path / "d", splits=("train",), files=2, samples=8, size=64, seed=5)
+    build_index(root, workers=1)
+    index = pq.read_table(root / "splits" / "ssl4eos12_train_index.parquet").to_pandas()
+    start = index[[f"{m}_time" for m in MODALITIES]].min().min()
+    window = (start.isoformat(), (start + pd.Timedelta(days=60)).isoformat())
+    keywords = dict(split="train", streaming=True, single_timestamp=True, time_range=window)
+    local = [comparable(e) for e in datasets.load_dataset("ssl4eos12", "all", data_dir=str(root), **keywords)]
+    times = {int(e["time_index"]) for e in local}
+    assert local and len(times) < 4  # the window keeps some timestamps only
+    check_filter(root, "all", MODALITIES, single_timestamp=True, time_range=window)
+    with RangeHTTPServer(root) as srv:
+        remote = [comparable(e) for e in datasets.load_dataset("ssl4eos12", "all", root=srv.url, **keywords)]
+        served = {path: n for path, n in srv.bytes_served.items() if path.endswith(".zarr.zip")}
+    for i, (a, b) in enumerate(zip(remote, local, strict=True)):
+        assert_example_equal(a, b, f"remote[{i}]")
+    sizes = {f"/{p.relative_to(root).as_posix()}": p.stat().st_size for p in root.rglob("*.zarr.zip")}
+    files = {e["file"] for e in local}
+    for path, size in sizes.items():
+        fetched = served.get(path, 0)
+        if path.rsplit("/", 1)[1] not in files:
+            assert fetched == 0, path
+        else:  # the chunks of the kept timestamps, plus the small variables and zip directory
+            assert 0 < fetched < size * (len(times) / 4 + 0.1), (path, fetched, size)

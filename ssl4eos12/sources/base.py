@@ -108,6 +108,14 @@ class Source(abc.ABC):
         Problems with the data raise :class:`~ssl4eos12.errors.SSL4EOS12FileError` naming the file.
         """
 
+    def blocks_at(self, split_folder: str, shard: str, layouts: Sequence[Layout], times: Sequence[int]) -> Iterator[Block]:
+        """As :meth:`blocks`, for a reader that needs only the time indices ``times`` of the shard.
+
+        A source that can read fewer bytes for fewer timestamps does (the arrays keep their shape; the other
+        timestamps must not be used); by default the whole shard is read.
+        """
+        return self.blocks(split_folder, shard, layouts)
+
     def layouts(self, split_folder: str, shard: str) -> tuple[Layout, ...]:
         """Layouts of every modality, probed from one shard."""
         return tuple(self.probe(split_folder, shard, m)[0] for m in self.modalities)

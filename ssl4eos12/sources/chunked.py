@@ -24,7 +24,7 @@ from ..constants import ZARR_ZIP_SUFFIX, split_list_path, split_metadata_path
 from ..errors import SSL4EOS12DataError, SSL4EOS12FileError
 from .base import Block, Layout, ModalityFile, Source
 from .remote import is_remote, url_to_fs
-from .zarrzip import probe_layout_and_size, read_modality_file
+from .zarrzip import probe_layout_and_size, read_modality_file, read_modality_times
 
 
 
@@ -75,6 +75,20 @@ class ChunkedSource(Source):
                 self.url(split_folder, layout.modality, shard), layout.modality, self.download_config, layout,
                 variables=None if variables is None else variables.get(layout.modality),
             )
+            for layout in layouts
+        }
+        yield Block(shard, parts, join_on_sample(self.url(split_folder, "*", shard), parts))
+
+    def blocks_at(self, split_folder: str, shard: str, layouts: Sequence[Layout], times: Sequence[int]) -> Iterator[Block]:
+        """Remote files: only the chunks of ``times`` (one per timestamp and big variable) are fetched, by range
+        reads; local files are read as :meth:`blocks` reads them (decoding from the page cache is cheap)."""
+        times = sorted(set(int(t) for t in times))
+        if not is_remote(self.root) or len(times) >= min(layout.num_times for layout in layouts):
+            yield from self.blocks(split_folder, shard, layouts)
+            return
+        parts = {
+            layout.modality: read_modality_times(self.url(split_folder, layout.modality, shard), layout.modality, times,
+                                                 self.download_config, layout)
             for layout in layouts
         }
         yield Block(shard, parts, join_on_sample(self.url(split_folder, "*", shard), parts))

@@ -185,6 +185,34 @@ def read_modality_file(
     return ModalityFile(layout, values)
 
 
+def read_modality_times(
+    url: str, modality: str, times: list[int], download_config=None, expected: Layout | None = None,
+) -> ModalityFile:
+    """Every variable of one file, the big ones (``bands``, ``cloud_mask``) only at the time indices ``times``.
+
+    Each timestamp is one chunk, one zip entry, of each big variable: read piecewise, a remote file sends only
+    those entries (range reads) and its small variables. The big arrays keep their full shape so that rows and
+    time indices mean what they mean in the file; the timestamps not read hold zeros and must not be used.
+    """
+    with open_zarr_zip(url, download_config, whole=False) as dataset:
+        layout = layout_of(url, modality, dataset)
+        if expected is not None and layout != expected:
+            raise SSL4EOS12FileError(url, f"layout {_describe(layout)} differs from the dataset's {_describe(expected)}")
+        try:
+            values = {name: dataset[name].values for name in PER_SAMPLE_VARIABLES}
+            for name in ["bands"] + (["cloud_mask"] if layout.has_cloud_mask else []):
+                variable = dataset[name]
+                values[name] = np.zeros(variable.shape, variable.dtype)
+                values[name][:, times] = variable.isel(time=times).values  # only these chunks are read
+        except ConnectionError as err:
+            raise _unreachable(url, err) from err
+        except Exception as err:  # a chunk that does not decompress, a CRC error
+            raise SSL4EOS12FileError(url, f"cannot read data ({type(err).__name__}: {err})") from err
+        values["sample"] = dataset["sample"].values.astype(str)
+    _check_sample_ids(url, values["sample"], values["sample_id"])
+    return ModalityFile(layout, values)
+
+
 def _describe(layout: Layout) -> str:
     return (f"(times={layout.num_times}, bands={layout.bands_shape}, dtype={layout.bands_dtype}, "
             f"cloud_mask={layout.has_cloud_mask})")
