@@ -30,8 +30,8 @@ CLOUDY = (3, 4, 5)  # the authors' classes thin cloud, thick cloud, cloud shadow
 
 @pytest.fixture(scope="module")
 def indexed_dir(tmp_path_factory):
-    """3 files x 4 locations per split at real places (two of them in New Zealand) and times, indexed."""
-    root = synthesize(tmp_path_factory.mktemp("indexed"), files=3, samples=4, size=16, seed=3)
+    """2 files x 6 locations per split at real places (two of them in New Zealand) and times, indexed."""
+    root = synthesize(tmp_path_factory.mktemp("indexed"), files=2, samples=6, size=16, seed=3)
     build_index(root, workers=1)
     return root
 
@@ -61,7 +61,7 @@ def test_index_matches_what_xarray_reads(indexed_dir):
         path = Path(indexed_dir) / "splits" / f"ssl4eos12_{SPLIT_FOLDERS[split]}_index.parquet"
         table = pq.read_table(path)
         expected = reference_rows(indexed_dir, split)
-        assert table.num_rows == len(expected) == 3 * 4 * 4
+        assert table.num_rows == len(expected) == 2 * 6 * 4
         for column in expected.columns:
             actual = table.column(column).to_numpy(zero_copy_only=False)
             wanted = expected[column].to_numpy()
@@ -225,7 +225,7 @@ def test_files_without_a_match_are_never_opened(indexed_dir, tmp_path, monkeypat
                                               samples=[int(sample)]))  # an integer id is the same location
     assert [e["sample"] for e in streamed] == [sample]
     assert reads == [names[1]]  # the one file with a match, read once
-    assert "train: samples=<1 ids> selects 1 of 3 file(s), 1 example(s)" in caplog.text
+    assert "train: samples=<1 ids> selects 1 of 2 file(s), 1 example(s)" in caplog.text
     empty = list(datasets.load_dataset("ssl4eos12", "all", data_dir=str(root), split="validation",
                                        streaming=True, samples=[sample]))
     assert empty == [] and reads == [names[1]]
@@ -342,11 +342,11 @@ def test_filters_survive_resharding_and_workers(indexed_dir):
 def test_stale_or_partial_index_is_an_error(indexed_dir, tmp_path):
     root = Path(shutil.copytree(indexed_dir, tmp_path / "grown"))
     names = split_files(root, "train")
-    new_name = names[-1].replace("000003", "000004")
+    new_name = names[-1].replace("000002", "000003")
     for m in MODALITIES:  # a file that came after the index was written
         shutil.copy(root / "train" / m / names[0], root / "train" / m / new_name)
     (root / "splits" / "ssl4eos12_train.txt").write_text("\n".join([*names, new_name]) + "\n")
-    with pytest.raises(ssl4eos12.SSL4EOS12DataError, match=f"does not list 1 of the 4 file.*{new_name}.*rerun"):
+    with pytest.raises(ssl4eos12.SSL4EOS12DataError, match=f"does not list 1 of the 3 file.*{new_name}.*rerun"):
         list(datasets.load_dataset("ssl4eos12", "S2RGB", data_dir=str(root), split="train", streaming=True,
                                    max_cloud_fraction=0.5))
     train_only = tmp_path / "train-only.parquet"
@@ -416,7 +416,7 @@ def test_remote_reads_only_the_selected_timestamps(tmp_path):
     """single_timestamp with a time filter: a remote file sends only the chunks of the timestamps kept."""
     from servers import RangeHTTPServer
 
-    root = synthesize(tmp_path / "d", splits=("train",), files=2, samples=8, size=64, seed=5)
+    root = synthesize(tmp_path / "d", splits=("train",), files=2, samples=6, size=64, seed=5)
     build_index(root, workers=1)
     index = pq.read_table(root / "splits" / "ssl4eos12_train_index.parquet").to_pandas()
     start = index[[f"{m}_time" for m in MODALITIES]].min().min()
@@ -439,3 +439,27 @@ def test_remote_reads_only_the_selected_timestamps(tmp_path):
             assert fetched == 0, path
         else:  # the chunks of the kept timestamps, plus the small variables and zip directory
             assert 0 < fetched < size * (len(times) / 4 + 0.1), (path, fetched, size)
+
+
+@pytest.mark.parametrize("runner", ["dask", "http root"])  # the process pool is convert's, tested there
+def test_parallel_and_remote_index_equal_the_local_one(indexed_dir, tmp_path, runner):
+    expected = {split: pq.read_table(Path(indexed_dir) / "splits" / f"ssl4eos12_{SPLIT_FOLDERS[split]}_index.parquet")
+                for split in ("train", "validation")}
+    out = tmp_path / "index"
+    if runner == "dask":
+        from distributed import LocalCluster
+
+        with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+            written = build_index(indexed_dir, str(out), scheduler=cluster.scheduler_address)
+    else:
+        from servers import RangeHTTPServer
+
+        with RangeHTTPServer(indexed_dir) as srv:
+            written = build_index(srv.url, str(out), workers=1)
+            fetched = sum(n for path, n in srv.bytes_served.items() if path.endswith(".zarr.zip"))
+        total = sum(p.stat().st_size for p in Path(indexed_dir).rglob("*.zarr.zip"))
+        assert fetched < 0.5 * total  # the small variables and cloud masks, never the bands
+    for split, table in expected.items():
+        actual = pq.read_table(written[split])
+        assert actual.equals(table), split
+        assert actual.schema.metadata[b"geo"] == table.schema.metadata[b"geo"]
