@@ -253,13 +253,22 @@ def _scenes(locations: Locations, times: np.ndarray, size: int) -> list[Scene]:
 
 
 def _band_values(modality: str, scenes: list[Scene], band_names: tuple[str, ...], rng: np.random.Generator) -> np.ndarray:
-    if modality in ("S2L1C", "S2L2A"):
-        values = np.stack([reflectance(s, band_names, modality == "S2L1C") for s in scenes])
-        return (1000 + np.clip(values, 0, 15000)).round().astype(np.int16)  # +1000 offset, as the files store it
-    if modality == "S2RGB":
-        # a true-colour product: surface reflectance 0..3000 spread over 0..255
-        values = np.stack([reflectance(s, ("B04", "B03", "B02"), False) for s in scenes])
-        return np.clip(values * (255 / 3000), 0, 255).round().astype(np.uint8)
+    if modality in ("S2L1C", "S2L2A", "S2RGB"):
+        # one location at a time into the output: no float copy of the whole file in memory
+        rgb = modality == "S2RGB"
+        names = ("B04", "B03", "B02") if rgb else band_names
+        out = np.empty((len(scenes), len(scenes[0].green), len(names)) + scenes[0].cover.shape,
+                       dtype=np.uint8 if rgb else np.int16)
+        for i, scene in enumerate(scenes):
+            values = reflectance(scene, names, modality == "S2L1C")
+            if rgb:  # a true-colour product: surface reflectance 0..3000 spread over 0..255
+                values *= 255 / 3000
+                np.clip(values, 0, 255, out=values)
+            else:  # +1000 offset, as the files store it
+                np.clip(values, 0, 15000, out=values)
+                values += 1000
+            out[i] = np.rint(values, out=values)
+        return out
     if modality == "S1GRD":
         values = np.stack([backscatter(s, rng) for s in scenes]).astype(np.float16)
         values[0, 0, :, 0, :3] = np.nan  # real S1 patches have no-data pixels at swath edges
