@@ -515,6 +515,18 @@ def select(rows: pd.DataFrame, modalities: Sequence[str], filters: Filters, sing
 
     Raises :class:`SSL4EOS12DataError` when ``rows`` cannot serve a filter (e.g. the authors' metadata has no
     cloud cover): the message says to run ``ssl4eos12 index``.
+
+    A reader applies a selection file by file, reading each selected file once and nothing else::
+
+        rows = load_index(root, "train")                       # or select_split(root, "train", ...)
+        selection = select(rows, ["S2L2A"], Filters.from_keywords(bbox=(5, 45, 15, 55)), single_timestamp)
+        for file, samples in selection.items():                # files in the index's order
+            times = selected_times(samples)                    # None: every timestamp is needed
+            ...read `file` (Source.blocks, or Source.blocks_at(..., times) where times is not None)...
+            ...yield the locations `samples` holds; with single_timestamp, only the time indices samples[id]...
+
+    The builder does exactly this (:func:`ssl4eos12.schema.location_examples` takes ``samples`` as its
+    ``selection``).
     """
     source = rows.attrs.get("source", "the index")
     needed = []
@@ -605,4 +617,4 @@ def check_coverage(rows: pd.DataFrame, files: Sequence[str]) -> None:
 
 
 __all__ = ["CLOUD_CLASSES", "Filters", "Selection", "build_index", "check_coverage", "cloud_fraction", "count_examples",
-           "footprints", "geo_metadata", "load_index", "select", "select_split"]
+           "footprints", "geo_metadata", "load_index", "select", "select_split", "selected_times"]

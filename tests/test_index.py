@@ -269,6 +269,12 @@ def test_webdataset_metadata_rows():
     assert kept["ssl4eos12_shard_000001.tar"]["0000001"] == frozenset({0, 1})
 
 
+def test_cloud_filter_needs_a_cloud_mask(indexed_dir):
+    with pytest.raises(ValueError, match=r"max_cloud_fraction needs a Sentinel-2 modality .*\['S1GRD'\]"):
+        list(datasets.load_dataset("ssl4eos12", "S1GRD", data_dir=str(indexed_dir), split="train", streaming=True,
+                                   max_cloud_fraction=0.5))
+
+
 def test_no_index_is_a_clear_error(data_dir):
     with pytest.raises(ssl4eos12.SSL4EOS12DataError, match="run `ssl4eos12 index"):
         list(datasets.load_dataset("ssl4eos12", "S2L2A", data_dir=str(data_dir), split="train", streaming=True,
