@@ -95,3 +95,13 @@ def test_show_cli(data_dir, tmp_path, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit, match="error: .*no location '9999999'"):
         main(["show", str(data_dir), "--sample", "9999999", "--out", str(out)])
+
+
+def test_plot_an_example_of_the_parquet_copy(converted_dir, data_dir):
+    """Rows of the converted copy (nested lists, pandas timestamps) give the same picture as the builder's."""
+    row = datasets.load_dataset(str(converted_dir), "S2L2A", split="train", streaming=True)
+    from_parquet = panels(ssl4eos12.plot(next(iter(row))))
+    from_builder = panels(ssl4eos12.plot(first_example(data_dir, "S2L2A")))
+    assert from_parquet.keys() == from_builder.keys() and len(from_parquet) == 4
+    for title, image in from_builder.items():
+        np.testing.assert_array_equal(from_parquet[title], image)
