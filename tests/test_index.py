@@ -365,10 +365,13 @@ def test_stale_or_partial_index_is_an_error(indexed_dir, tmp_path):
 def test_index_cli_errors(tmp_path, capsys):
     from ssl4eos12.cli import main
 
-    with pytest.raises(SystemExit, match="error: .*does not exist"):
+    with pytest.raises(SystemExit, match="error: DATA_DIR .*nowhere: no such folder"):
         main(["index", str(tmp_path / "nowhere")])
-    with pytest.raises(SystemExit, match="error: .*remote root cannot be written to: pass an output path"):
+    with pytest.raises(SystemExit, match="error: DATA_DIR .*remote root cannot be written to; pass --out"):
         main(["index", "https://127.0.0.1:9/ssl4eo-s12"])
+    with pytest.raises(SystemExit, match="error: --workers: must be at least 1"):
+        (tmp_path / "train").mkdir()
+        main(["index", str(tmp_path), "--workers", "0"])
 
 
 def test_index_is_resumable(tmp_path, monkeypatch):
