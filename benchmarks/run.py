@@ -46,7 +46,7 @@ GROUPS = {"S2L2A": ("S2L2A",), "all": MODALITIES}
 MB = 1e6
 
 # ----------------------------------------------------------------------------------------------------------------
-# Rows: (name, data group, label, target)   -- run in order; "parquet" rows need "convert"'s output
+# Rows: (name, data group, label, target)   -- run in order; "published" rows need "convert"'s output
 # ----------------------------------------------------------------------------------------------------------------
 
 ROWS = [
@@ -58,8 +58,8 @@ ROWS = [
     ("torch:S2L2A", "S2L2A", "ours: streaming → DataLoader(batch 8, ssl4eos12.collate), 0 workers", None),
     ("torch2:S2L2A", "S2L2A", "ours: same, 2 workers", None),
     ("prepare:S2L2A", "S2L2A", "ours: download_and_prepare (load_dataset, not streaming, into Arrow)", None),
-    ("parquet-arrow:S2L2A", "S2L2A", "ours: stream converted Parquet, with_format('arrow') + arrow_to_numpy", "≥ 0.5× ceiling"),
-    ("parquet-rows:S2L2A", "S2L2A", "ours: stream converted Parquet, no format (Python rows)", None),
+    ("published-arrow:S2L2A", "S2L2A", "ours: stream the published copy (plain datasets), with_format('arrow') + arrow_to_numpy", "≥ 0.5× ceiling"),
+    ("published-rows:S2L2A", "S2L2A", "ours: stream the published copy (plain datasets), no format (Python rows)", None),
     ("http:S2L2A", "S2L2A", "ours: builder streaming over HTTP from 127.0.0.1", "≥ 0.8× local streaming"),
     ("zipread:all", "all", "ceiling: read every zip member (zipfile)", None),
     ("blosc:all", "all", "**ceiling: Blosc-decode every chunk** (reference)", None),
@@ -69,7 +69,7 @@ ROWS = [
     ("torch:all", "all", "ours: streaming → DataLoader(batch 8, ssl4eos12.collate), 0 workers", None),
     ("convert:all", "all", "ours: `ssl4eos12 convert` (every config), 1 worker", "≥ 0.3× ceiling per worker"),
 ]
-#: Run order: as shown, except that conversion runs before the rows that stream its Parquet output.
+#: Run order: as shown, except that conversion runs before the rows that stream its output.
 RUN_ORDER = sorted((name for name, *_ in ROWS), key=lambda n: (not n.startswith("convert"), [r[0] for r in ROWS].index(n)))
 
 
@@ -342,10 +342,10 @@ def row_prepare(data: Path, group: str, repeat: int) -> dict:
 
 
 def row_convert(data: Path, group: str, repeat: int) -> dict:
-    """``ssl4eos12.publish.convert(data_dir, out_dir, workers=1)``: every config; kept for the Parquet rows."""
+    """``ssl4eos12.publish.convert(data_dir, out_dir, workers=1)``: every config; kept for the "published" rows."""
     from ssl4eos12.publish import convert
 
-    out = Path(os.environ["BENCH_WORK"]) / "parquet"
+    out = Path(os.environ["BENCH_WORK"]) / "published"
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     manifest = convert(str(data), str(out), workers=1)
@@ -356,24 +356,24 @@ def row_convert(data: Path, group: str, repeat: int) -> dict:
     rows = {}
     for shard in shards:
         rows[shard["config"]] = rows.get(shard["config"], 0) + shard["rows"]
-    parquet = sum(p.stat().st_size for p in out.rglob("*.parquet"))
+    shard_bytes = sum(s["size"] for s in shards)
     return {"examples": locations(data), "bytes": total_bytes, "times": [elapsed], "workers": 1,
-            "modality_bytes": modality_bytes, "rows": rows, "parquet_bytes": parquet, "dtype": "int16 (Parquet)"}
+            "modality_bytes": modality_bytes, "rows": rows, "shard_bytes": shard_bytes, "dtype": "int16 (Arrow)"}
 
 
-def _parquet_dataset():
+def _published_dataset():
     from datasets import load_dataset
 
-    out = Path(os.environ["BENCH_WORK"]) / "parquet"
+    out = Path(os.environ["BENCH_WORK"]) / "published"
     if not (out / "S2L2A").is_dir():
-        raise RuntimeError("no converted Parquet (the convert row failed or did not run)")
+        raise RuntimeError("no published copy (the convert row failed or did not run)")
     return load_dataset(str(out), "S2L2A", split="validation", streaming=True)
 
 
-def row_parquet_arrow(data: Path, group: str, repeat: int) -> dict:
+def row_published_arrow(data: Path, group: str, repeat: int) -> dict:
     from ssl4eos12.torch import arrow_to_numpy
 
-    dataset = _parquet_dataset().with_format("arrow")
+    dataset = _published_dataset().with_format("arrow")
     info = {}
 
     def one(count_bytes):
@@ -389,18 +389,18 @@ def row_parquet_arrow(data: Path, group: str, repeat: int) -> dict:
     return passes(one, repeat)
 
 
-#: Python rows from Parquet cost ~0.2 s per example (ArrayXD cells become nested lists): the first ones only.
-PARQUET_ROWS_EXAMPLES = 16
+#: Python rows cost ~0.2 s per example (ArrayXD cells become nested lists): the first ones only.
+PYTHON_ROWS_EXAMPLES = 16
 
 
-def row_parquet_rows(data: Path, group: str, repeat: int) -> dict:
+def row_published_rows(data: Path, group: str, repeat: int) -> dict:
     """Python rows: arrays arrive as nested lists of Python numbers; their bytes are counted in the native dtype."""
     import numpy as np
 
-    dataset = _parquet_dataset()
+    dataset = _published_dataset()
     dtypes = {name: getattr(feature, "dtype", None) or getattr(getattr(feature, "feature", None), "dtype", None)
               for name, feature in dataset.features.items()}
-    dataset = dataset.take(PARQUET_ROWS_EXAMPLES)
+    dataset = dataset.take(PYTHON_ROWS_EXAMPLES)
     info = {}
 
     def one(count_bytes):
@@ -420,7 +420,7 @@ def row_parquet_rows(data: Path, group: str, repeat: int) -> dict:
         return count, total, info
 
     result = passes(one, 1)
-    result["note"] = f"first {PARQUET_ROWS_EXAMPLES} examples only"
+    result["note"] = f"first {PYTHON_ROWS_EXAMPLES} examples only"
     return result
 
 
@@ -465,7 +465,7 @@ def serve(data: str) -> None:
 ROW_FUNCTIONS = {
     "zipread": row_zipread, "blosc": row_blosc, "zarr": row_zarr, "authors": row_authors,
     "stream": row_stream, "torch": row_torch, "torch2": row_torch2, "prepare": row_prepare,
-    "convert": row_convert, "parquet-arrow": row_parquet_arrow, "parquet-rows": row_parquet_rows,
+    "convert": row_convert, "published-arrow": row_published_arrow, "published-rows": row_published_rows,
     "http": row_http,
 }
 
@@ -608,8 +608,8 @@ def summarize(results: dict[str, dict], one_file: dict[str, int]) -> tuple[list[
         check(f"streaming `{group}` vs Blosc-decode ceiling", s and s.get("ratio"), 0.6,
               detail=s and f"{s['mb_per_s']:.0f} MB/s")
         check(f"streaming `{group}` vs authors' loader (examples/s)", ratio(f"stream:{group}", f"authors:{group}"), 1.2)
-    p = by_name.get("parquet-arrow:S2L2A")
-    check("streaming converted Parquet (`S2L2A`, arrow) vs ceiling", p and p.get("ratio"), 0.5,
+    p = by_name.get("published-arrow:S2L2A")
+    check("streaming the published copy with plain `datasets` (`S2L2A`, arrow) vs ceiling", p and p.get("ratio"), 0.5,
           detail=p and f"{p['mb_per_s']:.0f} MB/s")
     c = by_name.get("convert:all")
     check("conversion vs ceiling, per worker", c and c.get("ratio"), 0.3, detail=c and f"{c['mb_per_s']:.0f} MB/s")
@@ -624,7 +624,7 @@ def summarize(results: dict[str, dict], one_file: dict[str, int]) -> tuple[list[
     check("HTTP streaming vs local streaming (`S2L2A`)", ratio("http:S2L2A", "stream:S2L2A"), 0.8,
           detail=f"{h['bytes_served_per_file_byte']:.2f} bytes served per file byte"
           if "bytes_served_per_file_byte" in h else "")
-    native = [row for row in table if row["name"].split(":")[0] in ("stream", "torch", "torch2", "http", "parquet-arrow")
+    native = [row for row in table if row["name"].split(":")[0] in ("stream", "torch", "torch2", "http", "published-arrow")
               and "dtype" in row]
     native_ok = bool(native) and all(row["dtype"].startswith("int16") for row in native)
     checks.append({"what": "native dtypes: S2L2A bands reach the user as int16 on every path (no int64 upcast)",

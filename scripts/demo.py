@@ -1,5 +1,5 @@
 """The README's main job on generated sample data: synthesize, load, stream, index and filter, plot, convert,
-load the Parquet.
+load the converted copy.
 
     python scripts/demo.py [WORK_DIR]      (default: ./demo)
 """
@@ -52,8 +52,8 @@ def main(work_dir: str = "demo") -> None:
     from ssl4eos12.publish import convert
 
     convert(str(data_dir), str(out_dir), workers=2)
-    parquet = load_dataset(str(out_dir), "S2L2A", split="validation", cache_dir=str(work / "cache"))
-    print(f"converted to Parquet under {out_dir}: S2L2A validation has {parquet.num_rows} rows; "
+    published = load_dataset(str(out_dir), "S2L2A", split="validation", cache_dir=str(work / "cache"))
+    print(f"converted to Arrow shards under {out_dir}: S2L2A validation has {published.num_rows} rows; "
           f"card at {out_dir / 'README.md'}")
 
 

@@ -1,9 +1,9 @@
-"""Convert SSL4EO-S12 v1.1 to Parquet, write the dataset card and push it to the Hugging Face Hub, in one go.
+"""Convert SSL4EO-S12 v1.1 to Arrow shards, write the dataset card and push it to the Hugging Face Hub, in one go.
 
     python scripts/push_to_hub.py DATA_DIR --repo-id ORG/NAME                      # convert, card, upload
     python scripts/push_to_hub.py DATA_DIR --repo-id ORG/NAME --local-dir OUT_DIR  # convert and card only
 
-Without ``--local-dir`` the Parquet folder is ``--work-dir`` (default ``./NAME-parquet``), kept after the upload:
+Without ``--local-dir`` the converted folder is ``--work-dir`` (default ``./NAME-parquet``), kept after the upload:
 rerunning the same command after an interruption resumes the conversion and then the upload. The token comes
 from ``HF_TOKEN`` or ``hf auth login``; it and the repository id are checked with the Hub before anything is
 converted. Same as ``ssl4eos12 convert`` followed by ``ssl4eos12 push``.

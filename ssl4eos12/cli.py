@@ -1,4 +1,4 @@
-"""The ssl4eos12 command: generate sample data, index it, plot a location, convert to Parquet, verify, push.
+"""The ssl4eos12 command: generate sample data, index it, plot a location, convert to Arrow shards, verify, push.
 
 Every mistake (a missing folder, an unknown name, a bad file, a rejected token) ends with one line,
 ``error: <file or argument>: <problem>; <what to do>``, and exit status 1 (2 for a malformed command line);
@@ -20,13 +20,13 @@ from .constants import MODALITIES, SPLIT_FOLDERS
 from .errors import SSL4EOS12DataError, SSL4EOS12FileError
 
 DESCRIPTION = """\
-SSL4EO-S12 v1.1: generate sample data in the real format, convert the Zarr zips to Parquet shards
+SSL4EO-S12 v1.1: generate sample data in the real format, convert the Zarr zips to Arrow shards
 and a dataset card, verify a converted folder against its sources, and push it to the Hugging Face Hub.
 
   ssl4eos12 synth DATA_DIR                     sample data (real format, small)
   ssl4eos12 index DATA_DIR                     GeoParquet index: place, time, cloud cover (filters use it)
   ssl4eos12 show DATA_DIR --sample ID          plot one location to a PNG
-  ssl4eos12 convert DATA_DIR OUT_DIR           Parquet shards + manifest + dataset card in OUT_DIR
+  ssl4eos12 convert DATA_DIR OUT_DIR           Arrow shards + manifest + dataset card in OUT_DIR
   ssl4eos12 verify DATA_DIR OUT_DIR            every shard and value against the source files
   ssl4eos12 push OUT_DIR --repo-id ORG/NAME    upload OUT_DIR to a dataset repository
 
@@ -223,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=_synth)
 
     convert = commands.add_parser(
-        "convert", parents=[debug], help="convert the Zarr zips to Parquet shards and a dataset card",
-        description="Convert to Parquet shards, a manifest and a dataset card; a rerun resumes where it stopped.")
+        "convert", parents=[debug], help="convert the Zarr zips to Arrow shards and a dataset card",
+        description="Convert to Arrow shards, a manifest and a dataset card; a rerun resumes where it stopped.")
     convert.add_argument("data_dir", metavar="DATA_DIR", help="root of the Zarr files (local folder or URL)")
     convert.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the shards, manifest and card to")
     convert.add_argument("--configs", nargs="+", metavar="CONFIG",
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(func=_convert)
 
     verify = commands.add_parser(
-        "verify", parents=[debug], help="check every Parquet shard against its source files",
+        "verify", parents=[debug], help="check every shard against its source files",
         description="Check every shard against the manifest and every value against the source files. "
                     "Arguments in the order of convert; the older order OUT_DIR DATA_DIR still works "
                     "(with a deprecation warning).")

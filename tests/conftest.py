@@ -61,10 +61,10 @@ SMALL_SHARD_SIZE = 100_000
 
 @pytest.fixture(scope="session")
 def converted_dir(data_dir, tmp_path_factory):
-    """``data_dir`` converted to Parquet shards, manifest and card (the Hub repository); do not modify it."""
+    """``data_dir`` converted to Arrow shards, manifest and card (the Hub repository); do not modify it."""
     from ssl4eos12.publish import convert
 
-    out = tmp_path_factory.mktemp("parquet")
+    out = tmp_path_factory.mktemp("published")
     convert(data_dir, out, workers=1, max_shard_size=SMALL_SHARD_SIZE)
     return out
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
@@ -19,6 +18,7 @@ from reference import SPLIT_FOLDERS, split_files
 from ssl4eos12.publish.card import render_card, size_category, template_path, write_card
 from ssl4eos12.constants import MEAN, STD
 from ssl4eos12.publish import read_manifest
+from ssl4eos12.publish.formats import iter_tables, read_schema
 
 CONFIGS = {"S1GRD", "S2L1C", "S2L2A", "S2RGB", "default"}
 
@@ -42,11 +42,11 @@ def test_dataset_info_matches_the_files(card, converted_dir):
     infos = DatasetInfosDict.from_dataset_card_data(card.data)
     assert set(infos) == CONFIGS
     for name, info in infos.items():
-        shards = sorted((converted_dir / name).glob("*.parquet"))
-        assert info.features == datasets.Features.from_arrow_schema(pq.read_schema(shards[0]))
+        shards = sorted((converted_dir / name).glob("*.arrow"))
+        assert info.features == datasets.Features.from_arrow_schema(read_schema(shards[0]))
         assert info.download_size == sum(p.stat().st_size for p in shards)
         for split, split_info in info.splits.items():
-            rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shards if p.name.startswith(f"{split}-"))
+            rows = sum(t.num_rows for p in shards if p.name.startswith(f"{split}-") for t in iter_tables(p))
             assert split_info.num_examples == rows == 6
             assert split_info.num_bytes > 0
         assert info.dataset_size == sum(s.num_bytes for s in info.splits.values())
@@ -69,6 +69,7 @@ def test_body(card):
     assert 'load_dataset("ORG/NAME", "S2L2A", split="validation", streaming=True)' in text
     assert "DataLoader(" in text and 'with_format("torch")' in text
     assert "| `default` |" in text and "| `thumbnail` | image (PNG) |" in text
+    assert "## File format" in text and "Arrow IPC stream" in text and "DuckDB" in text  # which format, why
 
 
 def test_statistics_are_measured_from_the_data(card, converted_dir, data_dir):

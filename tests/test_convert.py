@@ -1,6 +1,6 @@
-"""Parquet conversion: the shards load with plain ``datasets`` and equal the builder's examples; the conversion
-resumes after a kill with byte-identical output, runs the same in a process pool and on Dask, and ``verify``
-catches tampering."""
+"""Conversion: the shards (Arrow IPC streams for the modality configs, Parquet for ``default``) load with plain
+``datasets`` and equal the builder's examples; the conversion resumes after a kill with byte-identical output,
+runs the same in a process pool and on Dask, and ``verify`` catches tampering."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 import pytest
 from datasets import load_dataset
 from PIL import Image
@@ -24,11 +24,17 @@ from reference import assert_example_equal, split_files
 from ssl4eos12 import cli
 from ssl4eos12.constants import MODALITIES
 from ssl4eos12.publish import MANIFEST_FILE, RECORDS_DIR, convert, plan, read_manifest, shard_sizes, verify
+from ssl4eos12.publish.formats import RECORD_BATCH_BYTES, iter_tables
 from ssl4eos12.synth import synthesize
 
 SPLITS = ("train", "validation")
 CONFIGS = ("S1GRD", "S2L1C", "S2L2A", "S2RGB", "default")
 MiB = 1024 * 1024
+
+
+def shard_paths(root: Path) -> list[Path]:
+    """Every shard: Arrow IPC streams, and (none expected) Parquet files."""
+    return sorted([*root.glob("*/*.arrow"), *root.glob("*/*.parquet")])
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -45,29 +51,29 @@ def test_shard_plan_keeps_whole_files_in_split_order(data_dir):
             assert [t.index for t in shards] == list(range(len(shards)))
             assert all(t.num_shards == len(shards) for t in shards)
             assert [f for t in shards for f in t.files] == split_files(data_dir, split)
-            assert shards[0].path == f"{config}/{split}-00000-of-{len(shards):05d}.parquet"
+            assert shards[0].path == f"{config}/{split}-00000-of-{len(shards):05d}.arrow"
     # S2L1C files (~84 kB here) fill a 100 kB shard alone; S2RGB's seven times smaller ones share one
     assert len([t for t in tasks if (t.config, t.split) == ("S2L1C", "train")]) == 2
     assert len([t for t in tasks if (t.config, t.split) == ("S2RGB", "train")]) == 1
 
 
-def test_full_size_plan_and_row_groups():
-    """At 64 samples x 264 px: one file per S2L1C shard, 7 per S1GRD shard, row groups of <= 50 MB."""
+def test_full_size_plan_and_batches():
+    """At 64 samples x 264 px: one file per S2L1C shard, 7 per S1GRD shard; record batches of <= 32 MB."""
     s2l1c_example = 4 * 13 * 264 * 264 * 2 + 4 * 264 * 264
-    assert shard_sizes(s2l1c_example, 64) == (1, 6)
-    assert shard_sizes(4 * 2 * 264 * 264 * 2, 64) == (7, 44)
+    assert shard_sizes(s2l1c_example, 64) == (1, 4)
+    assert shard_sizes(4 * 2 * 264 * 264 * 2, 64) == (7, 28)
 
 
-def test_full_size_s2l1c_row_groups_stay_small(tmp_path):
-    data = synthesize(tmp_path / "data", splits=("validation",), files=1, samples=16, size=264,
+def test_full_size_s2l1c_record_batches_stay_small(tmp_path):
+    data = synthesize(tmp_path / "data", splits=("validation",), files=1, samples=10, size=264,
                       modalities=("S2L1C",))
     convert(data, tmp_path / "out", workers=1)
-    metadata = pq.ParquetFile(tmp_path / "out" / "S2L1C" / "validation-00000-of-00001.parquet").metadata
-    assert metadata.num_rows == 16
-    sizes = [metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)]
-    assert metadata.num_row_groups == 3 and max(sizes) <= 50_000_000 < 286 * MiB, sizes  # 6 + 6 + 4 rows
-    codecs = {metadata.row_group(0).column(i).compression for i in range(metadata.num_columns)}
-    assert codecs == {"ZSTD"}
+    path = tmp_path / "out" / "S2L1C" / "validation-00000-of-00001.arrow"
+    with pa.memory_map(str(path)) as source:
+        batches = list(pa.ipc.open_stream(source))
+    assert [b.num_rows for b in batches] == [4, 4, 2]
+    assert max(b.nbytes for b in batches) <= RECORD_BATCH_BYTES < 32 * MiB
+    assert path.stat().st_size >= sum(b.nbytes for b in batches)  # buffers stored uncompressed
 
 
 @pytest.mark.parametrize("config", ["S1GRD", "S2L1C", "S2L2A", "S2RGB"])
@@ -121,23 +127,24 @@ def test_configs_are_row_aligned(converted_dir):
         assert all(s == samples["S2L1C"] for s in samples.values())
 
 
-def test_parquet_carries_the_features(converted_dir):
-    schema = pq.read_schema(converted_dir / "S2L2A" / "train-00000-of-00002.parquet")
+def test_shards_carry_the_features(converted_dir):
+    with pa.memory_map(str(converted_dir / "S2L2A" / "train-00000-of-00002.arrow")) as source:
+        schema = pa.ipc.open_stream(source).schema  # an IPC stream, as datasets' "arrow" module reads first
     features = datasets.Features.from_arrow_schema(schema)
     assert features["S2L2A"] == datasets.Array4D(shape=(4, 12, 16, 16), dtype="int16")
     assert features["S2L2A_time"] == datasets.List(datasets.Value("timestamp[ns]"), length=4)
     assert b"huggingface" in schema.metadata
-    thumbnail = pq.ParquetFile(converted_dir / "default" / "train-00000-of-00001.parquet").metadata
-    assert thumbnail.row_group(0).column(0).compression == "UNCOMPRESSED"  # PNG bytes: compressed already
+    with pa.memory_map(str(converted_dir / "default" / "train-00000-of-00001.arrow")) as source:
+        assert datasets.Features.from_arrow_schema(pa.ipc.open_stream(source).schema)["thumbnail"] == datasets.Image()
 
 
 def test_manifest_records_every_shard(converted_dir, data_dir):
     manifest = read_manifest(converted_dir)
     shards = {record["path"]: record for record in manifest["shards"]}
-    assert set(shards) == {p.relative_to(converted_dir).as_posix() for p in converted_dir.glob("*/*.parquet")}
+    assert set(shards) == {p.relative_to(converted_dir).as_posix() for p in shard_paths(converted_dir)}
     for path, record in shards.items():
-        metadata = pq.ParquetFile(converted_dir / path).metadata
-        assert record["rows"] == metadata.num_rows == 3 * len(record["files"])
+        rows = sum(table.num_rows for table in iter_tables(converted_dir / path))
+        assert record["rows"] == rows == 3 * len(record["files"])
         assert record["size"] == (converted_dir / path).stat().st_size
         assert len(record["sha256"]) == 64
     for config, info in manifest["configs"].items():
@@ -147,28 +154,32 @@ def test_manifest_records_every_shard(converted_dir, data_dir):
 def test_rerun_skips_finished_shards(converted_dir, data_dir, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(converted_dir, out)
-    before = {p: p.stat().st_mtime_ns for p in out.glob("*/*.parquet")}
+    before = {p: p.stat().st_mtime_ns for p in shard_paths(out)}
     convert(data_dir, out, workers=1, max_shard_size=SMALL_SHARD_SIZE)
-    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*.parquet")} == before
+    assert {p: p.stat().st_mtime_ns for p in shard_paths(out)} == before
+    assert tree_bytes(out) == tree_bytes(converted_dir)
+    # a Parquet shard of an older version: removed, so datasets never sees two formats in one repository
+    (out / "S2L2A" / "train-00000-of-00002.parquet").write_bytes(b"PAR1 old")
+    convert(data_dir, out, workers=1, max_shard_size=SMALL_SHARD_SIZE)
     assert tree_bytes(out) == tree_bytes(converted_dir)
 
 
 KILLED_CONVERSION = """
 import os, signal, sys
-import pyarrow.parquet as pq
+import pyarrow as pa
 from ssl4eos12.publish import convert
 
 calls = 0
-write_table = pq.ParquetWriter.write_table
+write_table = pa.ipc.RecordBatchStreamWriter.write_table
 
 def write_table_then_die(self, *args, **kwargs):
     global calls
     calls += 1
-    if calls == 3:  # the third row group: two shards are finished, the third one half-written
+    if calls == 3:  # the third record batch: two shards are finished, the third one half-written
         os.kill(os.getpid(), signal.SIGKILL)
     return write_table(self, *args, **kwargs)
 
-pq.ParquetWriter.write_table = write_table_then_die
+pa.ipc.RecordBatchStreamWriter.write_table = write_table_then_die
 convert(sys.argv[1], sys.argv[2], workers=1, max_shard_size=int(sys.argv[3]))
 """
 
@@ -178,9 +189,9 @@ def test_killed_conversion_resumes_byte_identical(converted_dir, data_dir, tmp_p
     killed = subprocess.run([sys.executable, "-c", KILLED_CONVERSION, str(data_dir), str(out), str(SMALL_SHARD_SIZE)],
                             capture_output=True, text=True, timeout=120)
     assert killed.returncode == -9, killed.stderr
-    finished = sorted(out.glob("*/*.parquet"))
+    finished = shard_paths(out)
     assert [p.relative_to(out).as_posix() for p in finished] == [
-        "S2L1C/train-00000-of-00002.parquet", "S2L1C/train-00001-of-00002.parquet"]
+        "S2L1C/train-00000-of-00002.arrow", "S2L1C/train-00001-of-00002.arrow"]
     assert list(out.glob("*/.*.partial")), "the shard being written is left under a hidden temporary name"
     assert not (out / "README.md").exists()
     before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished}
@@ -207,39 +218,48 @@ def test_parallel_runs_are_byte_identical(converted_dir, data_dir, tmp_path, run
 
 
 def test_verify_passes_then_catches_tampering(converted_dir, data_dir, tmp_path):
+    from ssl4eos12.publish.manifest import file_sha256
+
     out = tmp_path / "out"
     shutil.copytree(converted_dir, out)
     assert verify(out, data_dir, workers=1) == []
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    records = {record["path"]: record for record in manifest["shards"]}
 
     # a flipped byte: the checksum no longer matches
-    flipped = out / "S2L2A" / "train-00001-of-00002.parquet"
+    flipped = out / "S2L2A" / "train-00001-of-00002.arrow"
     data = bytearray(flipped.read_bytes())
     data[len(data) // 2] ^= 0xFF
     flipped.write_bytes(bytes(data))
+    # a flipped byte in the bands of an Arrow stream whose manifest entry is updated: the values tell
+    bands = out / "S2L1C" / "validation-00000-of-00002.arrow"
+    data = bytearray(bands.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    bands.write_bytes(bytes(data))
+    records["S2L1C/validation-00000-of-00002.arrow"].update(sha256=file_sha256(bands))
     # a consistent forgery: a valid shard, its manifest entry updated, one value changed
-    forged = out / "S1GRD" / "validation-00000-of-00001.parquet"
-    table = pq.read_table(forged)
+    forged = out / "S1GRD" / "validation-00000-of-00001.arrow"
+    table = pa.Table.from_batches(list(pa.ipc.open_stream(forged.read_bytes())))
     lat = table.column("center_lat").to_pylist()
     table = table.set_column(table.schema.get_field_index("center_lat"), "center_lat",
                              [[lat[0] + 1.0, *lat[1:]]])
-    pq.write_table(table, forged)
-    manifest = json.loads((out / MANIFEST_FILE).read_text())
-    from ssl4eos12.publish.manifest import file_sha256
-
-    for record in manifest["shards"]:
-        if record["path"] == "S1GRD/validation-00000-of-00001.parquet":
-            record.update(sha256=file_sha256(forged), size=forged.stat().st_size)
+    with pa.ipc.new_stream(str(forged), table.schema) as writer:
+        writer.write_table(table)
+    records["S1GRD/validation-00000-of-00001.arrow"].update(sha256=file_sha256(forged), size=forged.stat().st_size)
     (out / MANIFEST_FILE).write_text(json.dumps(manifest))
     # a missing shard and a stray one
-    (out / "S2RGB" / "train-00000-of-00001.parquet").rename(out / "S2RGB" / "train-00000-of-00009.parquet")
+    (out / "S2RGB" / "train-00000-of-00001.arrow").rename(out / "S2RGB" / "train-00000-of-00009.arrow")
 
     problems = verify(out, data_dir, workers=1)
     text = "\n".join(problems)
-    assert "S2L2A/train-00001-of-00002.parquet: sha256 differs from the manifest" in text
-    assert "S1GRD/validation-00000-of-00001.parquet: row 0 (0000006), center_lat differs from the source" in text
-    assert "S1GRD/validation-00000-of-00001.parquet: sha256" not in text
-    assert "S2RGB/train-00000-of-00001.parquet: missing" in text
-    assert "S2RGB/train-00000-of-00009.parquet: not in the manifest" in text
+    assert "S2L2A/train-00001-of-00002.arrow: sha256 differs from the manifest" in text
+    assert "S2L1C/validation-00000-of-00002.arrow: sha256" not in text
+    assert [p for p in problems if p.startswith("S2L1C/")] and \
+        all("S2L1C differs from the source" in p for p in problems if p.startswith("S2L1C/")), problems
+    assert "S1GRD/validation-00000-of-00001.arrow: row 0 (0000006), center_lat differs from the source" in text
+    assert "S1GRD/validation-00000-of-00001.arrow: sha256" not in text
+    assert "S2RGB/train-00000-of-00001.arrow: missing" in text
+    assert "S2RGB/train-00000-of-00009.arrow: not in the manifest" in text
     assert all(p.split(":")[0].count("/") == 1 for p in problems), problems  # every problem names its shard
 
 
@@ -247,15 +267,15 @@ def test_cli_convert_and_verify(data_dir, tmp_path, capsys):
     out = tmp_path / "out"
     cli.main(["convert", str(data_dir), str(out), "--configs", "S2RGB", "default", "--splits", "validation",
               "--workers", "1"])
-    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.parquet")) == [
-        "S2RGB/validation-00000-of-00001.parquet", "default/validation-00000-of-00001.parquet"]
+    assert sorted(p.relative_to(out).as_posix() for p in shard_paths(out)) == [
+        "S2RGB/validation-00000-of-00001.arrow", "default/validation-00000-of-00001.arrow"]
     assert sorted(p.name for p in (out / RECORDS_DIR).rglob("*.json")) == ["validation-00000-of-00001.json"] * 2
     cli.main(["verify", str(out), str(data_dir)])
     assert "all shards match their sources" in capsys.readouterr().out
-    (out / "S2RGB" / "validation-00000-of-00001.parquet").write_bytes(b"PAR1 broken")
+    (out / "S2RGB" / "validation-00000-of-00001.arrow").write_bytes(b"\xff\xff\xff\xff broken")
     with pytest.raises(SystemExit, match="problem"):
         cli.main(["verify", str(out), str(data_dir)])
-    assert "S2RGB/validation-00000-of-00001.parquet" in capsys.readouterr().err
+    assert "S2RGB/validation-00000-of-00001.arrow: not a readable arrow file" in capsys.readouterr().err
 
 
 def test_missing_modality_is_a_clear_error(tmp_path):

@@ -5,6 +5,7 @@ the token, branches and pull requests work, and an interrupted push resumes with
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import shutil
 from pathlib import Path
@@ -34,13 +35,13 @@ def hub(tmp_path):
 @pytest.fixture
 def folder(converted_dir, tmp_path):
     """A copy of the converted folder (push renders the card for the repository into it)."""
-    out = tmp_path / "parquet"
+    out = tmp_path / "published"
     shutil.copytree(converted_dir, out)
     return out
 
 
 def published(folder: Path) -> dict[str, bytes]:
-    shards = [p.relative_to(folder).as_posix() for p in folder.glob("*/*.parquet")]
+    shards = [p.relative_to(folder).as_posix() for p in folder.glob("*/*.arrow")]
     paths = ["README.md", ".ssl4eos12/manifest.json", *shards]
     return {path: (folder / path).read_bytes() for path in paths}
 
@@ -56,12 +57,14 @@ def test_push_lands_every_file_and_streams_back(hub, folder, data_dir):
     expected = published(folder)
     assert {path: files[path] for path in expected} == expected
     assert set(files) == set(expected) | {".gitattributes"}  # not the local per-shard records
-    assert hub.lfs_files(REPO) == {p for p in expected if p.endswith(".parquet")}
+    assert hub.lfs_files(REPO) == {p for p in expected if p.endswith(".arrow")}
     assert f'load_dataset("{REPO}", "S2L2A"' in files["README.md"].decode()
     DatasetCard(files["README.md"].decode()).validate(repo_type="dataset")
 
-    for config, split in (("S2L2A", "train"), ("S2L2A", "validation"), ("S1GRD", "validation")):
-        streamed = load_dataset(REPO, config, split=split, streaming=True)
+    for config, split in itertools.product(("S1GRD", "S2L1C", "S2L2A", "S2RGB"), ("train", "validation")):
+        streamed = load_dataset(REPO, config, split=split, streaming=True)  # plain datasets: its "arrow" module
+        assert streamed.features == load_dataset("ssl4eos12", config, data_dir=str(data_dir), split=split,
+                                                 streaming=True).features  # ArrayXD types and dtypes
         expected_rows = builder_rows(data_dir, config, split)
         rows = arrow_rows(streamed)
         assert len(rows) == len(expected_rows) == 6
@@ -103,16 +106,16 @@ def test_not_a_converted_folder(hub, tmp_path):
 def test_private_repo(hub, folder):
     push(folder, "org/private", private=True)
     assert HfApi().repo_info("org/private", repo_type="dataset").private is True
-    assert "S2L2A/train-00000-of-00002.parquet" in hub.files("org/private")
+    assert "S2L2A/train-00000-of-00002.arrow" in hub.files("org/private")
 
 
 def test_revision_creates_a_branch(hub, folder):
-    push(folder, REPO, revision="parquet-v1")
-    assert set(hub.refs(REPO)) == {"main", "parquet-v1"}
-    assert "S2L2A/train-00000-of-00002.parquet" in hub.files(REPO, revision="parquet-v1")
+    push(folder, REPO, revision="arrow-v2")
+    assert set(hub.refs(REPO)) == {"main", "arrow-v2"}
+    assert "S2L2A/train-00000-of-00002.arrow" in hub.files(REPO, revision="arrow-v2")
     assert set(hub.files(REPO)) == {".gitattributes"}
-    push(folder, REPO, revision="parquet-v1")  # the branch exists now: pushed to again
-    rows = load_dataset(REPO, "S2RGB", split="train", streaming=True, revision="parquet-v1")
+    push(folder, REPO, revision="arrow-v2")  # the branch exists now: pushed to again
+    rows = load_dataset(REPO, "S2RGB", split="train", streaming=True, revision="arrow-v2")
     assert len(list(rows)) == 6
 
 
@@ -146,23 +149,24 @@ def test_interrupted_push_uploads_only_what_is_missing(hub, folder, monkeypatch)
     assert isinstance(err.value.__cause__, Interrupted)
     assert set(hub.files(REPO)) == {".gitattributes"}  # nothing committed
     first_run = lfs_puts(hub)
-    assert 1 <= len(first_run) < len(list(folder.glob("*/*.parquet")))
+    assert 1 <= len(first_run) < len(list(folder.glob("*/*.arrow")))
 
     monkeypatch.setattr(huggingface_hub._commit_api, "lfs_upload", upload)
     push(folder, REPO)
     second_run = lfs_puts(hub)[len(first_run):]
     assert not set(first_run) & set(second_run), "objects uploaded before the interruption were uploaded again"
     assert sorted(first_run + second_run) == sorted(set(first_run + second_run))
-    assert len(first_run + second_run) == len(list(folder.glob("*/*.parquet")))
+    assert len(first_run + second_run) == len(list(folder.glob("*/*.arrow")))
     expected = published(folder)
     assert {path: hub.files(REPO)[path] for path in expected} == expected
 
 
 def test_push_removes_shards_of_an_older_plan(hub, folder, data_dir):
-    hub.seed(REPO, files={"S2L2A/train-00000-of-00009.parquet": b"PAR1 stale", "notes.txt": b"keep me"})
+    stale = {"S2L2A/train-00000-of-00009.arrow": b"stale", "S2L2A/train-00000-of-00002.parquet": b"PAR1 old format"}
+    hub.seed(REPO, files={**stale, "notes.txt": b"keep me"})
     push(folder, REPO)
     files = hub.files(REPO)
-    assert "S2L2A/train-00000-of-00009.parquet" not in files and files["notes.txt"] == b"keep me"
+    assert not set(stale) & set(files) and files["notes.txt"] == b"keep me"
 
 
 def load_script():
@@ -177,7 +181,7 @@ def test_script_local_dir_then_push(hub, data_dir, tmp_path, capsys):
     local = tmp_path / "local"
     script.main([str(data_dir), "--repo-id", REPO, "--local-dir", str(local), "--workers", "1",
                  "--configs", "S2RGB", "default"])
-    assert (local / "S2RGB" / "train-00000-of-00001.parquet").is_file()
+    assert (local / "S2RGB" / "train-00000-of-00001.arrow").is_file()
     assert f'load_dataset("{REPO}"' in (local / "README.md").read_text()
     assert not [r for r in hub.requests if r.path.startswith("/api/")], "--local-dir must not upload"
     assert "ssl4eos12 push" in capsys.readouterr().out
@@ -185,6 +189,6 @@ def test_script_local_dir_then_push(hub, data_dir, tmp_path, capsys):
     script.main([str(data_dir), "--repo-id", REPO, "--work-dir", str(tmp_path / "work"), "--workers", "1",
                  "--configs", "S2RGB", "default"])
     files = hub.files(REPO)
-    assert {"README.md", "S2RGB/validation-00000-of-00001.parquet", "default/train-00000-of-00001.parquet"} <= set(
+    assert {"README.md", "S2RGB/validation-00000-of-00001.arrow", "default/train-00000-of-00001.arrow"} <= set(
         files)
     assert "pushed to" in capsys.readouterr().out

@@ -1,7 +1,7 @@
-"""Publishing: Parquet shards, their manifest and verification, the dataset card, and the push to the Hub.
+"""Publishing: Arrow shards, their manifest and verification, the dataset card, and the push to the Hub.
 
-The modules depend on one another in one direction only: ``manifest`` <- ``plan`` <- ``shards`` <- ``verify``;
-``card`` reads the manifest, ``hub`` uploads the folder.
+The modules depend on one another in one direction only: ``formats``, ``manifest`` <- ``plan`` <- ``shards`` <-
+``verify``; ``card`` reads the manifest, ``hub`` uploads the folder.
 """
 
 from .manifest import MANIFEST_FILE, RECORDS_DIR, read_manifest, write_manifest

@@ -1,7 +1,7 @@
 """Publish a converted folder (see :mod:`.shards`) to the Hugging Face Hub with ``huggingface_hub``.
 
 ``push`` creates the dataset repository if needed, renders the card for it (so its examples name the
-repository) and uploads ``README.md``, the Parquet shards and the manifest with ``HfApi.upload_folder`` in
+repository) and uploads ``README.md``, the Arrow shards and the manifest with ``HfApi.upload_folder`` in
 one call. Why ``upload_folder``: it supports ``revision`` and ``create_pr``, and it resumes. With ``hf_xet``
 installed it uploads through Xet, in several commits for large folders, and a rerun skips committed files and
 deduplicates uploaded data; without Xet it makes a single commit whose LFS objects the Hub's batch API
@@ -25,12 +25,16 @@ from huggingface_hub import CommitInfo, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
+from .formats import EXTENSION, OLD_EXTENSIONS
 from .manifest import MANIFEST_FILE
 
 logger = logging.getLogger(__name__)
 
 #: What a converted folder publishes: the card, the shards and the manifest (not the per-shard records).
-UPLOAD_PATTERNS = ["README.md", "*.parquet", MANIFEST_FILE]
+UPLOAD_PATTERNS = ["README.md", f"*{EXTENSION}", MANIFEST_FILE]
+#: Shards on the Hub that the folder does not have are deleted: those of an older shard plan, and the Parquet
+#: shards of older versions of this package (``datasets`` loads one format per repository).
+SHARD_PATTERNS = [f"*{ext}" for ext in (EXTENSION, *OLD_EXTENSIONS)]
 
 
 class HubPushError(RuntimeError):
@@ -67,8 +71,8 @@ def push(out_dir, repo_id: str, private: bool = False, revision: Optional[str] =
         write_card(out, repo_id=repo_id)  # only now: a push refused above leaves the folder as it was
         commit = api.upload_folder(
             repo_id=url.repo_id, repo_type="dataset", folder_path=out, allow_patterns=UPLOAD_PATTERNS,
-            delete_patterns=["*.parquet"], revision=revision, create_pr=create_pr,
-            commit_message="Upload SSL4EO-S12 v1.1 Parquet shards and dataset card",
+            delete_patterns=SHARD_PATTERNS, revision=revision, create_pr=create_pr,
+            commit_message="Upload SSL4EO-S12 v1.1 shards and dataset card",
         )
     logger.info(f"pushed {out} to {commit.pr_url or commit.commit_url}")
     return commit

@@ -19,7 +19,7 @@ MANIFEST_DIR = ".ssl4eos12"
 MANIFEST_FILE = f"{MANIFEST_DIR}/manifest.json"
 RECORDS_DIR = f"{MANIFEST_DIR}/shards"
 #: Bumped whenever the bytes written for the same input change: finished shards of older versions are redone.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def samples_digest(samples: list[str]) -> str:

@@ -10,9 +10,9 @@ Shard plan: a shard holds whole source files. Before anything is read, each (con
 ``files_per_shard = max(1, MAX_SHARD_SIZE // (samples per file * uncompressed bytes per example))`` with
 ``datasets.config.MAX_SHARD_SIZE`` (500 MB, what ``Dataset.push_to_hub`` uses) and the samples per file of the
 first file. At full size that is one file per S2L1C/S2L2A shard (464/428 MB), seven per S1GRD/S2RGB shard
-and ~37 per ``default`` shard; zstd then brings the files to a few hundred MB. Row groups hold at most
-50 MB of uncompressed data (:data:`ROW_GROUP_BYTES`) and never span two source files, far below the dataset
-viewer's 286 MiB limit; a task keeps one decoded source file per modality, and one row group, in memory.
+and ~37 per ``default`` shard. Record batches hold at most 32 MB of uncompressed data
+(:data:`~.formats.RECORD_BATCH_BYTES`) and never span two source files; a task keeps one decoded source file per
+modality, and one record batch, in memory.
 
 Parallel: tasks are (config, split, shard); they run in a local process pool (spawned, ``workers``) or, with
 ``scheduler``, on a Dask distributed cluster whose workers see ``DATA_DIR`` and ``OUT_DIR`` at the same paths.
@@ -42,6 +42,7 @@ from ..constants import MODALITIES, SPLIT_FOLDERS
 from ..errors import SSL4EOS12DataError, SSL4EOS12FileError
 from ..schema import SHARED_FEATURES, TIMESTAMP, example_features
 from ..sources import Layout, Source, normalize_root, open_source
+from .formats import EXTENSION, RECORD_BATCH_BYTES
 from .manifest import FORMAT_VERSION, RECORDS_DIR
 
 logger = logging.getLogger(__name__)
@@ -50,11 +51,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONFIG = "default"
 #: Modalities that can provide the thumbnails, in order of preference.
 THUMBNAIL_SOURCES = ("S2RGB", "S2L2A", "S2L1C")
-#: Uncompressed bytes per row group: half of ``datasets.config.MAX_ROW_GROUP_SIZE`` (100 MB). Encoding a row group
-#: of nested int16 arrays takes a few times its size (levels, dictionary indices, pages); at 50 MB a worker's
-#: peak memory stays that of reading one S2L1C file (measured: ~1.0 GB, against ~1.4 GB at 100 MB), and the
-#: viewer and streaming readers fetch less per row group. Same file sizes.
-ROW_GROUP_BYTES = 50_000_000
 #: Estimated bytes of one string value, for the shard plan only.
 _STRING_BYTES = 40
 
@@ -74,13 +70,18 @@ class ShardTask:
     rows_per_group: int = 1
 
     @property
+    def stem(self) -> str:
+        """``{config}/{split}-NNNNN-of-MMMMM``: the shard's path without its extension."""
+        return f"{self.config}/{self.split}-{self.index:05d}-of-{self.num_shards:05d}"
+
+    @property
     def path(self) -> str:
         """Path of the shard relative to the output folder."""
-        return f"{self.config}/{self.split}-{self.index:05d}-of-{self.num_shards:05d}.parquet"
+        return self.stem + EXTENSION
 
     @property
     def record_path(self) -> str:
-        return f"{RECORDS_DIR}/{self.path.removesuffix('.parquet')}.json"
+        return f"{RECORDS_DIR}/{self.stem}.json"
 
     @property
     def split_folder(self) -> str:
@@ -193,10 +194,10 @@ def _config_modalities(config: str, probes: dict) -> tuple[list[str], Optional[s
 
 
 def shard_sizes(example_bytes: int, samples_per_file: int, max_shard_size: int | str | None = None) -> tuple[int, int]:
-    """Files per shard and rows per row group, for examples of ``example_bytes`` uncompressed bytes."""
+    """Files per shard and rows per record batch, for examples of ``example_bytes`` uncompressed bytes."""
     max_shard_size = convert_file_size_to_int(max_shard_size or datasets.config.MAX_SHARD_SIZE)
     files_per_shard = max(1, max_shard_size // max(1, samples_per_file * example_bytes))
-    return files_per_shard, max(1, ROW_GROUP_BYTES // example_bytes)
+    return files_per_shard, max(1, RECORD_BATCH_BYTES // example_bytes)
 
 
 def _probe(source: Source, split_folder: str, shards: list[str], modality: str,

@@ -1,9 +1,9 @@
-"""Convert SSL4EO-S12 v1.1 to Parquet shards that ``datasets`` loads with no custom code.
+"""Convert SSL4EO-S12 v1.1 to Arrow shards that ``datasets`` loads with no custom code.
 
 The output folder is exactly the Hub repository::
 
     OUT_DIR/README.md                                   the dataset card (see :mod:`.card`)
-    OUT_DIR/{config}/{split}-NNNNN-of-MMMMM.parquet     the shards
+    OUT_DIR/{config}/{split}-NNNNN-of-MMMMM.arrow       the shards: Arrow IPC streams (why: see :mod:`.formats`)
     OUT_DIR/.ssl4eos12/manifest.json                    what every shard holds (rows, samples, sha256, statistics)
     OUT_DIR/.ssl4eos12/shards/{config}/{split}-NNNNN-of-MMMMM.json   one record per finished shard (local only)
 
@@ -22,29 +22,26 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import math
 import os
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
 from typing import Optional
 
-import datasets
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from datasets.arrow_writer import get_parquet_column_options
 
 from ..constants import CLOUD_CLASSES
 from ..errors import SSL4EOS12BadFileWarning, SSL4EOS12FileError
 from ..index import cloud_fraction
 from ..schema import location_examples, modality_fields
 from ..sources import ON_BAD_FILE_CHOICES, Block, ModalityFile
-from .manifest import (
-    MANIFEST_DIR, RECORDS_DIR, alignment_problems, file_sha256, fsync, samples_digest, write_json_atomic,
-    write_manifest,
-)
+from .formats import EXTENSION, OLD_EXTENSIONS, ShardWriter
+from .manifest import MANIFEST_DIR, RECORDS_DIR, alignment_problems, samples_digest, write_json_atomic, write_manifest
 from .plan import DEFAULT_CONFIG, ShardTask, is_done, plan, run_tasks
 
 logger = logging.getLogger(__name__)
@@ -52,7 +49,6 @@ logger = logging.getLogger(__name__)
 THUMBNAIL_BANDS = ("B04", "B03", "B02")
 #: Percentiles of a thumbnail's values mapped to black and white.
 THUMBNAIL_STRETCH = (2.0, 98.0)
-_ZSTD_LEVEL = 3
 
 
 def task_batches(task: ShardTask, name: str, stats: dict) -> Iterator[dict]:
@@ -63,8 +59,11 @@ def task_batches(task: ShardTask, name: str, stats: dict) -> Iterator[dict]:
             yield {field: [example[field] for example in batch] for field in batch[0]}
         return
     for block in task.source().blocks(task.split_folder, name, task.layouts):
-        _add_statistics(stats, block.reference)
-        yield from modality_batches(block.file, block.reference, task.rows_per_group)
+        # the statistics on a helper thread (numpy releases the GIL) while the batches are copied and written
+        with ThreadPoolExecutor(1, thread_name_prefix="ssl4eos12-statistics") as pool:
+            statistics = pool.submit(_add_statistics, stats, block.reference)
+            yield from modality_batches(block.file, block.reference, task.rows_per_group)
+            statistics.result()
         del block  # before the next block is read
 
 
@@ -144,27 +143,47 @@ def thumbnail_png(rgb: np.ndarray) -> bytes:
     scaled = (values - low) * (255.0 / max(float(high - low), 1e-6))
     pixels = np.nan_to_num(np.clip(scaled, 0, 255), nan=0).round().astype(np.uint8)
     buffer = BytesIO()
-    Image.fromarray(np.moveaxis(pixels, 0, -1)).save(buffer, format="PNG", compress_level=6)
+    # level 1: twice as fast to encode as level 6, ~13% larger (measured on the generated 264 px patches)
+    Image.fromarray(np.moveaxis(pixels, 0, -1)).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
+#: Values per block of the statistics: small enough for the cache, and float64 sums of squares of 16-bit integers
+#: over a block stay exact integers (< 2**53).
+_STATISTICS_BLOCK = 1 << 20
+
+
 def _add_statistics(stats: dict, part: ModalityFile) -> None:
-    """Add one file to per-band sums (exact integers for integer bands), cloud and no-data pixel counts."""
+    """Add one file to per-band sums (exact integers for integer bands), cloud and no-data pixel counts.
+
+    Block by block in float64 (int64 for integers wider than 16 bits): ~3x faster than whole-band int64
+    temporaries, and still exact for the S2 bands.
+    """
     bands = part.variables["bands"]
-    per_band = stats.setdefault("bands", [{"count": 0, "sum": 0, "sum_sq": 0} for _ in range(bands.shape[2])])
-    for b, entry in enumerate(per_band):
-        values = bands[:, :, b]
-        if values.dtype.kind in "iu":
-            entry["count"] += values.size
-            entry["sum"] += int(values.sum(dtype=np.int64))
-            entry["sum_sq"] += int(np.square(values, dtype=np.int64).sum())
-        else:
-            values = values.astype(np.float64)
-            valid = int(np.count_nonzero(~np.isnan(values)))
-            entry["count"] += valid
-            entry["sum"] += float(np.nansum(values))
-            entry["sum_sq"] += float(np.nansum(np.square(values)))
-            entry["nan"] = entry.get("nan", 0) + values.size - valid
+    samples, times, num_bands = bands.shape[:3]
+    pixels = math.prod(bands.shape[3:])
+    per_band = stats.setdefault("bands", [{"count": 0, "sum": 0, "sum_sq": 0} for _ in range(num_bands)])
+    integer = bands.dtype.kind in "iu"
+    dtype = np.float64 if not integer or bands.dtype.itemsize <= 2 else np.int64
+    step = max(1, _STATISTICS_BLOCK // (num_bands * pixels))
+    for t in range(times):  # one timestamp at a time: contiguous in the time-major arrays the sources decode
+        for start in range(0, samples, step):
+            block = bands[start:start + step, t].astype(dtype).reshape(-1, num_bands, pixels)
+            if integer:
+                sums, squares = block.sum(axis=(0, 2)), np.einsum("sbp,sbp->b", block, block)
+                for entry, total, total_sq in zip(per_band, sums, squares):
+                    entry["count"] += block.shape[0] * pixels
+                    entry["sum"] += int(total)
+                    entry["sum_sq"] += int(total_sq)
+                continue
+            valid = ~np.isnan(block)
+            counts = np.count_nonzero(valid, axis=(0, 2))
+            sums, squares = np.nansum(block, axis=(0, 2)), np.nansum(np.square(block), axis=(0, 2))
+            for entry, count, total, total_sq in zip(per_band, counts, sums, squares):
+                entry["count"] += int(count)
+                entry["sum"] += float(total)
+                entry["sum_sq"] += float(total_sq)
+                entry["nan"] = entry.get("nan", 0) + block.shape[0] * pixels - int(count)
     if part.layout.has_cloud_mask:
         mask = part.variables["cloud_mask"]
         stats["cloud_pixels"] = stats.get("cloud_pixels", 0) + int(np.count_nonzero(np.isin(mask, CLOUD_CLASSES)))
@@ -200,19 +219,6 @@ def _batches(iterable: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def writer_options(features: datasets.Features, schema: pa.Schema) -> dict:
-    """``pq.ParquetWriter`` options: ``datasets``' per-column choices (and content-defined chunking), zstd.
-
-    Fixed settings, no timestamps: the same table always gives the same bytes.
-    """
-    options = get_parquet_column_options(features, schema)
-    # datasets picks snappy; zstd is much smaller for imagery. Embedded files (PNG) stay uncompressed.
-    compression = {leaf: "zstd" if codec == "snappy" else codec for leaf, codec in options["compression"].items()}
-    levels = {leaf: _ZSTD_LEVEL for leaf, codec in compression.items() if codec == "zstd"}
-    return dict(options, compression=compression, compression_level=levels, write_page_index=True,
-                use_content_defined_chunking=datasets.config.DEFAULT_CDC_OPTIONS)
-
-
 def convert_shard(task: ShardTask, out_dir: str, on_bad_file: str = "error", _skip: Optional[dict] = None) -> dict:
     """Write one shard (to a temporary name, renamed when complete) and its record; return the record.
 
@@ -228,7 +234,7 @@ def convert_shard(task: ShardTask, out_dir: str, on_bad_file: str = "error", _sk
     stats: dict = {}
     files, rows, num_bytes, skipped = [], 0, 0, []
     try:
-        with pq.ParquetWriter(partial, schema, **writer_options(features, schema)) as writer:
+        with ShardWriter(partial, features) as writer:  # hashed while written, fsync-ed when closed
             for name in task.files:
                 samples = []
                 try:
@@ -237,10 +243,10 @@ def convert_shard(task: ShardTask, out_dir: str, on_bad_file: str = "error", _sk
                     for batch in task_batches(task, name, stats):
                         table = pa.Table.from_arrays([arrow_column(batch[f.name], f.type) for f in schema],
                                                      schema=schema)
-                        writer.write_table(table)  # one row group per batch
+                        writer.write_table(table)  # one record batch per batch
                         num_bytes += table.nbytes
                         samples += batch["sample"]
-                        del batch, table  # before the next batch is cut: one in memory at a time
+                        del batch, table  # before the next batch is cut (the writer holds <= 64 MB of earlier ones)
                 except SSL4EOS12FileError as err:
                     if on_bad_file != "skip":
                         raise
@@ -251,10 +257,9 @@ def convert_shard(task: ShardTask, out_dir: str, on_bad_file: str = "error", _sk
                     continue
                 rows += len(samples)
                 files.append({"name": name, "rows": len(samples), "samples_sha256": samples_digest(samples)})
-        digest = file_sha256(partial)
+        digest = writer.sha256
         size = partial.stat().st_size
-        fsync(partial)  # on disk before it becomes visible: a crash never leaves a renamed, empty shard
-        os.replace(partial, final)
+        os.replace(partial, final)  # on disk already: a crash never leaves a renamed, empty shard
     finally:
         partial.unlink(missing_ok=True)
     record = {
@@ -270,22 +275,26 @@ def convert_shard(task: ShardTask, out_dir: str, on_bad_file: str = "error", _sk
 
 def _clean(out: Path, tasks: list[ShardTask]) -> None:
     """Remove half-written files, and the shards (and records) of an older plan of the (config, split)s redone."""
-    planned = {task.path for task in tasks}
+    planned = {task.stem: task.path for task in tasks}
     for partial in [*out.glob(".*.partial"), *(out / MANIFEST_DIR).glob(".*.partial")]:
         partial.unlink(missing_ok=True)  # the card's and the manifest's
     for config, split in dict.fromkeys((task.config, task.split) for task in tasks):
-        for folder, suffix in ((out / config, ".parquet"), (out / RECORDS_DIR / config, ".json")):
+        folders = [(out / config, suffix) for suffix in (EXTENSION, *OLD_EXTENSIONS)] + \
+            [(out / RECORDS_DIR / config, ".json")]
+        for folder, suffix in folders:
             for partial in folder.glob(f".{split}-*.partial"):
                 partial.unlink(missing_ok=True)
             for path in folder.glob(f"{split}-*-of-*{suffix}"):
-                if f"{config}/{path.name.removesuffix(suffix)}.parquet" not in planned:
+                # a shard (or record) of another plan, or a shard of another format
+                stem = f"{config}/{path.name.removesuffix(suffix)}"
+                if not (stem in planned if suffix == ".json" else planned.get(stem) == f"{stem}{suffix}"):
                     logger.info(f"removing {path}: not part of the current plan")
                     path.unlink(missing_ok=True)
 
 
 def convert(data_dir, out_dir, configs=None, splits=None, workers=None, scheduler=None, max_shard_size=None,
             on_bad_file: str = "error", stats: Optional[dict] = None) -> dict:
-    """Convert the Zarr zips under ``data_dir`` to Parquet shards, a manifest and a dataset card in ``out_dir``.
+    """Convert the Zarr zips under ``data_dir`` to Arrow shards, a manifest and a dataset card in ``out_dir``.
 
     Args:
         data_dir: root of the SSL4EO-S12 v1.1 files (local path or fsspec URL).

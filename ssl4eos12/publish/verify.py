@@ -9,9 +9,9 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import pyarrow.parquet as pq
 
 from ..torch import arrow_to_numpy
+from .formats import EXTENSION, FORMAT, OLD_EXTENSIONS, iter_tables, read_schema
 from .manifest import MANIFEST_FILE, alignment_problems, file_sha256, read_manifest, samples_digest, skipped_files
 from .plan import ShardTask, plan, run_tasks
 from .shards import task_examples
@@ -31,8 +31,8 @@ def verify(out_dir, data_dir, workers=None, scheduler=None) -> list[str]:
     except FileNotFoundError:
         return [f"{out}: no {MANIFEST_FILE}; convert first"]
     records = {record["path"]: record for record in manifest["shards"]}
-    problems = [f"{path}: not in the manifest" for path in
-                sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.parquet")) if path not in records]
+    shards = sorted(p.relative_to(out).as_posix() for ext in (EXTENSION, *OLD_EXTENSIONS) for p in out.glob(f"*/*{ext}"))
+    problems = [f"{path}: not in the manifest" for path in shards if path not in records]
     problems += alignment_problems(manifest)
     by_split: dict[tuple[str, str], list[dict]] = {}
     for record in records.values():
@@ -86,19 +86,16 @@ def verify_shard(check: tuple[ShardTask, dict], out_dir: str) -> list[str]:
     if path.stat().st_size != record["size"] or file_sha256(path) != record["sha256"]:
         problems.append(f"{task.path}: sha256 differs from the manifest (modified or corrupt)")
     try:
-        parquet = pq.ParquetFile(path)
-        features = datasets.Features.from_arrow_schema(parquet.schema_arrow)
+        features = datasets.Features.from_arrow_schema(read_schema(path))
     except Exception as err:
-        return problems + [f"{task.path}: not a readable Parquet file ({type(err).__name__}: {err})"]
+        return problems + [f"{task.path}: not a readable {FORMAT} file ({type(err).__name__}: {err})"]
     if features != task.features:
         return problems + [f"{task.path}: features differ from those of the source files"]
-    if parquet.metadata.num_rows != record["rows"]:
-        problems.append(f"{task.path}: {parquet.metadata.num_rows} rows, the manifest says {record['rows']}")
     expected = _expected_rows(task, record, problems)
-    mismatches = 0
+    mismatches, rows = 0, 0
     try:
-        for group in range(parquet.num_row_groups):
-            table = parquet.read_row_group(group)
+        for table in iter_tables(path):
+            rows += table.num_rows
             columns = arrow_to_numpy(table)
             for i in range(table.num_rows):
                 row_index, example = next(expected, (None, None))
@@ -112,10 +109,12 @@ def verify_shard(check: tuple[ShardTask, dict], out_dir: str) -> list[str]:
                                         f"{name} differs from the source")
                         if mismatches >= _MAX_VALUE_PROBLEMS:
                             return problems
-    except Exception as err:  # a corrupt page, a source file that cannot be read
+    except Exception as err:  # a corrupt page or batch, a source file that cannot be read
         return problems + [f"{task.path}: cannot compare with the source ({type(err).__name__}: {err})"]
     if next(expected, None) is not None:
         problems.append(f"{task.path}: fewer rows than its source files have")
+    if rows != record["rows"]:
+        problems.append(f"{task.path}: {rows} rows, the manifest says {record['rows']}")
     return problems
 
 

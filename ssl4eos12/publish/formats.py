@@ -1,0 +1,135 @@
+"""The file format of the published shards: Arrow IPC streams, uncompressed, in record batches of <= 32 MB.
+
+Chosen by measurement (``benchmarks/formats.py``; figures in ``benchmarks/README.md``):
+
+- ``datasets`` reads Parquet ``ArrayXD`` columns at ~0.1x the Blosc-decode ceiling whatever the encoding (every
+  value carries Parquet's repetition/definition levels). An Arrow IPC stream holds the very buffers ``datasets``
+  works with: ``load_dataset(..., streaming=True)`` reads it at memory speed with no custom code (``datasets``
+  infers its packaged ``arrow`` module from the ``.arrow`` extension), the ``ArrayXD`` features kept (they travel
+  in the schema's ``huggingface`` metadata, as in Parquet).
+- Every config of the repository is Arrow, the light ``default`` one too: ``datasets`` (5.2) picks ONE packaged
+  module per repository, from the data files of the card's first config, so a Parquet config next to Arrow ones
+  fails to load (measured: "Not an Arrow file").
+- Uncompressed: on the generated full-size data, LZ4 buffers saved 3% of the bytes, read at about the same speed
+  (0.8-1.2x, three runs) and wrote 2-3.5x slower; zstd (level 1) saved 16% and read 3.5x slower. The Hub's Xet
+  storage compresses every chunk of a file itself (LZ4, byte-grouped for numbers).
+- Record batches of at most :data:`RECORD_BATCH_BYTES`: a reader holds one at a time, and below glibc's largest
+  ``mmap`` threshold (32 MiB) the buffer of the next batch reuses the memory the previous one freed. Measured on
+  S2L2A: batches of 4 examples (28 MB) stream at 1.2-1.7x the speed of batches of 8 (56 MB), whose buffers are
+  mapped and page-faulted afresh each time.
+
+Fixed settings and nothing that depends on time or paths: the same tables always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+
+FORMAT = "arrow"
+#: File name extension of the shards (what the Hub and ``datasets`` infer the format from).
+EXTENSION = ".arrow"
+#: Extensions of shards an older version of the package wrote (Parquet): removed when a (config, split) is
+#: converted again, and from the Hub when pushing, so the two formats never mix in one repository.
+OLD_EXTENSIONS = (".parquet",)
+#: Uncompressed bytes per record batch (see the module's docstring).
+RECORD_BATCH_BYTES = 32_000_000
+#: Bytes handed to the writer's helper thread and not yet written: about two record batches.
+_MAX_PENDING = 2 * RECORD_BATCH_BYTES
+
+
+class ShardWriter:
+    """Writes a shard's record batches to ``path``, hashing the bytes on the way (SHA-256, no second read).
+
+    pyarrow hands the stream's buffers (the tables' own memory, not copies) to :meth:`write`; a helper thread
+    hashes and writes them in order while the caller decodes the next batch, at most :data:`_MAX_PENDING` bytes
+    behind. Use as a context manager; :attr:`sha256` is the file's digest once it is closed, after an ``fsync``.
+    """
+
+    def __init__(self, path: Path, features: datasets.Features):
+        self._file = open(path, "wb", buffering=0)
+        self._digest = hashlib.sha256()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="ssl4eos12-shard-writer")
+        self._pending: collections.deque = collections.deque()
+        self._pending_bytes = 0
+        self._size = 0
+        options = pa.ipc.IpcWriteOptions(compression=None)
+        # the schema carries the features as ``huggingface`` metadata
+        self._stream = pa.ipc.new_stream(pa.PythonFile(self, mode="w"), features.arrow_schema, options=options)
+
+    def write_table(self, table: pa.Table) -> None:
+        """Append ``table`` as one record batch."""
+        self._stream.write_table(table)
+
+    # the file-like side pyarrow writes to
+    closed = False
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        self._pending.append((self._thread.submit(self._hash_and_write, data), size))
+        self._pending_bytes += size
+        while self._pending_bytes > _MAX_PENDING:
+            self._wait_oldest()
+        self._size += size
+        return size
+
+    def tell(self) -> int:
+        return self._size
+
+    def flush(self) -> None:
+        pass
+
+    def _hash_and_write(self, data) -> None:
+        self._digest.update(data)  # both release the GIL for large buffers
+        self._file.write(data)
+
+    def _wait_oldest(self) -> None:
+        future, size = self._pending.popleft()
+        self._pending_bytes -= size
+        future.result()  # raises the helper's error (a full disk, ...) here
+
+    def close(self) -> None:
+        """Finish the stream, write and hash what is pending, ``fsync``; also after an error (then it re-raises)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._stream.close()
+            while self._pending:
+                self._wait_oldest()
+            os.fsync(self._file.fileno())  # on disk before the caller renames it into place
+        finally:
+            for future, _ in self._pending:
+                future.cancel()
+            self._thread.shutdown(wait=True)
+            self._file.close()
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_schema(path: Path) -> pa.Schema:
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_stream(source).schema
+
+
+def iter_tables(path: Path) -> Iterator[pa.Table]:
+    """The record batches of a shard, one table each, validated as ``datasets`` validates them."""
+    with pa.memory_map(str(path)) as source:
+        for batch in pa.ipc.open_stream(source):
+            batch.validate(full=True)  # offsets and strings of a damaged file
+            yield pa.Table.from_batches([batch])
