@@ -1,4 +1,4 @@
-"""Expected examples, computed with xarray alone, to check the builder and the Parquet export against.
+"""Expected examples, computed with xarray alone, to check the builder and the converted copy against.
 
 Nothing here uses the package's reading code: it is the independent reference that every value the
 package delivers is compared with.

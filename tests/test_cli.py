@@ -117,7 +117,7 @@ def test_on_bad_file_skip_is_counted_listed_and_verified(small, tmp_path, capsys
     assert "left out 1 unreadable source file(s)" in err and FIRST in err
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     skipped = [(s["path"], entry["name"]) for s in manifest["shards"] for entry in s.get("skipped", ())]
-    assert skipped == [("S1GRD/train-00000-of-00001.parquet", FIRST)]
+    assert skipped == [("S1GRD/train-00000-of-00001.arrow", FIRST)]
     rows = {(s["config"], s["split"]): s["rows"] for s in manifest["shards"]}
     assert rows[("S1GRD", "train")] == 2 and rows[("S2RGB", "train")] == 4  # 2 samples per file
     card = (out / "README.md").read_text()

@@ -1,6 +1,6 @@
-"""Conversion: the shards (Arrow IPC streams for the modality configs, Parquet for ``default``) load with plain
-``datasets`` and equal the builder's examples; the conversion resumes after a kill with byte-identical output,
-runs the same in a process pool and on Dask, and ``verify`` catches tampering."""
+"""Conversion: the shards (Arrow IPC streams, every config) load with plain ``datasets`` and equal the builder's
+examples; the conversion resumes after a kill with byte-identical output, runs the same in a process pool and on
+Dask, and ``verify`` catches tampering."""
 
 from __future__ import annotations
 

@@ -126,7 +126,7 @@ def test_readme_runs(docs_env):
     assert "loader" in namespace and "batch" in namespace
     # what the README's shell block left behind: a converted, verified folder, pushed to ORG/NAME
     assert (tmp / "out" / ".ssl4eos12" / "manifest.json").is_file()
-    assert any(path.endswith(".parquet") for path in hub.files(PLACEHOLDER_REPO))
+    assert any(path.endswith(".arrow") for path in hub.files(PLACEHOLDER_REPO))
     if docs.skipped:
         pytest.skip("; ".join(docs.skipped))
 

@@ -1,4 +1,4 @@
-"""The ways PyTorch users write a DataLoader, on the builder's datasets (streaming and prepared) and the Parquet:
+"""The ways PyTorch users write a DataLoader, on the builder's datasets (streaming and prepared) and the converted copy:
 every example once, every value as xarray reads it, bands in the files' dtypes where the path promises it."""
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def torch_rows(dataset) -> list[dict]:
     return [dict(row) for row in dataset.with_format("torch")]
 
 
-@pytest.mark.parametrize("kind", ["streaming all", "prepared S2L2A", "converted Parquet S2L2A"])
+@pytest.mark.parametrize("kind", ["streaming all", "prepared S2L2A", "converted S2L2A"])
 def test_with_format_torch(kind, data_dir, converted_dir, tmp_path):
     """No exception on any dataset we produce; datasets' own dtypes; timestamps as int64 nanoseconds."""
     config = kind.rsplit(" ", 1)[-1]
