@@ -307,3 +307,27 @@ def test_odd_sizes_extra_modality_and_s2l2a_thumbnails(odd_data_dir, tmp_path):
     assert verify(out, odd_data_dir, workers=1) == []
     ndvi = read_manifest(out)["configs"]["NDVI"]["statistics"]["bands"]
     assert [band["band"] for band in ndvi] == ["NDVI"] and -1 <= ndvi[0]["mean"] <= 1
+
+
+def test_shard_writer_hashes_what_it_writes_and_leaves_no_thread(tmp_path):
+    import threading
+
+    from ssl4eos12.publish.formats import ShardWriter
+    from ssl4eos12.publish.manifest import file_sha256
+
+    features = datasets.Features({"x": datasets.Array2D(shape=(3, 4), dtype="int16"), "s": datasets.Value("string")})
+    values = np.arange(10 * 12, dtype=np.int16).reshape(10, 3, 4)
+    tables = [datasets.Dataset.from_dict({"x": values[i:i + 5], "s": [str(j) for j in range(i, i + 5)]},
+                                         features=features).data.table for i in (0, 5)]
+    with ShardWriter(tmp_path / "a.arrow", features) as writer:
+        for table in tables:
+            writer.write_table(table)
+    assert writer.sha256 == file_sha256(tmp_path / "a.arrow")
+    assert [t.num_rows for t in iter_tables(tmp_path / "a.arrow")] == [5, 5]
+    read = load_dataset(str(tmp_path), split="train").with_format("numpy")
+    assert read.features == features and np.array_equal(read["x"], values)
+    # an error while writing (a table of another schema): raised, and the helper thread is gone
+    with pytest.raises(pa.ArrowInvalid):
+        with ShardWriter(tmp_path / "b.arrow", features) as writer:
+            writer.write_table(pa.table({"y": [1]}))
+    assert not [t for t in threading.enumerate() if t.name.startswith("ssl4eos12-")]  # its helper thread
