@@ -9,10 +9,15 @@ patches. The authors publish it as 3,846 Zarr v2 zip files per modality on the H
     ROOT/splits/ssl4eos12_{train,val}.txt          optional lists of file names
     ROOT/{train,val}/{S1GRD,S2L1C,S2L2A,S2RGB}/ssl4eos12_{train,val}_seasonal_data_NNNNNN.zarr.zip
 
-This builder reads those files as they are, from a local folder, an ``http(s)://`` mirror or ``hf://``,
+Since February 2026 the authors' main Hub repository (``embed2scale/SSL4EO-S12-v1.1``) holds the same data
+as webdataset tars of per-location Zarr zips, with NDVI, LULC and DEM besides (the +1000 S2 offset removed)::
+
+    ROOT/{train,val}/{S2L1C,S2L2A,S2RGB,S1GRD,NDVI,LULC,DEM}/ssl4eos12_shard_NNNNNN.tar
+
+This builder reads either release as it is (the layout is recognised from the files), from a local folder, an ``http(s)://`` mirror or ``hf://``,
 and yields one example per location (or per location and timestamp) with every modality, timestamp,
-coordinate and metadata field, bit-identical to what xarray reads. One shard is one source file, so
-streaming spreads files over DataLoader workers and nodes.
+coordinate and metadata field, bit-identical to what xarray reads. One shard is one source file (or one
+tar name), so streaming spreads files over DataLoader workers and nodes.
 
 Usage::
 
@@ -35,13 +40,14 @@ from datasets.builder import Key
 
 from .checks import check_modalities_keyword, check_modalities_present
 from .constants import (CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, MODALITIES, SPLIT_FOLDERS,
-                        split_list_path)
+                        WEBDATASET_HOSTED_ROOT, WEBDATASET_ONLY_MODALITIES, split_list_path)
 from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12FileError
 from .index import Filters, count_examples, select_split, selected_times
 from .schema import example_features, location_examples
 from .sources.failures import diagnose_root, remote_failure_message
 from .sources.remote import is_remote
-from .sources import ON_BAD_FILE_CHOICES, Layout, Source, normalize_root, open_source
+from .sources import ON_BAD_FILE_CHOICES, SOURCES, Layout, Source, normalize_root, open_source
+from .timeorder import TIME_ORDERS, by_season
 from .torch import native_format
 
 logger = logging.getLogger(__name__)
@@ -60,9 +66,14 @@ class SSL4EOS12Config(datasets.BuilderConfig):
             root has, keeping the modality of a single-modality config name.
         single_timestamp: one example per (location, timestamp) instead of one per location.
         root: root of the data (local path, ``http(s)://`` or ``hf://`` URL); ``data_dir`` works too.
-            Without either, the hosted copy on the Hub is read.
+            Without either, the hosted Zarr copy on the Hub is read (``HOSTED_ROOT``), or the webdataset
+            repository (``WEBDATASET_HOSTED_ROOT``) for NDVI, LULC and DEM, which only it has.
         on_bad_file: ``"error"`` (default) raises on a bad source file; ``"skip"`` skips it with a
-            :class:`SSL4EOS12BadFileWarning` per skipped file.
+            :class:`SSL4EOS12BadFileWarning` per skipped file (in a tar: the rest of that tar).
+        layout: ``"zarr"`` (64-sample Zarr zips) or ``"webdataset"`` (tars); default: recognised from the
+            files. Needed only where a root holds both.
+        time_order: ``"file"`` (default) keeps the files' order of each location's timestamps (by date);
+            ``"season"`` orders every time-indexed field of every modality by month of year.
 
     Select before reading (served by the root's GeoParquet index, see :mod:`ssl4eos12.index`; only files that
     hold a match are opened, and the examples are the unfiltered ones):
@@ -87,6 +98,15 @@ class SSL4EOS12Config(datasets.BuilderConfig):
     max_cloud_fraction: Optional[float] = None
     samples: Optional[list[str]] = None
     index: Optional[str] = None
+    layout: Optional[str] = None
+    time_order: str = "file"
+
+    def check_release_keywords(self) -> None:
+        """``layout`` and ``time_order`` name known values (run when the builder is created)."""
+        if self.layout is not None and self.layout not in SOURCES:
+            raise ValueError(f"layout must be one of {list(SOURCES)} or None, got {self.layout!r}")
+        if self.time_order not in TIME_ORDERS:
+            raise ValueError(f"time_order must be one of {TIME_ORDERS}, got {self.time_order!r}")
 
     def __post_init__(self):
         super().__post_init__()
@@ -104,6 +124,8 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         *(SSL4EOS12Config(name=m, modalities=[m], description=f"{m} time series") for m in MODALITIES),
         SSL4EOS12Config(name="all", modalities=list(MODALITIES), description="all four modalities, joined"),
+        *(SSL4EOS12Config(name=m, modalities=[m], description=f"{m} (webdataset release only)")
+          for m in WEBDATASET_ONLY_MODALITIES),
     ]
     DEFAULT_CONFIG_NAME = "all"
     # One location of all modalities is ~17 MB at full size: keep the Arrow writer's buffer small.
@@ -116,6 +138,7 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         if on_bad_file is not None and on_bad_file not in ON_BAD_FILE_CHOICES:
             raise ValueError(f"on_bad_file={on_bad_file!r}: choose from {ON_BAD_FILE_CHOICES}")
         config, config_id = super()._create_builder_config(config_name, custom_features, config_id, **config_kwargs)
+        config.check_release_keywords()
         if config.modalities is not None:
             check_modalities_present(data_root(config), config.modalities)
         config.filters()  # bbox, time_range, max_cloud_fraction, samples: ValueError naming the bad one
@@ -143,7 +166,8 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
                     raise SSL4EOS12DataError(message)
             raise SSL4EOS12DataError(
                 f"{source.root}: no SSL4EO-S12 files for {first}: expected train/ or val/ folders "
-                f"({', '.join(f'{f}/{first}/*.zarr.zip' for f in SPLIT_FOLDERS.values())}) or splits/ lists"
+                f"({', '.join(f'{f}/{first}/*.zarr.zip' for f in SPLIT_FOLDERS.values())}) or splits/ lists, "
+                f"or webdataset tars ({', '.join(f'{f}/{first}/*.tar' for f in SPLIT_FOLDERS.values())})"
             )
         all_files = splits[0].gen_kwargs["files"]
         for split_generator in splits:
@@ -152,7 +176,14 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         # probed from a selected file where there is one: a file without a match is never opened
         selected = next((g.gen_kwargs for g in splits if g.gen_kwargs["files"]), None)
         layouts = self._probe_layouts(source, selected or {**splits[0].gen_kwargs, "files": all_files})
-        features = example_features(layouts, self.config.single_timestamp)
+        times = {layout.modality: layout.num_times for layout in layouts}
+        if self.config.single_timestamp and len(set(times.values())) > 1:
+            raise ValueError(
+                f"single_timestamp=True needs one number of timestamps across the modalities, but they have "
+                f"{times}: an example per timestamp has no counterpart in a modality with fewer (DEM has one, "
+                f"static); load that modality without single_timestamp, or separately"
+            )
+        features = example_features(layouts, self.config.single_timestamp, keyed=source.keyed)
         if self.info.features is None:
             self.info.features = features
         for split_generator in splits:
@@ -160,6 +191,8 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
             split_generator.gen_kwargs["layouts"] = layouts
             # parallel to files: the samples of each file a shard yields (None: all); see reshard()
             split_generator.gen_kwargs["sample_ranges"] = [None] * len(split_generator.gen_kwargs["files"])
+            # recognised once here, not again in every worker
+            split_generator.gen_kwargs["layout"] = source.name
         return splits
 
     def _select(self, source: Source, split_generator, download_config) -> list:
@@ -177,9 +210,9 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         gen_kwargs["files"] = files
         return [selection[name] for name in files]
 
-    def _source(self, download_config=None) -> Source:
+    def _source(self, download_config=None, layout: Optional[str] = None) -> Source:
         return open_source(data_root(self.config), self.config.modalities or MODALITIES,
-                           download_config or self._download_config())
+                           download_config or self._download_config(), layout or self.config.layout)
 
     def _probe_layouts(self, source: Source, gen_kwargs: dict) -> tuple[Layout, ...]:
         """Layouts of the first readable file (any bad file is the reader's to report or skip)."""
@@ -201,16 +234,16 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         """The prepared split, formatted like streaming yields it: numpy arrays of the files' dtypes."""
         return native_format(super()._as_dataset(*args, **kwargs))
 
-    def _generate_shards(self, files, split_folder, layouts, sample_ranges, selections):
+    def _generate_shards(self, files, split_folder, layouts, sample_ranges, selections, layout):
         yield from files
 
-    def _generate_more_gen_kwargs(self, files, split_folder, layouts, sample_ranges, selections):
+    def _generate_more_gen_kwargs(self, files, split_folder, layouts, sample_ranges, selections, layout):
         """Split each file into sample ranges, for ``IterableDataset.reshard()`` when files < workers.
 
-        A chunk holds all samples of its timestamp, so every part still reads its whole file: resharding
-        trades I/O for parallelism.
+        A chunk holds all samples of its timestamp (and a tar is read front to back), so every part still
+        reads its whole file: resharding trades I/O for parallelism.
         """
-        source = self._source()
+        source = self._source(layout=layout)
         for name, sample_range, selection in zip(files, sample_ranges, selections):
             start, stop = sample_range or (0, None)
             if stop is None:
@@ -218,10 +251,10 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
             step = max(1, -(-(stop - start) // RESHARD_PARTS_PER_FILE))
             parts = [(a, min(a + step, stop)) for a in range(start, stop, step)]
             yield {"files": [name] * len(parts), "split_folder": split_folder, "layouts": layouts,
-                   "sample_ranges": parts, "selections": [selection] * len(parts)}
+                   "sample_ranges": parts, "selections": [selection] * len(parts), "layout": layout}
 
-    def _generate_examples(self, files, split_folder, layouts, sample_ranges, selections):
-        source = self._source()
+    def _generate_examples(self, files, split_folder, layouts, sample_ranges, selections, layout):
+        source = self._source(layout=layout)
         skipped = 0
         for file_index, (name, sample_range, selection) in enumerate(zip(files, sample_ranges, selections)):
             try:
@@ -229,6 +262,8 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
                 blocks = source.blocks(split_folder, name, layouts) if times is None else \
                     source.blocks_at(split_folder, name, layouts, times)
                 for block in blocks:
+                    if self.config.time_order == "season":
+                        block = by_season(block)
                     for key, example in location_examples(block, self.config.single_timestamp, sample_range,
                                                           selection):
                         yield Key(file_index, key), example
@@ -256,5 +291,9 @@ def _shards(source: Source, split_folder: str) -> list[str]:
 
 
 def data_root(config: SSL4EOS12Config) -> str:
-    """``root``, else ``data_dir``, else the hosted copy; local paths absolute, without a trailing slash."""
-    return normalize_root(config.root or config.data_dir or HOSTED_ROOT)
+    """``root``, else ``data_dir``, else the hosted copy; local paths absolute, without a trailing slash.
+
+    The hosted default is the Zarr copy, unless a modality only the webdataset release has is asked for.
+    """
+    hosted = WEBDATASET_HOSTED_ROOT if set(config.modalities or ()) & set(WEBDATASET_ONLY_MODALITIES) else HOSTED_ROOT
+    return normalize_root(config.root or config.data_dir or hosted)

@@ -10,6 +10,15 @@ from __future__ import annotations
 #: The four modalities of SSL4EO-S12 v1.1, in the order of the ``all`` config.
 MODALITIES: tuple[str, ...] = ("S2L1C", "S2L2A", "S2RGB", "S1GRD")
 
+#: Modalities only the webdataset release has (joined through ``modalities=[...]`` or their own configs).
+#: Their features are read from the files: nothing about them is assumed here.
+WEBDATASET_ONLY_MODALITIES: tuple[str, ...] = ("NDVI", "LULC", "DEM")
+#: Every modality of the webdataset release, in its order.
+WEBDATASET_MODALITIES: tuple[str, ...] = MODALITIES + WEBDATASET_ONLY_MODALITIES
+
+#: The two on-disk releases, by the name the ``layout=`` keyword and ``standardization()`` take.
+RELEASES: tuple[str, ...] = ("zarr", "webdataset")
+
 #: Band names as stored in the ``band`` coordinate of each modality's files.
 BANDS: dict[str, tuple[str, ...]] = {
     "S2L1C": ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"),
@@ -53,14 +62,55 @@ STD: dict[str, tuple[float, ...]] = {
     "S1GRD": (5.179, 5.872),
 }
 
+#: Standardization values of the webdataset release (the authors' loader of that release): the +1000 offset
+#: is gone from S2L1C/S2L2A, so their means are the Zarr release's minus 1000; NDVI and DEM have their own;
+#: LULC is categorical and has none.
+WEBDATASET_MEAN: dict[str, tuple[float, ...]] = {
+    **{m: tuple(round(v - S2_OFFSET, 3) for v in MEAN[m]) for m in ("S2L1C", "S2L2A")},
+    "S2RGB": MEAN["S2RGB"], "S1GRD": MEAN["S1GRD"], "NDVI": (0.327,), "DEM": (435.726,),
+}
+WEBDATASET_STD: dict[str, tuple[float, ...]] = {**STD, "NDVI": (0.322,), "DEM": (560.326,)}
+
+
+def standardization(modality: str, release: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` per band of ``modality`` for the files of ``release`` (``"zarr"`` or ``"webdataset"``).
+
+    The release must be named: the two differ by 1000 on S2L1C/S2L2A, and using one's values on the other's
+    data is a silent error. ``MEAN``/``STD`` are the Zarr release's.
+    """
+    tables = {"zarr": (MEAN, STD), "webdataset": (WEBDATASET_MEAN, WEBDATASET_STD)}
+    if release not in tables:
+        raise ValueError(f"release must be one of {RELEASES}, got {release!r}")
+    mean, std = tables[release]
+    if modality not in mean:
+        raise ValueError(f"no standardization values for {modality} in the {release} release "
+                         f"(they exist for {', '.join(mean)}; LULC is categorical)")
+    return mean[modality], std[modality]
+
+
 #: Split names as ``datasets`` knows them, and the folder / file-name word the dataset uses for each.
 SPLIT_FOLDERS: dict[str, str] = {"train": "train", "validation": "val"}
 
-#: Where ``load_dataset("ssl4eos12", ...)`` reads from when neither ``data_dir`` nor ``root`` is given.
+#: Where ``load_dataset("ssl4eos12", ...)`` reads from when neither ``data_dir`` nor ``root`` is given: the
+#: 64-sample Zarr copy (3,846 small shards split finely over workers and nodes; every file readable alone).
 HOSTED_ROOT = "hf://datasets/embed2scale/SSL4EO-S12-v1.1-Zarr"
+#: The authors' main Hub repository since February 2026: webdataset tars, with NDVI, LULC and DEM. The
+#: default root of configs that need one of those modalities.
+WEBDATASET_HOSTED_ROOT = "hf://datasets/embed2scale/SSL4EO-S12-v1.1"
 AUTHORS_MIRROR = "https://datapub.fz-juelich.de/ssl4eo-s12"
 
 ZARR_ZIP_SUFFIX = ".zarr.zip"
+TAR_SUFFIX = ".tar"
+
+
+def webdataset_metadata_path(split_folder: str) -> str:
+    """Relative path of the webdataset release's metadata parquet of a split (it has a ``tar`` column)."""
+    return f"{split_folder}_metadata.parquet"
+
+
+def shard_name(index: int) -> str:
+    """Name of the ``index``-th (1-based) tar of a split of the webdataset release."""
+    return f"ssl4eos12_shard_{index:06d}{TAR_SUFFIX}"
 
 
 def split_list_path(split_folder: str) -> str:

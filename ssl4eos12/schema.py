@@ -39,19 +39,25 @@ def modality_features(layout: Layout, single_timestamp: bool = False) -> dict:
     features = {m: array_feature(time_axis + layout.bands_shape, layout.bands_dtype)}
     if layout.has_cloud_mask:
         features[f"{m}_cloud_mask"] = array_feature(time_axis + (layout.height, layout.width), "uint8")
-    if single_timestamp:
-        features[f"{m}_time"] = TIMESTAMP
-        features[f"{m}_file_id"] = datasets.Value("string")
-    else:
-        features[f"{m}_time"] = datasets.List(TIMESTAMP, length=layout.num_times)
-        features[f"{m}_file_id"] = datasets.List(datasets.Value("string"), length=layout.num_times)
-    features[f"{m}_x"] = datasets.List(datasets.Value("float64"), length=layout.width)
-    features[f"{m}_y"] = datasets.List(datasets.Value("float64"), length=layout.height)
+    if layout.has("time_"):
+        features[f"{m}_time"] = TIMESTAMP if single_timestamp else datasets.List(TIMESTAMP, length=layout.num_times)
+    if layout.has("file_id"):
+        string = datasets.Value("string")
+        features[f"{m}_file_id"] = string if single_timestamp else datasets.List(string, length=layout.num_times)
+    if layout.has("x_"):
+        features[f"{m}_x"] = datasets.List(datasets.Value("float64"), length=layout.width)
+    if layout.has("y_"):
+        features[f"{m}_y"] = datasets.List(datasets.Value("float64"), length=layout.height)
+    for name, shape, dtype in layout.statics:
+        features[f"{m}_{name}"] = array_feature(shape, dtype)
     return features
 
 
-def example_features(layouts: Sequence[Layout], single_timestamp: bool = False) -> datasets.Features:
-    features = dict(SHARED_FEATURES)
+def example_features(layouts: Sequence[Layout], single_timestamp: bool = False, keyed: bool = False) -> datasets.Features:
+    """The features of the examples; ``keyed``: the layout names locations by member key (``key`` field)."""
+    features = {name: feature for name, feature in SHARED_FEATURES.items() if name != "crs" or layouts[0].has("crs")}
+    if keyed:
+        features = {**dict(list(features.items())[:2]), "key": datasets.Value("string"), **dict(list(features.items())[2:])}
     if single_timestamp:
         features["time_index"] = datasets.Value("int64")
     for layout in layouts:
@@ -61,33 +67,38 @@ def example_features(layouts: Sequence[Layout], single_timestamp: bool = False) 
 
 def location_examples(block: Block, single_timestamp: bool, sample_range: tuple[int, int] | None = None,
                       selection: dict | None = None):
-    """``(key, example)`` of a block (or a range of its rows): one per location, or per (location, timestamp).
+    """``(key, example)`` of a block: one per location, or per (location, timestamp).
 
-    ``selection``: only these locations (``{sample: None or time indices}``, see :func:`ssl4eos12.index.select`);
-    keys stay those of the unfiltered examples.
+    Keys are positions in the shard (the block's ``offset`` added), so they stay unique across its blocks;
+    ``sample_range`` selects locations by their position in the shard. ``selection``: only these locations
+    (``{sample: None or time indices}``, see :func:`ssl4eos12.index.select`); keys stay those of the
+    unfiltered examples.
     """
     name, parts, orders = block.file, block.parts, block.orders
     reference = block.reference
     shared = reference.variables
     num_times = reference.layout.num_times
-    start, stop = sample_range or (0, len(reference.samples))
-    for i in range(start, stop):
+    start, stop = sample_range or (0, None)
+    for i in range(len(reference.samples)):
+        position = block.offset + i
+        if position < start or (stop is not None and position >= stop):
+            continue
         sample = reference.samples[i]
         if selection is not None and str(sample) not in selection:
             continue
         times = None if selection is None else selection[str(sample)]
-        base = {
-            "sample": str(sample),
-            "file": name,
-            "center_lat": float(shared["center_lat"][i]),
-            "center_lon": float(shared["center_lon"][i]),
-            "crs": int(shared["crs"][i]),
-        }
+        base = {"sample": str(sample), "file": name}
+        if block.keys is not None:
+            base["key"] = str(block.keys[i])
+        base["center_lat"] = float(shared["center_lat"][i])
+        base["center_lon"] = float(shared["center_lon"][i])
+        if reference.layout.has("crs"):
+            base["crs"] = int(shared["crs"][i])
         if not single_timestamp:
             example = dict(base)
             for modality, part in parts.items():
                 example.update(modality_fields(modality, part, orders[modality][i], slice(None)))
-            yield i, example
+            yield position, example
             continue
         for t in range(num_times):
             if times is not None and t not in times:
@@ -95,7 +106,7 @@ def location_examples(block: Block, single_timestamp: bool, sample_range: tuple[
             example = dict(base, time_index=t)
             for modality, part in parts.items():
                 example.update(modality_fields(modality, part, orders[modality][i], t))
-            yield i * num_times + t, example
+            yield position * num_times + t, example
 
 
 def modality_fields(modality: str, part: ModalityFile, row: int, time) -> dict:
@@ -105,11 +116,18 @@ def modality_fields(modality: str, part: ModalityFile, row: int, time) -> dict:
     consumer (or a shuffle buffer) holds one example of it.
     """
     v = part.variables
+    layout = part.layout
     fields = {modality: v["bands"][row, time].copy()}
-    if part.layout.has_cloud_mask:
+    if layout.has_cloud_mask:
         fields[f"{modality}_cloud_mask"] = v["cloud_mask"][row, time].copy()
-    fields[f"{modality}_time"] = v["time_"][row, time].copy()
-    fields[f"{modality}_file_id"] = v["file_id"][row, time].tolist()
-    fields[f"{modality}_x"] = v["x_"][row].copy()
-    fields[f"{modality}_y"] = v["y_"][row].copy()
+    if layout.has("time_"):
+        fields[f"{modality}_time"] = v["time_"][row, time].copy()
+    if layout.has("file_id"):
+        fields[f"{modality}_file_id"] = v["file_id"][row, time].tolist()
+    if layout.has("x_"):
+        fields[f"{modality}_x"] = v["x_"][row].copy()
+    if layout.has("y_"):
+        fields[f"{modality}_y"] = v["y_"][row].copy()
+    for name, _, _ in layout.statics:
+        fields[f"{modality}_{name}"] = v[name][row].copy()
     return fields

@@ -6,20 +6,73 @@ read through it.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Sequence
+from typing import Optional
 
+from ..constants import (SPLIT_FOLDERS, TAR_SUFFIX, ZARR_ZIP_SUFFIX, split_list_path,
+                         webdataset_metadata_path)
+from ..errors import SSL4EOS12DataError
 from .base import ON_BAD_FILE_CHOICES, Block, Layout, ModalityFile, Source
 from .chunked import ChunkedSource
-from .remote import normalize_root
+from .remote import is_remote, normalize_root, url_to_fs
+from .webdataset import WebDatasetSource
 
 #: The layouts this package reads, by the name the ``layout=`` keyword takes.
-SOURCES: dict[str, type[Source]] = {ChunkedSource.name: ChunkedSource}
+SOURCES: dict[str, type[Source]] = {ChunkedSource.name: ChunkedSource, WebDatasetSource.name: WebDatasetSource}
 
 
-def open_source(root: str, modalities: Sequence[str], download_config=None) -> Source:
-    """The source of the data under ``root`` (any local path or fsspec URL), for ``modalities``."""
-    return ChunkedSource(normalize_root(root), modalities, download_config)
+def open_source(root: str, modalities: Sequence[str], download_config=None, layout: Optional[str] = None) -> Source:
+    """The source of the data under ``root`` (any local path or fsspec URL), for ``modalities``.
+
+    ``layout`` (``"zarr"`` or ``"webdataset"``) forces one; by default it is recognised from the files
+    (:func:`detect_layout`).
+    """
+    root = normalize_root(root)
+    if layout is None:
+        layout = detect_layout(root, modalities[0], download_config)
+    if layout not in SOURCES:
+        raise ValueError(f"layout must be one of {list(SOURCES)}, got {layout!r}")
+    return SOURCES[layout](root, modalities, download_config)
+
+
+def detect_layout(root: str, modality: str, download_config=None) -> str:
+    """``"webdataset"`` where the modality's folders hold ``*.tar``, else ``"zarr"`` (the Zarr zips).
+
+    A root whose folders hold both raises: pass ``layout=`` to choose. An HTTP root may not list folders,
+    so the files naming the shards decide first there: the Zarr release's ``splits/`` lists, or the
+    webdataset release's metadata parquets. A root where nothing is found is left to the Zarr reader, whose
+    errors say what it expected.
+    """
+    fs, root_path = url_to_fs(root, download_config)
+    if root.startswith(("http://", "https://")):
+        for folder in SPLIT_FOLDERS.values():
+            if fs.exists(posixpath.join(root_path, split_list_path(folder))):
+                return ChunkedSource.name
+            if fs.exists(posixpath.join(root_path, webdataset_metadata_path(folder))):
+                return WebDatasetSource.name
+    found = set()
+    for folder in SPLIT_FOLDERS.values():
+        try:
+            names = fs.ls(posixpath.join(root_path, folder, modality), detail=False)
+        except (FileNotFoundError, NotADirectoryError, OSError):
+            continue
+        found.update(layout for layout, suffix in ((WebDatasetSource.name, TAR_SUFFIX), (ChunkedSource.name, ZARR_ZIP_SUFFIX))
+                     if any(name.endswith(suffix) for name in names))
+    if len(found) > 1:
+        raise SSL4EOS12DataError(
+            f"{root}: the {modality} folders hold both Zarr zips (*{ZARR_ZIP_SUFFIX}) and webdataset tars "
+            f"(*{TAR_SUFFIX}); pass layout='zarr' or layout='webdataset' to choose"
+        )
+    if found:
+        return found.pop()
+    if not is_remote(root):
+        return ChunkedSource.name
+    for folder in SPLIT_FOLDERS.values():
+        if fs.exists(posixpath.join(root_path, webdataset_metadata_path(folder))):
+            return WebDatasetSource.name
+    return ChunkedSource.name
 
 
 __all__ = ["ON_BAD_FILE_CHOICES", "SOURCES", "Block", "ChunkedSource", "Layout", "ModalityFile", "Source",
-           "normalize_root", "open_source"]
+           "WebDatasetSource", "detect_layout", "normalize_root", "open_source"]

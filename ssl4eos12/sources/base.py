@@ -33,6 +33,15 @@ class Layout:
     height: int
     width: int
     has_cloud_mask: bool
+    #: The optional per-location variables the files have (``crs``, ``time_``, ``file_id``, ``x_``, ``y_``);
+    #: ``None``: all of them, as every file of the Zarr release has. The example has a field for each.
+    variables: Optional[tuple[str, ...]] = None
+    #: Time-less arrays beyond the standard ones (LULC's ``esri_original``): ``(name, shape, dtype)`` each.
+    statics: tuple[tuple[str, tuple[int, ...], str], ...] = ()
+
+    def has(self, name: str) -> bool:
+        """Whether the files hold the per-location variable ``name``."""
+        return self.variables is None or name in self.variables
 
 
 @dataclass
@@ -52,12 +61,16 @@ class Block:
     """Decoded arrays of some locations of one shard, every modality's rows lined up.
 
     Row ``orders[m][i]`` of ``parts[m]`` is the location of row ``i`` of the first modality, whose order is
-    the block's. ``file`` names where the rows come from (the source file, or the shard's tar).
+    the block's. ``file`` names where the rows come from (the source file, or the shard's tar). ``offset`` is
+    the position of the block's first location in its shard, so positions stay unique across a shard's
+    blocks; ``keys`` are the member keys of the locations where the layout has them (the tar release).
     """
 
     file: str
     parts: dict[str, ModalityFile]
     orders: dict[str, np.ndarray]
+    offset: int = 0
+    keys: Optional[np.ndarray] = None
 
     @property
     def reference(self) -> ModalityFile:
@@ -83,6 +96,8 @@ class Source(abc.ABC):
 
     #: The name of the layout, as the ``layout=`` keyword and the CLI call it.
     name: str = ""
+    #: Whether its locations have member keys (:attr:`Block.keys`): the examples then carry a ``key`` field.
+    keyed: bool = False
 
     def __init__(self, root: str, modalities: Sequence[str], download_config=None):
         self.root = root

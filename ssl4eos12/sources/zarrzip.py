@@ -59,15 +59,16 @@ EXPECTED_DTYPES: dict[str, str] = {
 
 
 @contextlib.contextmanager
-def open_zarr_zip(url: str, download_config=None, whole: bool = True) -> Iterator[xr.Dataset]:
+def open_zarr_zip(url: str, download_config=None, whole: bool = True, data: bytes | None = None) -> Iterator[xr.Dataset]:
     """Open a Zarr v2 zip lazily as an ``xarray.Dataset`` (no dask), closing everything on exit.
 
     ``whole``: a remote file is fetched whole in one request (to read all of it), else piecewise.
+    ``data``: the zip's bytes, already read (a tar member); ``url`` then only names it in errors.
     """
     with contextlib.ExitStack() as stack:
         store = None
         try:
-            store, source = _open_store(url, download_config, stack, whole)
+            store, source = _open_store(url, download_config, stack, whole, data)
             dataset = xr.open_zarr(store, consolidated=True, chunks=None, zarr_format=2)
             dataset.encoding[ZIP_SOURCE] = source
         except FileNotFoundError as err:
@@ -87,10 +88,10 @@ def open_zarr_zip(url: str, download_config=None, whole: bool = True) -> Iterato
         yield dataset
 
 
-def _open_store(url: str, download_config, stack: contextlib.ExitStack, whole: bool):
+def _open_store(url: str, download_config, stack: contextlib.ExitStack, whole: bool, data: bytes | None = None):
     """The zarr store of a zip, and the zip for :func:`fastzip.read_arrays` (a path, a fetched file or None)."""
-    if is_remote(url):
-        remote_file = stack.enter_context(open_remote(url, download_config, whole))
+    if data is not None or is_remote(url):
+        remote_file = io.BytesIO(data) if data is not None else stack.enter_context(open_remote(url, download_config, whole))
         zip_fs = ZipFileSystem(fo=remote_file)
         stack.callback(zip_fs.close)
         store = zarr.storage.FsspecStore(AsyncFileSystemWrapper(zip_fs, asynchronous=True), read_only=True, path="")

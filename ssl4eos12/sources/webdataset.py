@@ -1,0 +1,308 @@
+"""The webdataset release: per-modality tar series of per-location Zarr zips, joined on the member key.
+
+    ROOT/{train,val}_metadata.parquet                      optional; a ``tar`` column names each location's shard
+    ROOT/{train,val}/{MODALITY}/ssl4eos12_shard_NNNNNN.tar    members ``<key>.zarr.zip``, one per location
+
+One shard is one tar name: the tar of that name in every modality folder holds the same keys in the same
+order. A member is a Zarr v2 zip of ONE location (``bands`` ``[time, band, y, x]``, ``cloud_mask``,
+``time``, 0-d ``center_lat``/``center_lon``/``crs``/``sample``, ...); which optional variables it has is read
+from the files, never assumed (:func:`member_layout`).
+
+Each tar is read front to back in one sequential streaming request (python ``tarfile`` in stream mode over
+a file opened without seeks or read-ahead), one member per modality at a time, so memory holds a few
+locations per modality, never a tar (a train S2L1C tar is ~1.9 GB). The per-modality streams are zipped
+and every step checks that all modalities hold the same key: a missing, extra or reordered member raises
+:class:`SSL4EOS12FileError` naming both tars and the first differing keys (the authors' loader warns and
+drops the rest of the shard). With ``on_bad_file="skip"`` the builder then skips the rest of that shard.
+
+A split's shards are the ``tar`` column of its metadata parquet for remote roots (a plain HTTP server may
+not list folders), else a listing of the first modality's folder (a local copy may hold only some shards).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import posixpath
+import tarfile
+from collections.abc import Iterator, Sequence
+from typing import Optional
+
+import numpy as np
+import pyarrow.parquet as pq
+import xarray as xr
+
+from . import fastzip
+from ..constants import BANDS_DTYPE, TAR_SUFFIX, ZARR_ZIP_SUFFIX, webdataset_metadata_path
+from ..errors import SSL4EOS12DataError, SSL4EOS12FileError
+from .base import Block, Layout, ModalityFile, Source
+from .chunked import join_on_sample
+from .remote import is_remote, url_to_fs
+from .zarrzip import EXPECTED_DTYPES, ZIP_SOURCE, _describe, _dtype_matches, open_zarr_zip
+
+#: Locations per block: a full-size location of all seven modalities decodes to ~20 MB.
+BLOCK_LOCATIONS = 4
+#: Read size of the tar stream: large reads keep per-call overhead low; the stream itself is one request.
+STREAM_READ_SIZE = 1 << 20
+#: The optional per-location variables, with their dims in a member (the time coordinate may hold the
+#: timestamps instead of ``time_``).
+OPTIONAL_VARIABLES: dict[str, tuple[str, ...]] = {
+    "crs": (), "time_": ("time",), "file_id": ("time",), "sample_id": ("time",), "x_": ("x",), "y_": ("y",),
+}
+_STANDARD = {"bands", "cloud_mask", "center_lat", "center_lon", "sample", *OPTIONAL_VARIABLES}
+
+
+class WebDatasetSource(Source):
+    """Webdataset tars of per-location Zarr zips: one shard per tar name, modalities joined on the member key."""
+
+    name = "webdataset"
+    keyed = True
+
+    def shards(self, split_folder: str) -> list[str]:
+        fs, root_path = url_to_fs(self.root, self.download_config)
+        if not is_remote(self.root):
+            if not fs.isdir(root_path):
+                raise SSL4EOS12DataError(f"{self.root}: data directory does not exist")
+            return list_tars(fs, posixpath.join(root_path, split_folder, self.modalities[0]))
+        metadata = self._metadata(split_folder)
+        if metadata is not None:
+            return list(dict.fromkeys(metadata))  # unique, in order of first appearance
+        return list_tars(fs, posixpath.join(root_path, split_folder, self.modalities[0]))
+
+    def url(self, split_folder: str, modality: str, shard: str) -> str:
+        return posixpath.join(self.root, split_folder, modality, shard)
+
+    def probe(self, split_folder: str, shard: str, modality: str) -> tuple[Layout, int]:
+        """Layout from the first member; the number of locations from the metadata, else by reading the tar."""
+        layout = self._first_layout(split_folder, shard, modality)
+        metadata = self._metadata(split_folder)
+        if metadata is not None and shard in metadata:
+            return layout, sum(1 for name in metadata if name == shard)
+        url = self.url(split_folder, modality, shard)
+        return layout, sum(1 for _ in iter_members(url, self.download_config))
+
+    def layouts(self, split_folder: str, shard: str) -> tuple[Layout, ...]:
+        """Every modality's layout from the first member of its tar: one short read per modality."""
+        return tuple(self._first_layout(split_folder, shard, m) for m in self.modalities)
+
+    def _first_layout(self, split_folder: str, shard: str, modality: str) -> Layout:
+        url = self.url(split_folder, modality, shard)
+        with contextlib.closing(iter_members(url, self.download_config)) as members:
+            for key, data in members:
+                where = f"{url}:{key}{ZARR_ZIP_SUFFIX}"
+                with open_zarr_zip(where, data=data) as dataset:
+                    return member_layout(where, modality, dataset)
+        raise SSL4EOS12FileError(url, "the tar holds no member")
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019 - one small column per split, for the source's life
+    def _metadata(self, split_folder: str) -> Optional[tuple[str, ...]]:
+        """The shard (tar name) of each location, from the split's metadata parquet; ``None`` without one."""
+        fs, root_path = url_to_fs(self.root, self.download_config)
+        path = posixpath.join(root_path, webdataset_metadata_path(split_folder))
+        try:
+            with fs.open(path, "rb") as f:
+                table = pq.read_table(f, columns=["tar"])
+        except (FileNotFoundError, KeyError):
+            return None
+        except Exception as err:  # an unreadable parquet, a missing column
+            raise SSL4EOS12FileError(path, f"cannot read the tar column of the metadata ({err})") from err
+        return tuple(posixpath.basename(str(name)) for name in table.column("tar").to_pylist())
+
+    def blocks(
+        self, split_folder: str, shard: str, layouts: Sequence[Layout],
+        variables: Optional[dict[str, Sequence[str]]] = None,
+    ) -> Iterator[Block]:
+        urls = {layout.modality: self.url(split_folder, layout.modality, shard) for layout in layouts}
+        with contextlib.ExitStack() as stack:
+            streams = {m: stack.enter_context(contextlib.closing(iter_members(url, self.download_config)))
+                       for m, url in urls.items()}
+            offset = 0
+            for keys, rows in _batched(_joined(streams, urls), BLOCK_LOCATIONS):
+                parts = {
+                    layout.modality: _stack(
+                        layout, [_read_member(f"{urls[layout.modality]}:{key}{ZARR_ZIP_SUFFIX}", layout, row[i],
+                                              None if variables is None else variables.get(layout.modality))
+                                 for key, row in zip(keys, rows)])
+                    for i, layout in enumerate(layouts)
+                }
+                orders = join_on_sample(self.url(split_folder, "*", shard), parts)
+                if any(not np.array_equal(order, np.arange(len(keys))) for order in orders.values()):
+                    raise SSL4EOS12FileError(self.url(split_folder, "*", shard),
+                                             f"members of the same key hold different samples near key {keys[0]}")
+                yield Block(shard, parts, orders, offset=offset, keys=np.array(keys))
+                offset += len(keys)
+
+
+def list_tars(fs, folder: str) -> list[str]:
+    """Tar names in a folder, sorted; ``[]`` when there is no such folder."""
+    try:
+        names = fs.ls(folder, detail=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(posixpath.basename(p) for p in names if p.endswith(TAR_SUFFIX))
+
+
+def iter_members(url: str, download_config=None) -> Iterator[tuple[str, bytes]]:
+    """``(key, bytes)`` of each member of a tar, read front to back in one streaming request.
+
+    Every problem (a truncated tar, a member that is not ``<key>.zarr.zip``, a lost connection) raises
+    :class:`SSL4EOS12FileError` naming the tar.
+    """
+    try:
+        with _open_stream(url, download_config) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                name = posixpath.basename(info.name)
+                key, _, extension = name.partition(".")
+                if "." + extension != ZARR_ZIP_SUFFIX or not key:
+                    raise SSL4EOS12FileError(url, f"member {info.name!r} is not a <key>{ZARR_ZIP_SUFFIX} member")
+                yield key, tar.extractfile(info).read()
+    except SSL4EOS12FileError:
+        raise
+    except FileNotFoundError as err:
+        raise SSL4EOS12FileError(url, "file not found") from err
+    except tarfile.TarError as err:
+        raise SSL4EOS12FileError(url, f"not a readable tar file, truncated or corrupt ({err})") from err
+    except (OSError, ConnectionError) as err:
+        raise SSL4EOS12FileError(url, f"could not be read to the end ({type(err).__name__}: {err})") from err
+    except Exception as err:  # aiohttp and huggingface_hub raise their own types for a lost connection
+        raise SSL4EOS12FileError(url, f"could not be read to the end ({type(err).__name__}: {err})") from err
+
+
+def _open_stream(url: str, download_config):
+    """The tar as a file read once, front to back: local as is; HTTP and the Hub as one streaming GET."""
+    fs, path = url_to_fs(url, download_config)
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    if protocol in ("http", "https", "hf"):
+        # block_size=0: fsspec's and huggingface_hub's streaming files, one request with no Range header
+        return fs.open(path, "rb", block_size=0)
+    if protocol == "file":
+        return fs.open(path, "rb")
+    # any other file system: sequential reads of STREAM_READ_SIZE, each byte fetched once
+    return fs.open(path, "rb", cache_type="readahead", block_size=STREAM_READ_SIZE)
+
+
+def _joined(streams: dict[str, Iterator], urls: dict[str, str]) -> Iterator[tuple[str, list[bytes]]]:
+    """``(key, [member bytes per modality])``, checking that every modality's tar has the same key in turn."""
+    (first, reference), *others = streams.items()
+    position = 0
+    while True:
+        head = next(reference, None)
+        rows = [head]
+        for modality, stream in others:
+            other = next(stream, None)
+            if (head is None) != (other is None) or (head is not None and other[0] != head[0]):
+                raise SSL4EOS12FileError(urls[first], _divergence(first, urls, modality, position, head, other))
+            rows.append(other)
+        if head is None:
+            return
+        yield head[0], [data for _, data in rows]
+        position += 1
+
+
+def _divergence(first: str, urls: dict[str, str], modality: str, position: int, head, other) -> str:
+    def key(entry):
+        return "the end of the tar" if entry is None else repr(entry[0])
+
+    return (f"the tars of {first} and {modality} ({urls[modality]}) diverge at member {position}: "
+            f"{key(head)} in {first}, {key(other)} in {modality}; the modalities are not aligned")
+
+
+def _batched(joined: Iterator[tuple[str, list[bytes]]], size: int) -> Iterator[tuple[list[str], list[list[bytes]]]]:
+    keys: list[str] = []
+    rows: list[list[bytes]] = []
+    for key, row in joined:
+        keys.append(key)
+        rows.append(row)
+        if len(keys) == size:
+            yield keys, rows
+            keys, rows = [], []
+    if keys:
+        yield keys, rows
+
+
+def member_layout(where: str, modality: str, dataset: xr.Dataset) -> Layout:
+    """Check the variables, dims and dtypes of one member (one location) and return its layout."""
+    for name, dims in {"center_lat": (), "center_lon": (), "bands": None}.items():
+        if name not in dataset.variables:
+            raise SSL4EOS12FileError(where, f"missing variable {name} for modality {modality}")
+        if dims is not None and dataset[name].dims != dims:
+            raise SSL4EOS12FileError(where, f"variable {name} has dims {dataset[name].dims}, expected {dims}")
+    bands = dataset["bands"]
+    if bands.dims[:1] != ("time",) or len(bands.dims) > 5:
+        raise SSL4EOS12FileError(where, f"bands has dims {bands.dims}, expected (time, ...) of at most 5")
+    if modality in BANDS_DTYPE and bands.dtype != np.dtype(BANDS_DTYPE[modality]):
+        raise SSL4EOS12FileError(where, f"bands has dtype {bands.dtype}, expected {BANDS_DTYPE[modality]}")
+    if "cloud_mask" in dataset.variables and dataset["cloud_mask"].dims != ("time", "y", "x"):
+        raise SSL4EOS12FileError(where, f"cloud_mask has dims {dataset['cloud_mask'].dims}, expected (time, y, x)")
+    present = [name for name, dims in OPTIONAL_VARIABLES.items()
+               if name in dataset.variables and dataset[name].dims == dims]
+    if "time_" not in present and _time_coordinate(dataset) is not None:
+        present.append("time_")
+    for name in [*present, "center_lat", "center_lon", "cloud_mask"]:
+        expected = EXPECTED_DTYPES.get(name)
+        variable = _time_coordinate(dataset) if name == "time_" and "time_" not in dataset.variables else \
+            dataset.variables.get(name)
+        if expected and variable is not None and not _dtype_matches(variable.dtype, expected):
+            raise SSL4EOS12FileError(where, f"variable {name} has dtype {variable.dtype}, expected {expected}")
+    statics = tuple(
+        (name, tuple(var.shape), str(var.dtype)) for name, var in sorted(dataset.data_vars.items())
+        if name not in _STANDARD and "time" not in var.dims and 1 <= var.ndim <= 5 and var.dtype.kind in "biuf"
+    )
+    band_names = tuple(str(b) for b in dataset["band"].values) if "band" in dataset.coords else ()
+    return Layout(
+        modality=modality,
+        num_times=dataset.sizes["time"],
+        band_names=band_names,
+        bands_shape=tuple(bands.shape[1:]),
+        bands_dtype=str(bands.dtype),
+        height=dataset.sizes.get("y", 0),
+        width=dataset.sizes.get("x", 0),
+        has_cloud_mask="cloud_mask" in dataset.variables,
+        variables=tuple(name for name in OPTIONAL_VARIABLES if name in present),
+        statics=statics,
+    )
+
+
+def _time_coordinate(dataset: xr.Dataset) -> Optional[xr.Variable]:
+    """The timestamps held by the ``time`` coordinate itself (the webdataset release's way), if it holds them."""
+    variable = dataset.variables.get("time")
+    if variable is not None and variable.dims == ("time",) and variable.dtype.kind == "M":
+        return variable
+    return None
+
+
+def _read_member(where: str, expected: Layout, data: bytes, variables=None) -> dict[str, np.ndarray]:
+    """Decode the variables of one member (default: all its layout has), checked against ``expected``."""
+    with open_zarr_zip(where, data=data) as dataset:
+        layout = member_layout(where, expected.modality, dataset)
+        if layout != expected:
+            raise SSL4EOS12FileError(where, f"layout {_describe(layout)} {layout.variables} differs from the "
+                                            f"dataset's {_describe(expected)} {expected.variables}")
+        names = ["bands", "center_lat", "center_lon", *(layout.variables or ()), *(s[0] for s in layout.statics)]
+        if layout.has_cloud_mask:
+            names.append("cloud_mask")
+        if variables is not None:
+            names = [name for name in names if name in variables]
+        try:
+            direct = fastzip.read_arrays(dataset.encoding[ZIP_SOURCE], [n for n in ("bands", "cloud_mask") if n in names])
+            values = {}
+            for name in names:
+                if name in direct:
+                    values[name] = direct[name]
+                elif name == "time_" and "time_" not in dataset.variables:
+                    values[name] = _time_coordinate(dataset).values
+                else:
+                    values[name] = dataset[name].values
+        except Exception as err:  # a chunk that does not decompress, a CRC error
+            raise SSL4EOS12FileError(where, f"cannot read data ({type(err).__name__}: {err})") from err
+        # no sample id in the member: the key is the location's only name
+        values["sample"] = np.asarray(dataset["sample"].values if "sample" in dataset.variables
+                                      else where.rsplit(":", 1)[-1].removesuffix(ZARR_ZIP_SUFFIX)).astype(str)
+    return values
+
+
+def _stack(layout: Layout, members: list[dict[str, np.ndarray]]) -> ModalityFile:
+    """Per-location variables stacked on a leading sample axis, as the Zarr release's files hold them."""
+    return ModalityFile(layout, {name: np.stack([m[name] for m in members]) for name in members[0]})
