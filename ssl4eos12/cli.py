@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-from .constants import MODALITIES, SPLIT_FOLDERS
+from .constants import MODALITIES, SPLIT_FOLDERS, WEBDATASET_MODALITIES
 from .errors import SSL4EOS12DataError, SSL4EOS12FileError
 
 DESCRIPTION = """\
@@ -79,14 +79,16 @@ def _synth(args: argparse.Namespace) -> None:
 
     from .synth import EXTRA_MODALITIES, synthesize
 
+    for name in ("files", "samples", "size", "times"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name}: must be at least 1, got {getattr(args, name)}; pass a positive number")
+    if args.layout == "webdataset":
+        return _synth_webdataset(args)
     valid = list(MODALITIES) + list(EXTRA_MODALITIES)
     modalities = tuple(args.modalities or MODALITIES)
     unknown = [m for m in modalities if m not in valid]
     if unknown:
         raise UsageError(f"--modalities: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
-    for name in ("files", "samples", "size", "times"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name}: must be at least 1, got {getattr(args, name)}; pass a positive number")
     total = args.files * len(modalities) * len(args.splits)
     start = time.perf_counter()
     with tqdm(total=total, desc="Writing", unit="file") as progress:
@@ -95,6 +97,18 @@ def _synth(args: argparse.Namespace) -> None:
                          progress=lambda path: progress.update(1))
     print(f"wrote {args.files} file(s) x {len(modalities)} modalities x {len(args.splits)} split(s) "
           f"({total} files, {_size(out)}) to {out} in {time.perf_counter() - start:.1f} s")
+
+
+def _synth_webdataset(args: argparse.Namespace) -> None:
+    from .synth.webdataset import synthesize_webdataset
+
+    modalities = tuple(args.modalities or WEBDATASET_MODALITIES)
+    unknown = [m for m in modalities if m not in WEBDATASET_MODALITIES]
+    if unknown:
+        raise UsageError(f"--modalities: unknown {', '.join(unknown)}; choose from {', '.join(WEBDATASET_MODALITIES)}")
+    out = synthesize_webdataset(args.out_dir, splits=tuple(args.splits), shards=args.files, samples=args.samples,
+                                size=args.size, times=args.times, modalities=modalities, seed=args.seed)
+    print(f"wrote {args.files} tar(s) x {len(modalities)} modalities x {len(args.splits)} split(s) to {out}")
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -213,12 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Write small sample data in the real format (Zarr v2 zips, split lists).")
     synth.add_argument("out_dir", metavar="DATA_DIR", help="folder to write the sample data root to")
     synth.add_argument("--splits", nargs="+", default=splits, choices=splits, help="splits to write (default: all)")
-    synth.add_argument("--files", type=int, default=2, help="files per split (default: 2)")
-    synth.add_argument("--samples", type=int, default=8, help="locations per file (default: 8; real data: 64)")
+    synth.add_argument("--layout", choices=["zarr", "webdataset"], default="zarr",
+                       help="the 64-sample Zarr zips (default) or the webdataset release's tars of all 7 modalities")
+    synth.add_argument("--files", type=int, default=2, help="files (or tars) per split (default: 2)")
+    synth.add_argument("--samples", type=int, default=8,
+                       help="locations per file (default: 8; real data: 64 per zip, 512 per tar)")
     synth.add_argument("--size", type=int, default=32, help="pixels per side (default: 32; real data: 264)")
     synth.add_argument("--times", type=int, default=4, help="timestamps per location (default: 4; real data: 4)")
     synth.add_argument("--modalities", nargs="+", metavar="MODALITY",
-                       help=f"modality folders to write (default: {' '.join(MODALITIES)}; NDVI also exists)")
+                       help=f"modality folders to write (default: {' '.join(MODALITIES)}; NDVI also exists; "
+                            f"webdataset: {' '.join(WEBDATASET_MODALITIES)})")
     synth.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same files")
     synth.set_defaults(func=_synth)
 

@@ -126,7 +126,7 @@ def test_works_from_any_directory(data_dir, tmp_path, monkeypatch):
         else Path(data_dir)
     ds = load_dataset("ssl4eos12", "S1GRD", data_dir=str(relative), split="validation", streaming=True)
     assert [row["file"] for row in ds][0] == split_files(data_dir, "validation")[0]
-    assert set(datasets.get_dataset_config_names("ssl4eos12")) == set(CONFIGS)
+    assert set(datasets.get_dataset_config_names("ssl4eos12")) == {*CONFIGS, "NDVI", "LULC", "DEM"}
 
 
 def test_default_root_is_the_hosted_copy():

@@ -176,7 +176,8 @@ def _describe_feature(feature) -> str:
 
 _SHARED_FIELD_DOCS = {
     "sample": "location id",
-    "file": "source Zarr file of the location",
+    "file": "source Zarr file (or webdataset tar) of the location",
+    "key": "member key of the location in its tar (webdataset release)",
     "center_lat": "latitude of the patch centre (degrees)",
     "center_lon": "longitude of the patch centre (degrees)",
     "crs": "EPSG code of the patch's UTM zone",

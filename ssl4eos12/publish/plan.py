@@ -68,6 +68,7 @@ class ShardTask:
     layouts: tuple[Layout, ...]  # the modalities read; the first one orders the rows
     thumbnail: Optional[str] = None  # modality the thumbnails are made from (default config only)
     rows_per_group: int = 1
+    keyed: bool = False  # the source names locations by member key (the tar release): a ``key`` column
 
     @property
     def stem(self) -> str:
@@ -93,7 +94,7 @@ class ShardTask:
 
     @functools.cached_property
     def features(self) -> datasets.Features:
-        return config_features(self.config, self.layouts, self.thumbnail)
+        return config_features(self.config, self.layouts, self.thumbnail, self.keyed)
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -106,19 +107,23 @@ class ShardTask:
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def config_features(config: str, layouts: tuple[Layout, ...], thumbnail: Optional[str]) -> datasets.Features:
+def config_features(config: str, layouts: tuple[Layout, ...], thumbnail: Optional[str],
+                    keyed: bool = False) -> datasets.Features:
     """A modality config's features are the builder's; the default config's are :func:`overview_features`."""
     if config == DEFAULT_CONFIG:
-        return overview_features(layouts, thumbnail)
-    return example_features(layouts)
+        return overview_features(layouts, thumbnail, keyed)
+    return example_features(layouts, keyed=keyed)
 
 
-def overview_features(layouts: tuple[Layout, ...], thumbnail: Optional[str]) -> datasets.Features:
+def overview_features(layouts: tuple[Layout, ...], thumbnail: Optional[str], keyed: bool = False) -> datasets.Features:
     """Features of the ``default`` config: a thumbnail and the scalar metadata of every modality."""
     features = {}
     if thumbnail is not None:
         features["thumbnail"] = datasets.Image()
-    features.update(SHARED_FEATURES)
+    for name, feature in SHARED_FEATURES.items():
+        features[name] = feature
+        if name == "file" and keyed:
+            features["key"] = datasets.Value("string")
     if thumbnail is not None:
         features["thumbnail_time_index"] = datasets.Value("int64")
     for layout in layouts:
@@ -154,12 +159,13 @@ def plan(data_dir: str, configs: Optional[Iterable[str]] = None, splits: Optiona
     for config in configs or [*probes, DEFAULT_CONFIG]:
         modalities, thumbnail = _config_modalities(config, probes)
         layouts = tuple(probes[m][0] for m in modalities)
-        example_bytes = example_nbytes(config_features(config, layouts, thumbnail), layouts)
+        example_bytes = example_nbytes(config_features(config, layouts, thumbnail, source.keyed), layouts)
         files_per_shard, rows_per_group = shard_sizes(example_bytes, probes[modalities[0]][1], max_shard_size)
         for split, names in split_files.items():
             chunks = [tuple(names[i:i + files_per_shard]) for i in range(0, len(names), files_per_shard)]
             tasks.extend(
-                ShardTask(config, split, index, len(chunks), chunk, root, layouts, thumbnail, rows_per_group)
+                ShardTask(config, split, index, len(chunks), chunk, root, layouts, thumbnail, rows_per_group,
+                          source.keyed)
                 for index, chunk in enumerate(chunks)
             )
     return tasks

@@ -62,12 +62,12 @@ def task_batches(task: ShardTask, name: str, stats: dict) -> Iterator[dict]:
         # the statistics on a helper thread (numpy releases the GIL) while the batches are copied and written
         with ThreadPoolExecutor(1, thread_name_prefix="ssl4eos12-statistics") as pool:
             statistics = pool.submit(_add_statistics, stats, block.reference)
-            yield from modality_batches(block.file, block.reference, task.rows_per_group)
+            yield from modality_batches(block.file, block.reference, task.rows_per_group, block.keys)
             statistics.result()
         del block  # before the next block is read
 
 
-def modality_batches(name: str, part: ModalityFile, size: int) -> Iterator[dict]:
+def modality_batches(name: str, part: ModalityFile, size: int, keys=None) -> Iterator[dict]:
     """The builder's examples of a file as columns of ``size`` rows: row slices, not one copy per example.
 
     The fields are the builder's own (:func:`~ssl4eos12.schema.location_examples` and ``modality_fields``,
@@ -78,7 +78,8 @@ def modality_batches(name: str, part: ModalityFile, size: int) -> Iterator[dict]
         rows = slice(start, start + size)
         samples = part.samples[rows].tolist()
         # yielded without a local name, so the previous batch is freed before the next one is cut
-        yield {"sample": samples, "file": [name] * len(samples), "center_lat": shared["center_lat"][rows],
+        yield {"sample": samples, "file": [name] * len(samples),
+               **({} if keys is None else {"key": keys[rows].tolist()}), "center_lat": shared["center_lat"][rows],
                "center_lon": shared["center_lon"][rows], "crs": shared["crs"][rows],
                **modality_fields(part.layout.modality, part, rows, slice(None))}
 
@@ -119,8 +120,11 @@ def overview_examples(block: Block, thumbnail: Optional[str]) -> Iterator[tuple[
             t = int(np.argmin(fractions[thumbnail][row])) if thumbnail in fractions else 0
             png = thumbnail_png(parts[thumbnail].variables["bands"][row, t, rgb])
             example["thumbnail"] = {"bytes": png, "path": None}
-        example.update(sample=str(sample), file=name, center_lat=float(shared["center_lat"][i]),
-                       center_lon=float(shared["center_lon"][i]), crs=int(shared["crs"][i]))
+        example.update(sample=str(sample), file=name)
+        if block.keys is not None:
+            example["key"] = str(block.keys[i])
+        example.update(center_lat=float(shared["center_lat"][i]), center_lon=float(shared["center_lon"][i]),
+                       crs=int(shared["crs"][i]))
         if thumbnail is not None:
             example["thumbnail_time_index"] = t
         for m, part in parts.items():
