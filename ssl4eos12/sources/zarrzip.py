@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import threading
 import zipfile
 from collections.abc import Iterator
 
@@ -90,11 +91,19 @@ def open_zarr_zip(url: str, download_config=None, whole: bool = True, data: byte
 
 def _open_store(url: str, download_config, stack: contextlib.ExitStack, whole: bool, data: bytes | None = None):
     """The zarr store of a zip, and the zip for :func:`fastzip.read_arrays` (a path, a fetched file or None)."""
-    if data is not None or is_remote(url):
-        remote_file = io.BytesIO(data) if data is not None else stack.enter_context(open_remote(url, download_config, whole))
-        zip_fs = ZipFileSystem(fo=remote_file)
+    if data is not None:
+        buffer = stack.enter_context(io.BytesIO(data))  # entered: its memory is freed on exit, not at the next gc
+        store = _BufferZipStore(buffer)
+        stack.callback(lambda: store._is_open and store.close())
+        return store, buffer
+    if is_remote(url):
+        remote_file = stack.enter_context(open_remote(url, download_config, whole))
+        zip_fs = ZipFileSystem(fo=remote_file, skip_instance_cache=True)
         stack.callback(zip_fs.close)
-        store = zarr.storage.FsspecStore(AsyncFileSystemWrapper(zip_fs, asynchronous=True), read_only=True, path="")
+        # Build the listing now, in this thread: the async wrapper reads from several threads, and fsspec fills
+        # the listing lazily in two steps, so a thread could see it half-built and miss .zmetadata (seen).
+        zip_fs.ls("", detail=False)
+        store = zarr.storage.FsspecStore(AsyncFileSystemWrapper(zip_fs, asynchronous=True, skip_instance_cache=True), read_only=True, path="")
         return store, remote_file if isinstance(remote_file, io.BytesIO) else None
     path = url.removeprefix("file://")
     if not os.path.isfile(path):
@@ -103,6 +112,24 @@ def _open_store(url: str, download_config, stack: contextlib.ExitStack, whole: b
     # ZipStore opens its zip on first access, and cannot close one it never opened
     stack.callback(lambda: store._is_open and store.close())
     return store, path
+
+
+class _BufferZipStore(zarr.storage.ZipStore):
+    """A read-only ``ZipStore`` over a zip held in memory (a tar member): zarr's own zip reading, no threads.
+
+    fsspec's zip file system would do too, but its objects form reference cycles that keep each member's
+    buffer alive until a garbage collection, and it fills its listing lazily from several threads (a thread
+    could miss ``.zmetadata``: seen).
+    """
+
+    def __init__(self, buffer: io.BytesIO):
+        super().__init__("<memory>", mode="r")
+        self._buffer = buffer
+
+    def _sync_open(self) -> None:
+        self._lock = threading.RLock()
+        self._zf = zipfile.ZipFile(self._buffer, mode="r")
+        self._is_open = True
 
 
 def _unreachable(url: str, err: ConnectionError) -> SSL4EOS12FileError:
