@@ -106,7 +106,7 @@ def _synth_webdataset(args: argparse.Namespace) -> None:
     unknown = [m for m in modalities if m not in WEBDATASET_MODALITIES]
     if unknown:
         raise UsageError(f"--modalities: unknown {', '.join(unknown)}; choose from {', '.join(WEBDATASET_MODALITIES)}")
-    out = synthesize_webdataset(args.out_dir, splits=tuple(args.splits), shards=args.files, samples=args.samples,
+    out = synthesize_webdataset(args.out_dir, splits=tuple(args.splits), files=args.files, samples=args.samples,
                                 size=args.size, times=args.times, modalities=modalities, seed=args.seed)
     print(f"wrote {args.files} tar(s) x {len(modalities)} modalities x {len(args.splits)} split(s) to {out}")
 

@@ -420,3 +420,6 @@ def synthesize(
             list_path.write_text("".join(f"{name}\n" for name in names))
     return out
 
+
+# the webdataset release's look-alike builds on the generators above
+from .webdataset import synthesize_webdataset  # noqa: E402

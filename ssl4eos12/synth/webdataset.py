@@ -45,7 +45,7 @@ def synthesize_webdataset(
     out_dir: str | os.PathLike,
     *,
     splits: tuple[str, ...] = ("train", "validation"),
-    shards: int = 2,
+    files: int = 2,
     samples: int = 4,
     size: int = 32,
     times: int = 4,
@@ -55,7 +55,7 @@ def synthesize_webdataset(
 ) -> Path:
     """Write a small webdataset-release tree under ``out_dir`` and return its path.
 
-    ``shards`` tars per split and modality, ``samples`` locations per tar; ``metadata`` writes the
+    ``files`` tars per split and modality, ``samples`` locations per tar; ``metadata`` writes the
     ``{split}_metadata.parquet`` files (``tar``, ``key``, ``sample``, ``center_lat``, ``center_lon``).
     """
     out = Path(out_dir)
@@ -63,7 +63,7 @@ def synthesize_webdataset(
     for split_index, split in enumerate(splits):
         folder = SPLIT_FOLDERS.get(split, split)
         rows: dict[str, list] = {"tar": [], "key": [], "sample": [], "center_lat": [], "center_lon": []}
-        for shard_index in range(shards):
+        for shard_index in range(files):
             shard_seed = seed * 1_000_003 + split_index * 10_007 + shard_index
             rng = np.random.default_rng(shard_seed)
             locations = make_locations(rng, 1_000_000 + next_id, samples)
