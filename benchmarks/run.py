@@ -68,6 +68,9 @@ ROWS = [
     ("stream:all", "all", "ours: builder streaming, no format", "≥ 0.6× ceiling, ≥ 1.2× authors; RSS ≤ 1.5× a file"),
     ("torch:all", "all", "ours: streaming → DataLoader(batch 8, ssl4eos12.collate), 0 workers", None),
     ("convert:all", "all", "ours: `ssl4eos12 convert` (every config), 1 worker", "≥ 0.3× ceiling per worker"),
+    ("wds:S2L2A", "S2L2A", "ours: builder streaming the webdataset tars (same sizes), no format", "≥ 0.6× ceiling"),
+    ("wdshttp:S2L2A", "S2L2A", "ours: webdataset tars over HTTP from 127.0.0.1", "≥ 0.8× local tars"),
+    ("wds:all", "all", "ours: builder streaming the webdataset tars (same sizes), no format", "≥ 0.6× ceiling"),
 ]
 #: Run order: as shown, except that conversion runs before the rows that stream its output.
 RUN_ORDER = sorted((name for name, *_ in ROWS), key=lambda n: (not n.startswith("convert"), [r[0] for r in ROWS].index(n)))
@@ -424,7 +427,7 @@ def row_published_rows(data: Path, group: str, repeat: int) -> dict:
     return result
 
 
-def row_http(data: Path, group: str, repeat: int) -> dict:
+def row_http(data: Path, group: str, repeat: int, suffix: str = ".zarr.zip") -> dict:
     """Stream from a range-capable HTTP server on 127.0.0.1 (tests/servers.py), run in its own process."""
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(data)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
@@ -441,11 +444,24 @@ def row_http(data: Path, group: str, repeat: int) -> dict:
         with contextlib.suppress(Exception):
             server.stdin.close()
         server.wait(timeout=30)
-    file_bytes = sum(path.stat().st_size for _, path in files_of(data, group))
+    file_bytes = sum(path.stat().st_size for m in GROUPS[group] for path in (data / SPLIT_FOLDER / m).glob(f"*{suffix}"))
     passes_made = len(result["times"]) + 1  # and the warm-up
-    data_served = sum(v for k, v in served.items() if k.endswith(".zarr.zip"))
+    data_served = sum(v for k, v in served.items() if k.endswith(suffix))
     result["bytes_served_per_file_byte"] = data_served / (file_bytes * passes_made)
     return result
+
+
+def wds_root(data: Path) -> Path:
+    """The webdataset-release look-alike of the benchmark's data: as many locations, in tars of 64."""
+    return data / "webdataset"
+
+
+def row_wds(data: Path, group: str, repeat: int) -> dict:
+    return passes(_iterate(_load(group, data_dir=str(wds_root(data))), group), repeat)
+
+
+def row_wdshttp(data: Path, group: str, repeat: int) -> dict:
+    return row_http(wds_root(data), group, repeat, suffix=".tar")
 
 
 def serve(data: str) -> None:
@@ -466,7 +482,7 @@ ROW_FUNCTIONS = {
     "zipread": row_zipread, "blosc": row_blosc, "zarr": row_zarr, "authors": row_authors,
     "stream": row_stream, "torch": row_torch, "torch2": row_torch2, "prepare": row_prepare,
     "convert": row_convert, "published-arrow": row_published_arrow, "published-rows": row_published_rows,
-    "http": row_http,
+    "http": row_http, "wds": row_wds, "wdshttp": row_wdshttp,
 }
 
 
@@ -497,9 +513,24 @@ def ensure_data(data: Path, files: int) -> float:
     return time.perf_counter() - start
 
 
+def ensure_wds_data(data: Path, files: int) -> float:
+    """The webdataset look-alike (``files`` tars of 64 locations per modality), generated when missing."""
+    root = wds_root(data)
+    expected = [root / SPLIT_FOLDER / m / f"ssl4eos12_shard_{i + 1:06d}.tar" for m in MODALITIES for i in range(files)]
+    if all(p.is_file() for p in expected):
+        return 0.0
+    print(f"generating {files} full-size tars per modality in {root} ...", flush=True)
+    start = time.perf_counter()
+    code = ("import sys; from ssl4eos12.synth.webdataset import synthesize_webdataset; "
+            "synthesize_webdataset(sys.argv[1], splits=('validation',), files=int(sys.argv[2]), samples=64, "
+            f"size=264, modalities={MODALITIES!r})")
+    subprocess.run([sys.executable, "-c", code, str(root), str(files)], check=True)
+    return time.perf_counter() - start
+
+
 def warm_page_cache(data: Path) -> int:
     total = 0
-    for path in sorted((data / SPLIT_FOLDER).rglob("*.zarr.zip")):
+    for path in sorted([*(data / SPLIT_FOLDER).rglob("*.zarr.zip"), *wds_root(data).rglob("*.tar")]):
         with open(path, "rb") as f:
             while chunk := f.read(1 << 24):
                 total += len(chunk)
@@ -620,6 +651,14 @@ def summarize(results: dict[str, dict], one_file: dict[str, int]) -> tuple[list[
           detail=f"{s['peak_rss'] / MB:.0f} MB vs {one / MB:.0f} MB; of which {s.get('rss_start', 0) / MB:.0f} MB "
                  f"before the first example (Python, datasets, zarr, xarray and torch, which datasets imports)"
           if "peak_rss" in s else "")
+    for group in ("S2L2A", "all"):
+        w = by_name.get(f"wds:{group}")
+        check(f"streaming the webdataset tars `{group}` vs Blosc-decode ceiling", w and w.get("ratio"), 0.6,
+              detail=w and f"{w['mb_per_s']:.0f} MB/s; {ratio(f'wds:{group}', f'stream:{group}') or 0:.2f}× the Zarr files")
+    wh = results.get("wdshttp:S2L2A", {})
+    check("webdataset tars over HTTP vs local tars (`S2L2A`)", ratio("wdshttp:S2L2A", "wds:S2L2A"), 0.8,
+          detail=f"{wh['bytes_served_per_file_byte']:.2f} bytes served per tar byte"
+          if "bytes_served_per_file_byte" in wh else "")
     h = results.get("http:S2L2A", {})
     check("HTTP streaming vs local streaming (`S2L2A`)", ratio("http:S2L2A", "stream:S2L2A"), 0.8,
           detail=f"{h['bytes_served_per_file_byte']:.2f} bytes served per file byte"
@@ -733,6 +772,9 @@ def main(argv=None) -> int:
         if unknown:
             parser.error(f"unknown rows {sorted(unknown)}; rows: {', '.join(names)}")
         names = [n for n in names if n in wanted]
+    if any(n.startswith("wds") for n in names):
+        generated += ensure_wds_data(args.data, args.files)
+        warmed = warm_page_cache(args.data)  # again, with the tars
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="ssl4eos12-bench-") as work:
         for name in names:

@@ -41,21 +41,21 @@ def detect_layout(root: str, modality: str, download_config=None) -> str:
 
     A root whose folders hold both raises: pass ``layout=`` to choose. An HTTP root may not list folders,
     so the files naming the shards decide first there: the Zarr release's ``splits/`` lists, or the
-    webdataset release's metadata parquets. A root where nothing is found is left to the Zarr reader, whose
-    errors say what it expected.
+    webdataset release's metadata parquets. A root where nothing is found (or that cannot be reached) is left
+    to the Zarr reader, whose errors say what it expected or why the root failed.
     """
     fs, root_path = url_to_fs(root, download_config)
     if root.startswith(("http://", "https://")):
         for folder in SPLIT_FOLDERS.values():
-            if fs.exists(posixpath.join(root_path, split_list_path(folder))):
+            if _exists(fs, posixpath.join(root_path, split_list_path(folder))):
                 return ChunkedSource.name
-            if fs.exists(posixpath.join(root_path, webdataset_metadata_path(folder))):
+            if _exists(fs, posixpath.join(root_path, webdataset_metadata_path(folder))):
                 return WebDatasetSource.name
     found = set()
     for folder in SPLIT_FOLDERS.values():
         try:
             names = fs.ls(posixpath.join(root_path, folder, modality), detail=False)
-        except (FileNotFoundError, NotADirectoryError, OSError):
+        except Exception:  # noqa: BLE001 - unreachable or unlistable: the reader's own errors say why
             continue
         found.update(layout for layout, suffix in ((WebDatasetSource.name, TAR_SUFFIX), (ChunkedSource.name, ZARR_ZIP_SUFFIX))
                      if any(name.endswith(suffix) for name in names))
@@ -69,9 +69,16 @@ def detect_layout(root: str, modality: str, download_config=None) -> str:
     if not is_remote(root):
         return ChunkedSource.name
     for folder in SPLIT_FOLDERS.values():
-        if fs.exists(posixpath.join(root_path, webdataset_metadata_path(folder))):
+        if _exists(fs, posixpath.join(root_path, webdataset_metadata_path(folder))):
             return WebDatasetSource.name
     return ChunkedSource.name
+
+
+def _exists(fs, path: str) -> bool:
+    try:
+        return fs.exists(path)
+    except Exception:  # noqa: BLE001 - unreachable: the reader's own errors say why
+        return False
 
 
 __all__ = ["ON_BAD_FILE_CHOICES", "SOURCES", "Block", "ChunkedSource", "Layout", "ModalityFile", "Source",
