@@ -22,10 +22,12 @@ batches whatever the thread timing):
 - **hand-over**: batches in order; with ``device=``, copied to the device one batch ahead (CUDA: on a side
   stream, non-blocking, from pinned memory).
 
-Memory, stated: at most ``prefetch + shuffle_window + 1`` decoded shards (one S2L2A file of 64 locations is
-446 MB decoded, one file of all four modalities 1.07 GB) plus ``batches_ahead + 2`` batches, plus the batches
-the consumer keeps. With 16 threads and the defaults, streaming ``S2L2A``: (16 + 4 + 1) x 446 MB ~ 9.4 GB.
-Lower ``prefetch`` (at some cost in speed) to bound it further.
+Memory, stated: at most ``prefetch + shuffle_window + 1`` decoded shards, plus the shards that batches still
+being gathered draw from (none once their gather ends; a few at most, as a batch is gathered within
+milliseconds), plus ``batches_ahead + 2`` batch buffers and the batches the consumer keeps. One S2L2A file of
+64 locations is 446 MB decoded, one file of all four modalities 1.07 GB: with 16 threads and the defaults,
+streaming ``S2L2A`` holds at most about (16 + 4 + 1) x 446 MB ~ 9.4 GB. Lower ``prefetch`` to bound it further
+(decoding then runs on at most ``prefetch`` threads).
 """
 
 from __future__ import annotations
@@ -636,11 +638,24 @@ class _Failure:
 class _Job:
     """One batch: its picks, its buffers, its string lists, and the gather tasks filling them."""
 
-    def __init__(self, picks: _Picks, buffers: _Buffers, strings: dict[str, list], parts: list):
+    def __init__(self, picks: _Picks, buffers: _Buffers, strings: dict[str, list]):
+        self.size = len(picks)
         self.picks = picks
         self.buffers = buffers
         self.strings = strings
-        self.parts = parts
+        self.parts: list[concurrent.futures.Future] = []
+        self._left = 0
+        self._lock = threading.Lock()
+
+    def gather(self, fields, crop, start: int, stop: int) -> None:
+        """One part of the batch (a gather thread); the last part to finish lets go of the decoded blocks."""
+        try:
+            _gather(fields, crop, self.picks, self.buffers, self.strings, start, stop)
+        finally:
+            with self._lock:
+                self._left -= 1
+                if self._left == 0:
+                    self.picks = None  # a queued batch must not keep drained files alive
 
 
 class _EpochRun:
@@ -686,7 +701,7 @@ class _EpochRun:
         return batch
 
     def _output(self, job: _Job) -> dict:
-        n = len(job.picks)
+        n = job.size
         out = {}
         for field in self.fields:
             if field.strings:
@@ -815,12 +830,12 @@ class _EpochRun:
     def _emit(self, picks: _Picks) -> None:
         """Start gathering a batch (in parts, so that one batch spreads over the gather threads) and queue it."""
         n = len(picks)
-        buffers = self.memory.acquire()
-        strings = {f.name: [None] * n for f in self.fields if f.strings}
+        job = _Job(picks, self.memory.acquire(), {f.name: [None] * n for f in self.fields if f.strings})
         step = max(4, -(-n // self.loader.gather_threads))
-        parts = [self.gatherers.submit(_gather, self.fields, self.loader.crop, picks, buffers, strings, a, min(a + step, n))
-                 for a in range(0, n, step)]
-        self._put(_Job(picks, buffers, strings, parts))
+        bounds = [(a, min(a + step, n)) for a in range(0, n, step)]
+        job._left = len(bounds)
+        job.parts = [self.gatherers.submit(job.gather, self.fields, self.loader.crop, a, b) for a, b in bounds]
+        self._put(job)
 
     def _put(self, item) -> None:
         while True:

@@ -1,0 +1,304 @@
+"""ssl4eos12.Loader: every example once per epoch across ranks and threads, in a seeded order, with the values
+xarray reads from the files (cropped and standardized as numpy computes it), in bounded memory, and no thread
+left behind by a ``break``, an exception or a dropped iterator."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+import ssl4eos12
+from conftest import assert_identical
+from reference import assert_example_equal, expected_examples
+from ssl4eos12.synth import synthesize
+
+
+@pytest.fixture(scope="module")
+def many_files(tmp_path_factory):
+    """Seven S2L2A + S1GRD files of 3 locations (more files than ranks and threads), 8 px."""
+    return synthesize(tmp_path_factory.mktemp("loader"), splits=("train",), files=7, samples=3, size=8,
+                      modalities=("S2L2A", "S1GRD"))
+
+
+def loader_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("ssl4eos12")]
+
+
+def examples_of(batches) -> list[dict]:
+    """The batches cut back into examples: arrays as numpy (their dtype kept), strings as given."""
+    out = []
+    for batch in batches:
+        for i in range(len(batch["sample"])):
+            out.append({name: (value[i].numpy() if isinstance(value, torch.Tensor) else value[i])
+                        for name, value in batch.items()})
+    return out
+
+
+def as_loader_gives(example: dict, numpy: bool) -> dict:
+    """An expected (xarray) example with timestamps as the loader gives them: int64 ns for torch."""
+    if numpy:
+        return example
+    return {name: value.astype("datetime64[ns]").view(np.int64)
+            if isinstance(value, np.ndarray | np.datetime64) and value.dtype.kind == "M" else value
+            for name, value in example.items()}
+
+
+@pytest.mark.parametrize("config, kwargs, numpy", [
+    ("all", {}, False),
+    ("S2L2A", {}, True),
+    ("all", {"single_timestamp": True}, False),
+])
+def test_values_are_what_xarray_reads(data_dir, config, kwargs, numpy):
+    """Every batch kept (so no reused buffer may overwrite a kept one), every field equal in value and dtype."""
+    loader = ssl4eos12.Loader(config, data_dir=str(data_dir), split="validation", batch_size=4, shuffle=False,
+                              num_threads=2, numpy=numpy, **kwargs)
+    batches = list(loader)
+    modalities = list(ssl4eos12.MODALITIES) if config == "all" else [config]
+    expected = [as_loader_gives(e, numpy) for e in expected_examples(data_dir, "validation", modalities, **kwargs)]
+    actual = examples_of(batches)
+    assert len(actual) == len(expected) == loader.num_examples
+    assert list(batches[0]) == list(expected[0])  # the builder's field order, as collate gives it
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert_example_equal(a, e, f"example {i}")
+    if not numpy:
+        assert batches[0]["S2L2A"].dtype == torch.int16 and batches[0]["S1GRD"].dtype == torch.float16
+        assert batches[0]["S2RGB"].dtype == torch.uint8 and batches[0]["S2L2A_time"].dtype == torch.int64
+
+
+def test_same_as_the_builder_through_collate(data_dir):
+    """Unshuffled batches equal ssl4eos12.collate over the streaming builder's examples, batch for batch."""
+    from datasets import load_dataset
+
+    streamed = list(load_dataset("ssl4eos12", "S2L2A", data_dir=str(data_dir), split="train", streaming=True))
+    loader = ssl4eos12.Loader("S2L2A", data_dir=str(data_dir), split="train", batch_size=4, shuffle=False)
+    for k, batch in enumerate(loader):
+        reference = ssl4eos12.collate(streamed[4 * k:4 * k + 4])
+        assert list(batch) == list(reference)
+        for name, value in reference.items():
+            if isinstance(value, torch.Tensor):
+                assert batch[name].dtype == value.dtype and torch.equal(batch[name], value), name
+            else:
+                assert batch[name] == value, name
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_every_example_once_per_epoch_across_ranks(many_files, threads):
+    everything = {e["sample"] for e in expected_examples(many_files, "train", ["S2L2A"])}
+    for epoch in (0, 1):
+        seen, batches = [], 0
+        for rank in range(3):
+            loader = ssl4eos12.Loader("all", data_dir=str(many_files), modalities=["S2L2A", "S1GRD"], batch_size=2,
+                                      rank=rank, world_size=3, num_threads=threads, seed=5)
+            loader.set_epoch(epoch)
+            expected_batches = len(loader)
+            rank_batches = list(loader)
+            assert len(rank_batches) == expected_batches
+            batches += len(rank_batches)
+            seen += [s for b in rank_batches for s in b["sample"]]
+        assert len(seen) == len(everything) and set(seen) == everything
+
+
+def test_single_timestamp_every_pair_once(many_files):
+    loader = ssl4eos12.Loader("S2L2A", data_dir=str(many_files), batch_size=5, single_timestamp=True, num_threads=2)
+    pairs = [(s, int(t)) for b in loader for s, t in zip(b["sample"], b["time_index"])]
+    expected = {(e["sample"], int(e["time_index"]))
+                for e in expected_examples(many_files, "train", ["S2L2A"], single_timestamp=True)}
+    assert len(pairs) == len(expected) == loader.num_examples and set(pairs) == expected
+
+
+def order_of(loader) -> list[str]:
+    return [s for b in loader for s in b["sample"]]
+
+
+def test_order_follows_seed_and_epoch_not_threads(many_files):
+    def make(**kwargs):
+        return ssl4eos12.Loader("S2L2A", data_dir=str(many_files), batch_size=4, seed=7, crop=4, **kwargs)
+
+    first = make(num_threads=1)
+    epoch0 = order_of(first)  # iter() starts epoch 0, then the next iter() epoch 1
+    epoch1 = order_of(first)
+    again = make(num_threads=3, shuffle_window=4)
+    assert order_of(again) == epoch0
+    again.set_epoch(1)
+    assert order_of(again) == epoch1
+    assert epoch0 != epoch1 and sorted(epoch0) == sorted(epoch1)
+    other_seed = ssl4eos12.Loader("S2L2A", data_dir=str(many_files), batch_size=4, seed=8)
+    assert order_of(other_seed) != epoch0
+    # the crops follow from the seed and epoch too
+    a, b = make(num_threads=1), make(num_threads=2)
+    for x, y in zip(a, b):
+        assert torch.equal(x["S2L2A"], y["S2L2A"]) and torch.equal(x["S2L2A_x"], y["S2L2A_x"])
+    # examples mix across files (3 locations each): the first batch of 4 comes from more than one
+    assert len(set(next(iter(make()))["file"])) > 1
+    assert order_of(make(shuffle=False)) == sorted(epoch0)  # unshuffled: the files' own order
+
+
+def test_crop_and_normalize_match_numpy(data_dir):
+    mean, std = (np.asarray(v, np.float32).reshape(-1, 1, 1) for v in ssl4eos12.constants.standardization("S2L2A"))
+    expected = list(expected_examples(data_dir, "validation", ["S2L2A"]))
+
+    def standardized(x):
+        return (x.astype(np.float32) - mean) / std
+
+    centre = ssl4eos12.Loader("S2L2A", data_dir=str(data_dir), split="validation", shuffle=False, crop=10,
+                              normalize=True, numpy=True)
+    for e, a in zip(expected, examples_of(centre)):
+        assert_identical(a["S2L2A"], standardized(e["S2L2A"][..., 3:13, 3:13]), "centre crop, standardized")
+        assert_identical(a["S2L2A_cloud_mask"], e["S2L2A_cloud_mask"][..., 3:13, 3:13], "cloud mask")
+        assert_identical(a["S2L2A_x"], e["S2L2A_x"][3:13], "x")
+        assert_identical(a["S2L2A_y"], e["S2L2A_y"][3:13], "y")
+
+    by_sample = {e["sample"]: e for e in expected}
+    for device in (None, "cpu"):  # standardized in the gather, or on the device after the copy
+        random = ssl4eos12.Loader("S2L2A", data_dir=str(data_dir), split="validation", crop=10, normalize=True,
+                                  device=device, seed=3)
+        corners = set()
+        for a in examples_of(random):
+            e = by_sample[a["sample"]]
+            top = int(np.nonzero(e["S2L2A_y"] == a["S2L2A_y"][0])[0][0])
+            left = int(np.nonzero(e["S2L2A_x"] == a["S2L2A_x"][0])[0][0])
+            corners.add((top, left))
+            window = (..., slice(top, top + 10), slice(left, left + 10))
+            assert_identical(a["S2L2A"], standardized(e["S2L2A"][window]), f"random crop at {top}, {left}")
+            assert_identical(a["S2L2A_cloud_mask"], e["S2L2A_cloud_mask"][window], "cloud mask")
+            assert_identical(a["S2L2A_y"], e["S2L2A_y"][top:top + 10], "y")
+        assert len(corners) > 1  # random, not the centre every time
+
+
+def test_standardization_values_per_release():
+    zarr_mean, zarr_std = ssl4eos12.constants.standardization("S2L2A", "zarr")
+    wds_mean, wds_std = ssl4eos12.constants.standardization("S2L2A", "webdataset")
+    assert zarr_mean == ssl4eos12.MEAN["S2L2A"] and zarr_std == wds_std == ssl4eos12.STD["S2L2A"]
+    assert wds_mean[0] == 793.243 and wds_mean[-1] == 1849.625  # the offset-free release's published values
+    assert ssl4eos12.constants.standardization("S1GRD", "webdataset")[0] == ssl4eos12.MEAN["S1GRD"]
+    with pytest.raises(KeyError, match="LULC"):
+        ssl4eos12.constants.standardization("LULC", "webdataset")
+
+
+def test_len_and_drop_last(many_files):
+    full = ssl4eos12.Loader("S2L2A", data_dir=str(many_files), batch_size=4)
+    dropped = ssl4eos12.Loader("S2L2A", data_dir=str(many_files), batch_size=4, drop_last=True)
+    assert full.num_examples == 21 and len(full) == 6 and len(dropped) == 5
+    sizes = [len(b["sample"]) for b in full]
+    assert sizes == [4, 4, 4, 4, 4, 1]
+    assert [len(b["sample"]) for b in dropped] == [4] * 5
+
+
+def test_buffers_are_reused_once_released(many_files):
+    loader = ssl4eos12.Loader("S2L2A", data_dir=str(many_files), batch_size=1, shuffle=False, batches_ahead=2)
+    pointers = [batch["S2L2A"].data_ptr() for batch in loader]  # each batch dropped before the next
+    assert len(pointers) == 21 and len(set(pointers)) <= 2 + 2 + 2
+
+
+def test_break_exception_and_dropped_iterator_leave_no_thread(many_files):
+    loader = ssl4eos12.Loader("all", data_dir=str(many_files), modalities=["S2L2A", "S1GRD"], batch_size=1,
+                              num_threads=3)
+    for _ in loader:
+        break
+    assert loader_threads() == []
+
+    with pytest.raises(ZeroDivisionError):
+        for _ in loader:
+            1 / 0
+    gc.collect()
+    assert loader_threads() == []
+
+    iterator = iter(loader)
+    next(iterator)
+    assert loader_threads()  # running
+    del iterator
+    assert loader_threads() == []
+
+    class Holder:  # an iterator in a reference cycle goes with the garbage collector
+        pass
+
+    holder = Holder()
+    holder.self, holder.iterator = holder, iter(loader)
+    next(holder.iterator)
+    del holder
+    gc.collect()
+    assert loader_threads() == []
+
+
+def test_bad_file_raises_and_stops_or_is_skipped(many_files, tmp_path):
+    root = synthesize(tmp_path / "data", splits=("train",), files=3, samples=2, size=8, modalities=("S2L2A",))
+    bad = root / "train" / "S2L2A" / "ssl4eos12_train_seasonal_data_000002.zarr.zip"
+    bad.write_bytes(bad.read_bytes()[:3000])
+    with pytest.raises(ssl4eos12.SSL4EOS12FileError, match="truncated or corrupt") as info:
+        list(ssl4eos12.Loader("S2L2A", data_dir=str(root), batch_size=1, shuffle=False, num_threads=2))
+    assert str(bad) in str(info.value)
+    assert loader_threads() == []
+    with pytest.warns(ssl4eos12.SSL4EOS12BadFileWarning, match="truncated or corrupt"):
+        loader = ssl4eos12.Loader("S2L2A", data_dir=str(root), batch_size=1, on_bad_file="skip", num_threads=2)
+        samples = order_of(loader)
+    assert len(samples) == 4 and loader_threads() == []
+
+
+def test_memory_stays_flat_across_many_files(tmp_path):
+    """Peak traced memory over 12 files is that of 6 (both fill the pipeline), and within the stated bound."""
+    root = synthesize(tmp_path / "data", splits=("train",), files=12, samples=4, size=32, modalities=("S2L2A",))
+    (root / "val" / "S2L2A").mkdir(parents=True)
+    names = (root / "splits" / "ssl4eos12_train.txt").read_text().split()[:6]
+    for name in names:  # the validation split: the first 6 files
+        (root / "val" / "S2L2A" / name).symlink_to(root / "train" / "S2L2A" / name)
+    (root / "splits" / "ssl4eos12_val.txt").write_text("".join(f"{name}\n" for name in names))
+    file_bytes = 4 * 4 * 12 * 32 * 32 * 2 + 4 * 4 * 32 * 32  # bands + cloud mask of one decoded file
+    batch_bytes = file_bytes  # a batch of 4 locations: a file's worth
+
+    def peak(split):
+        loader = ssl4eos12.Loader("S2L2A", data_dir=str(root), split=split, batch_size=4, num_threads=2,
+                                  prefetch=2, shuffle_window=2, batches_ahead=2)
+        tracemalloc.start()
+        try:
+            count = sum(len(b["sample"]) for b in loader)
+            return count, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak("validation")  # imports and caches warmed
+    small_count, small_peak = peak("validation")
+    count, big_peak = peak("train")
+    assert (small_count, count) == (24, 48)
+    # the module docstring's bound: (prefetch + window + 1) decoded files + (batches_ahead + 2) batches
+    bound = (2 + 2 + 1) * file_bytes + (2 + 2) * batch_bytes + 2_000_000  # + Python's own (zarr metadata, ...)
+    assert big_peak < bound, f"peak {big_peak} over the stated bound {bound}"
+    # timing moves the peak by a file or so; a leak would double it
+    assert big_peak < 1.4 * small_peak, f"peak grows with the files: {small_peak} for 6, {big_peak} for 12"
+
+
+def test_ranks_from_the_environment(monkeypatch, many_files):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    loader = ssl4eos12.Loader("S2L2A", data_dir=str(many_files))
+    assert (loader.rank, loader.world_size) == (1, 2)
+    assert len(loader.shards()) == 3  # 7 shards dealt to 2 ranks: 4 and 3
+    with pytest.raises(ValueError, match="rank=2, world_size=2"):
+        ssl4eos12.Loader("S2L2A", data_dir=str(many_files), rank=2)
+
+
+def test_numpy_without_torch(monkeypatch, data_dir):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails from here on
+    with pytest.raises(ImportError, match="numpy=True"):
+        ssl4eos12.Loader("S2L2A", data_dir=str(data_dir))
+    batch = next(iter(ssl4eos12.Loader("S2L2A", data_dir=str(data_dir), numpy=True, batch_size=2)))
+    assert isinstance(batch["S2L2A"], np.ndarray) and batch["S2L2A"].dtype == np.int16
+    assert batch["S2L2A_time"].dtype == np.dtype("datetime64[ns]")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"split": "test"}, "split='test'.*train, validation"),
+    ({"crop": 17}, "crop=17: larger than the S2L2A patches"),
+    ({"batch_size": 0}, "batch_size=0"),
+    ({"crop_mode": "middle", "crop": 4}, "crop_mode='middle'"),
+    ({"normalize": {"S2L2A": ([1.0], [2.0])}}, "one mean and std per band"),
+    ({"numpy": True, "device": "cpu"}, "device='cpu' with numpy=True"),
+])
+def test_bad_arguments_name_the_problem(data_dir, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ssl4eos12.Loader("S2L2A", data_dir=str(data_dir), **kwargs)
