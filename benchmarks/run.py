@@ -45,6 +45,16 @@ MODALITIES = ("S1GRD", "S2L1C", "S2L2A", "S2RGB")
 GROUPS = {"S2L2A": ("S2L2A",), "all": MODALITIES}
 MB = 1e6
 
+
+def _cores() -> int:
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+#: Decode threads of the training-loader rows: 1, 2, 4, ... and the machine's cores.
+LOADER_THREADS = sorted({2 ** k for k in range(8) if 2 ** k < _cores()} | {_cores()})
+
 # ----------------------------------------------------------------------------------------------------------------
 # Rows: (name, data group, label, target)   -- run in order; "published" rows need "convert"'s output
 # ----------------------------------------------------------------------------------------------------------------
@@ -52,11 +62,16 @@ MB = 1e6
 ROWS = [
     ("zipread:S2L2A", "S2L2A", "ceiling: read every zip member (zipfile)", None),
     ("blosc:S2L2A", "S2L2A", "**ceiling: Blosc-decode every chunk** (reference)", None),
+    ("blosc-procs:S2L2A", "S2L2A", f"ceiling: the same in {_cores()} processes (one per core) x 1 Blosc thread: "
+     "the machine's aggregate decode ceiling", None),
     ("zarr:S2L2A", "S2L2A", "ceiling: zarr, every array into numpy", None),
     ("authors:S2L2A", "S2L2A", "authors' loader: xr.open_zarr + .bands.values (dask)", None),
     ("stream:S2L2A", "S2L2A", "ours: builder streaming, no format", "≥ 0.6× ceiling, ≥ 1.2× authors"),
+    *((f"loader-t{n}:S2L2A", "S2L2A", f"ours: ssl4eos12.Loader(batch 8, shuffled), {n} decode thread{'s' * (n > 1)}",
+       "best ≥ 0.7× aggregate ceiling" if n == LOADER_THREADS[-1] else None) for n in LOADER_THREADS),
     ("torch:S2L2A", "S2L2A", "ours: streaming → DataLoader(batch 8, ssl4eos12.collate), 0 workers", None),
-    ("torch2:S2L2A", "S2L2A", "ours: same, 2 workers", None),
+    ("torch1:S2L2A", "S2L2A", "ours: same, 1 worker", None),
+    ("torch2:S2L2A", "S2L2A", "ours: same, 2 workers", "≥ 1.3× 0 workers"),
     ("prepare:S2L2A", "S2L2A", "ours: download_and_prepare (load_dataset, not streaming, into Arrow)", None),
     ("published-arrow:S2L2A", "S2L2A", "ours: stream the published copy (plain datasets), with_format('arrow') + arrow_to_numpy", "≥ 0.5× ceiling"),
     ("published-rows:S2L2A", "S2L2A", "ours: stream the published copy (plain datasets), no format (Python rows)", None),
@@ -209,6 +224,79 @@ def row_blosc(data: Path, group: str, repeat: int) -> dict:
     return result
 
 
+def _decode_share(names: list[str], data: Path, group: str, conn) -> None:
+    """A process of the aggregate ceiling: read its files' chunks (untimed), then decode them all on each "go"."""
+    from numcodecs import blosc
+
+    blosc.use_threads = False  # one Blosc thread in this process, whatever numcodecs' default
+    chunks = []
+    for name in names:
+        for m in GROUPS[group]:
+            with zipfile.ZipFile(data / SPLIT_FOLDER / m / name) as zf:
+                chunks += [zf.read(info) for info in zf.infolist() if is_chunk(info.filename)]
+    conn.send("ready")
+    while conn.recv() == "go":
+        conn.send(sum(len(blosc.decompress(chunk)) for chunk in chunks))
+
+
+def row_blosc_procs(data: Path, group: str, repeat: int) -> dict:
+    """The machine's aggregate decode ceiling: one process per core, each decoding with one Blosc thread.
+
+    Files are dealt to the processes (repeated when there are fewer files than cores, so that every core
+    decodes); a pass ends when the last process has decoded its share.
+    """
+    import multiprocessing
+
+    cores, names = _cores(), file_names(data)
+    dealt = [names[i % len(names)] for i in range(max(cores, len(names)))]
+    context = multiprocessing.get_context("fork")
+    pipes, procs = [], []
+    for p in range(cores):
+        parent, child = context.Pipe()
+        proc = context.Process(target=_decode_share, args=(dealt[p::cores], data, group, child), daemon=True)
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+    try:
+        for conn in pipes:
+            conn.recv()  # every process has read its chunks
+
+        def one(count_bytes):
+            for conn in pipes:
+                conn.send("go")
+            total = sum(conn.recv() for conn in pipes)
+            return len(dealt) * locations(data) // len(names), total, {}
+
+        result = passes(one, repeat)
+    finally:
+        for conn in pipes:
+            with contextlib.suppress(OSError):
+                conn.send("stop")
+        for proc in procs:
+            proc.join(timeout=30)
+    result.update(processes=cores, blosc_threads=1)
+    return result
+
+
+def row_loader(data: Path, group: str, repeat: int, threads: int) -> dict:
+    """``ssl4eos12.Loader``: one epoch per pass (every file once, shuffled), batches of 8."""
+    import ssl4eos12
+
+    loader = ssl4eos12.Loader(group, data_dir=str(data), split="validation", batch_size=8, num_threads=threads)
+    info = {"threads": threads, "pinned": loader.pin_memory}
+
+    def one(count_bytes):
+        count, total = 0, 0
+        for batch in loader:
+            count += len(batch["sample"])
+            if count_bytes:
+                total += nbytes(batch)
+                info.setdefault("dtype", bands_dtype(batch, group))
+        return count, total, info
+
+    return passes(one, repeat)
+
+
 def row_zarr(data: Path, group: str, repeat: int) -> dict:
     import zarr
 
@@ -311,6 +399,10 @@ def row_torch(data: Path, group: str, repeat: int, workers: int = 0) -> dict:
         return count, total, info
 
     return passes(one, repeat)
+
+
+def row_torch1(data: Path, group: str, repeat: int) -> dict:
+    return row_torch(data, group, repeat, workers=1)
 
 
 def row_torch2(data: Path, group: str, repeat: int) -> dict:
@@ -479,8 +571,9 @@ def serve(data: str) -> None:
 
 
 ROW_FUNCTIONS = {
-    "zipread": row_zipread, "blosc": row_blosc, "zarr": row_zarr, "authors": row_authors,
-    "stream": row_stream, "torch": row_torch, "torch2": row_torch2, "prepare": row_prepare,
+    "zipread": row_zipread, "blosc": row_blosc, "blosc-procs": row_blosc_procs, "zarr": row_zarr,
+    "authors": row_authors, "stream": row_stream, "torch": row_torch, "torch1": row_torch1, "torch2": row_torch2,
+    "prepare": row_prepare,
     "convert": row_convert, "published-arrow": row_published_arrow, "published-rows": row_published_rows,
     "http": row_http, "wds": row_wds, "wdshttp": row_wdshttp,
 }
@@ -488,7 +581,10 @@ ROW_FUNCTIONS = {
 
 def run_row(name: str, data: Path, repeat: int) -> dict:
     kind, group = name.split(":")
-    result = ROW_FUNCTIONS[kind](data, group, repeat)
+    if kind.startswith("loader-t"):
+        result = row_loader(data, group, repeat, threads=int(kind.removeprefix("loader-t")))
+    else:
+        result = ROW_FUNCTIONS[kind](data, group, repeat)
     result.update(peak_rss())
     return result
 
@@ -639,6 +735,12 @@ def summarize(results: dict[str, dict], one_file: dict[str, int]) -> tuple[list[
         check(f"streaming `{group}` vs Blosc-decode ceiling", s and s.get("ratio"), 0.6,
               detail=s and f"{s['mb_per_s']:.0f} MB/s")
         check(f"streaming `{group}` vs authors' loader (examples/s)", ratio(f"stream:{group}", f"authors:{group}"), 1.2)
+    loaders = [by_name[f"loader-t{n}:S2L2A"] for n in LOADER_THREADS if f"loader-t{n}:S2L2A" in by_name]
+    best = max(loaders, key=lambda row: row["examples_per_s"]) if loaders else None
+    check("training loader (`ssl4eos12.Loader`, best of threads) vs the aggregate decode ceiling (examples/s)",
+          best and ratio(best["name"], "blosc-procs:S2L2A"), 0.7,
+          detail=best and f"{best['examples_per_s']:.0f} examples/s with {best['name'].split(':')[0][8:]} thread(s)")
+    check("DataLoader 2 workers vs 0 workers (`S2L2A`, examples/s)", ratio("torch2:S2L2A", "torch:S2L2A"), 1.3)
     p = by_name.get("published-arrow:S2L2A")
     check("streaming the published copy with plain `datasets` (`S2L2A`, arrow) vs ceiling", p and p.get("ratio"), 0.5,
           detail=p and f"{p['mb_per_s']:.0f} MB/s")
@@ -663,8 +765,8 @@ def summarize(results: dict[str, dict], one_file: dict[str, int]) -> tuple[list[
     check("HTTP streaming vs local streaming (`S2L2A`)", ratio("http:S2L2A", "stream:S2L2A"), 0.8,
           detail=f"{h['bytes_served_per_file_byte']:.2f} bytes served per file byte"
           if "bytes_served_per_file_byte" in h else "")
-    native = [row for row in table if row["name"].split(":")[0] in ("stream", "torch", "torch2", "http", "published-arrow")
-              and "dtype" in row]
+    native = [row for row in table if "dtype" in row and (row["name"].split(":")[0] in (
+              "stream", "torch", "torch1", "torch2", "http", "published-arrow") or row["name"].startswith("loader-t"))]
     native_ok = bool(native) and all(row["dtype"].startswith("int16") for row in native)
     checks.append({"what": "native dtypes: S2L2A bands reach the user as int16 on every path (no int64 upcast)",
                    "ok": native_ok, "detail": ", ".join(f"{row['name']}: {row['dtype']}" for row in native)})

@@ -461,6 +461,8 @@ class Loader:
         self._memory_specs = {f.name: ((batch_size, *f.shape), f.dtype) for f in self.fields if not f.strings}
         self._counts: dict[int, int] = {}
         self._epoch = 0
+        # kept across epochs: the next epoch gathers into the buffers the last one handed out and got back
+        self._memory = _BatchMemory(self._memory_specs, self.pin_memory, keep=batches_ahead + 2)
 
     # -- epochs and sizes --------------------------------------------------------------------------------------
 
@@ -530,22 +532,26 @@ class Loader:
     def _batches(self, epoch: int) -> Iterator[dict]:
         run = _EpochRun(self, epoch)
         stage = _DeviceStage(self.device, self._device_norms) if self.device is not None else None
+        finished = False
         try:
             if stage is None:
                 while (batch := run.next()) is not None:
                     yield batch
-                return
-            staged = None
-            while (batch := run.next()) is not None:
-                ahead = stage.put(batch)  # the next batch's copy starts before this one is handed over
-                del batch
+            else:
+                staged = None
+                while (batch := run.next()) is not None:
+                    ahead = stage.put(batch)  # the next batch's copy starts before this one is handed over
+                    del batch
+                    if staged is not None:
+                        yield stage.take(staged)
+                    staged = ahead
                 if staged is not None:
                     yield stage.take(staged)
-                staged = ahead
-            if staged is not None:
-                yield stage.take(staged)
+            finished = True
         finally:
             run.close()
+            if not finished:  # a break or an exception: keep no buffer for an epoch that may never come
+                self._memory.retired.clear()
 
     def __repr__(self) -> str:
         return (f"Loader(config={self.builder.config.name!r}, split={self.split!r}, batch_size={self.batch_size}, "
@@ -670,7 +676,7 @@ class _EpochRun:
         self.rng = np.random.default_rng((loader.seed, epoch, loader.rank, 1))
         self.stop = threading.Event()
         self.jobs: queue.Queue = queue.Queue(maxsize=loader.batches_ahead)
-        self.memory = _BatchMemory(loader._memory_specs, loader.pin_memory, keep=loader.batches_ahead + 2)
+        self.memory = loader._memory
         self.decoders = concurrent.futures.ThreadPoolExecutor(loader.num_threads, thread_name_prefix="ssl4eos12-decode")
         self.gatherers = concurrent.futures.ThreadPoolExecutor(loader.gather_threads, thread_name_prefix="ssl4eos12-gather")
         self.scheduler = threading.Thread(target=self._schedule, name="ssl4eos12-loader", daemon=True)
@@ -729,7 +735,6 @@ class _EpochRun:
         self._drain()
         self.decoders.shutdown(wait=True, cancel_futures=True)
         self.gatherers.shutdown(wait=True, cancel_futures=True)
-        self.memory.retired.clear()
 
     def _drain(self) -> None:
         with contextlib.suppress(queue.Empty):

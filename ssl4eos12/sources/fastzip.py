@@ -29,10 +29,13 @@ import json
 import math
 import mmap
 import zipfile
-import zlib
-
 import numcodecs
 import numpy as np
+
+try:  # zlib-ng's SIMD CRC-32: same values, ~5x the system zlib's speed (0.03 instead of 0.15 CPU-s per S2L2A file)
+    from zlib_ng.zlib_ng import crc32
+except ImportError:  # pragma: no cover - zlib-ng is a dependency; the standard library's still gives the same values
+    from zlib import crc32
 
 _LOCAL_HEADER = zipfile.sizeFileHeader  # 30 bytes
 _LOCAL_SIGNATURE = b"PK\x03\x04"
@@ -139,7 +142,7 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
         try:
             for k, (info, block, view, span) in enumerate(zip(members, blocks, data, spans)):
                 # the CRC thread checks one member ahead, no further: mapped pages count in RSS until dropped
-                crcs.extend(crc_pool.submit(zlib.crc32, v) for v in data[len(crcs):k + 2])
+                crcs.extend(crc_pool.submit(crc32, v) for v in data[len(crcs):k + 2])
                 if crcs[k].result() != info.CRC:
                     raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
                 # Blosc header: bytes 4-8 hold the decoded size; decoding into a larger buffer would not fail
