@@ -278,12 +278,30 @@ def row_blosc_procs(data: Path, group: str, repeat: int) -> dict:
     return result
 
 
+#: The training-loader rows read the files this many times per pass (a split listing them repeatedly): a
+#: training epoch reads thousands of files, so the rows measure the pipeline full, not its start and drain.
+LOADER_REPEAT = 4
+
+
+def repeated_split(data: Path, group: str, repeat: int) -> str:
+    """A ``train`` split of ``data`` whose list names every validation file ``repeat`` times (symlinks)."""
+    for m in GROUPS[group]:
+        (data / "train" / m).mkdir(parents=True, exist_ok=True)
+        for name in file_names(data):
+            link = data / "train" / m / name
+            if not link.is_symlink():
+                link.symlink_to(Path("..") / ".." / SPLIT_FOLDER / m / name)
+    (data / "splits" / "ssl4eos12_train.txt").write_text("".join(f"{n}\n" for _ in range(repeat) for n in file_names(data)))
+    return "train"
+
+
 def row_loader(data: Path, group: str, repeat: int, threads: int) -> dict:
-    """``ssl4eos12.Loader``: one epoch per pass (every file once, shuffled), batches of 8."""
+    """``ssl4eos12.Loader``: one epoch per pass (every file LOADER_REPEAT times, shuffled), batches of 8."""
     import ssl4eos12
 
-    loader = ssl4eos12.Loader(group, data_dir=str(data), split="validation", batch_size=8, num_threads=threads)
-    info = {"threads": threads, "pinned": loader.pin_memory}
+    split = repeated_split(data, group, LOADER_REPEAT)
+    loader = ssl4eos12.Loader(group, data_dir=str(data), split=split, batch_size=8, num_threads=threads)
+    info = {"threads": threads, "pinned": loader.pin_memory, "note": f"files read {LOADER_REPEAT}x per pass"}
 
     def one(count_bytes):
         count, total = 0, 0

@@ -303,22 +303,100 @@ def _units(block_list: list[Block], rows: Optional[np.ndarray], num_times: int, 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The gather: a batch's examples into its buffers
+# Drawing the examples: the shuffle window, the crop corners, a batch's picks
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
+class _Uniforms:
+    """Uniform draws in [0, 1) from the epoch's generator, drawn in blocks (one Python call per example is slow)."""
+
+    def __init__(self, rng: np.random.Generator, block: int = 4096):
+        self.rng, self.block = rng, block
+        self.values, self.i = rng.random(block), 0
+
+    def next(self) -> float:
+        if self.i == self.block:
+            self.values, self.i = self.rng.random(self.block), 0
+        self.i += 1
+        return float(self.values[self.i - 1])
+
+
 class _Picks:
     """The examples of one batch: unit, location row in the block, timestamp and crop corner of each."""
 
-    units: list
-    rows: list
-    times: list
-    tops: list
-    lefts: list
+    def __init__(self):
+        self.units, self.rows, self.times, self.tops, self.lefts = [], [], [], [], []
+
+    def add(self, unit: _Unit, row: int, time: Optional[int], top: int, left: int) -> None:
+        self.units.append(unit)
+        self.rows.append(row)
+        self.times.append(time)
+        self.tops.append(top)
+        self.lefts.append(left)
 
     def __len__(self) -> int:
         return len(self.units)
+
+
+class _Window:
+    """The shuffle window: up to ``size`` units; each example is drawn uniformly from those left in it.
+
+    A drained unit leaves, the next decoded one enters. ``rng=None``: no shuffling, one unit, in order.
+    Iterating gives ``(unit, example)`` until every unit is drained.
+    """
+
+    def __init__(self, units: Iterator[_Unit], size: int, rng: Optional[np.random.Generator], draws: _Uniforms):
+        self.units, self.size, self.rng, self.draws = units, size, rng, draws
+        self.open: list[_Unit] = []
+
+    def __iter__(self):
+        while True:
+            self._fill()
+            if not self.open:
+                return
+            k = self._pick()
+            unit = self.open[k]
+            example = int(unit.order[unit.taken])
+            unit.taken += 1
+            if unit.taken == unit.count:
+                self.open.pop(k)
+            yield unit, example
+
+    def _fill(self) -> None:
+        while len(self.open) < self.size and (unit := next(self.units, None)) is not None:
+            unit.order = self.rng.permutation(unit.count) if self.rng is not None else np.arange(unit.count)
+            self.open.append(unit)
+
+    def _pick(self) -> int:
+        if len(self.open) == 1:
+            return 0
+        x = int(self.draws.next() * sum(u.left for u in self.open))
+        k = 0
+        while x >= self.open[k].left:
+            x -= self.open[k].left
+            k += 1
+        return k
+
+
+class _Corners:
+    """The crop corner of each example: random or centred (``(0, 0)`` without cropping)."""
+
+    def __init__(self, layout: Layout, crop: Optional[int], mode: str, draws: _Uniforms):
+        self.crop, self.random, self.draws = crop, mode == "random", draws
+        self.height, self.width = layout.height, layout.width
+
+    def __call__(self) -> tuple[int, int]:
+        if not self.crop:
+            return 0, 0
+        if self.random:
+            return (int(self.draws.next() * (self.height - self.crop + 1)),
+                    int(self.draws.next() * (self.width - self.crop + 1)))
+        return (self.height - self.crop) // 2, (self.width - self.crop) // 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The gather: a batch's examples into its buffers
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def _gather(fields: Sequence[_Field], crop: Optional[int], picks: _Picks, buffers: _Buffers,
@@ -755,65 +833,33 @@ class _EpochRun:
 
     def _run(self) -> None:
         loader = self.loader
-        decodes: collections.deque = collections.deque()
-        reads = iter(self.reads)
-        waiting: collections.deque[_Unit] = collections.deque()
-        window: list[_Unit] = []
         draws = _Uniforms(self.rng)
-        crop = loader.crop
-        size = self.plan.layouts[0]
-        picks = _Picks([], [], [], [], [])
+        window = _Window(self._decoded_units(), loader.shuffle_window, self.rng if loader.shuffle else None, draws)
+        corner = _Corners(self.plan.layouts[0], loader.crop, loader.crop_mode, draws)
+        picks = _Picks()
+        for unit, example in window:
+            location, t = divmod(example, unit.num_times)
+            picks.add(unit, int(unit.rows[location]), t if self.plan.single_timestamp else None, *corner())
+            if len(picks) == loader.batch_size:
+                self._emit(picks)
+                picks = _Picks()
+        if len(picks) and not loader.drop_last:
+            self._emit(picks)
+
+    def _decoded_units(self) -> Iterator[_Unit]:
+        """This rank's units in reading order, with ``prefetch`` more shards being decoded meanwhile."""
+        reads = iter(self.reads)
+        decodes: collections.deque = collections.deque()
 
         def top_up():
-            while len(decodes) < loader.prefetch:
-                read = next(reads, None)
-                if read is None:
-                    return
+            while len(decodes) < self.loader.prefetch and (read := next(reads, None)) is not None:
                 decodes.append(self.decoders.submit(self._decode, read))
 
         top_up()
-        while True:
-            while len(window) < loader.shuffle_window and (waiting or decodes):
-                if not waiting:
-                    waiting.extend(_wait(decodes.popleft(), self.stop))
-                    top_up()
-                    continue
-                unit = waiting.popleft()
-                unit.order = self.rng.permutation(unit.count) if loader.shuffle else np.arange(unit.count)
-                window.append(unit)
-            if not window:
-                break
-            # one example, drawn uniformly from those left in the window
-            k = 0
-            if len(window) > 1:
-                x = int(draws.next() * sum(u.left for u in window))
-                while x >= window[k].left:
-                    x -= window[k].left
-                    k += 1
-            unit = window[k]
-            example = int(unit.order[unit.taken])
-            unit.taken += 1
-            if unit.taken == unit.count:
-                window.pop(k)
-            location, t = divmod(example, unit.num_times)
-            picks.units.append(unit)
-            picks.rows.append(int(unit.rows[location]))
-            picks.times.append(t if self.plan.single_timestamp else None)
-            if crop:
-                if loader.crop_mode == "random":
-                    picks.tops.append(int(draws.next() * (size.height - crop + 1)))
-                    picks.lefts.append(int(draws.next() * (size.width - crop + 1)))
-                else:
-                    picks.tops.append((size.height - crop) // 2)
-                    picks.lefts.append((size.width - crop) // 2)
-            else:
-                picks.tops.append(0)
-                picks.lefts.append(0)
-            if len(picks) == loader.batch_size:
-                self._emit(picks)
-                picks = _Picks([], [], [], [], [])
-        if len(picks) and not loader.drop_last:
-            self._emit(picks)
+        while decodes:
+            done = decodes.popleft()
+            top_up()  # before this shard's units wait for room in the window
+            yield from _wait(done, self.stop)
 
     def _decode(self, read: ShardRead) -> list[_Unit]:
         """Decode one shard (a decode thread): its blocks, as units of the rows asked for."""
@@ -851,20 +897,6 @@ class _EpochRun:
                 return
             except queue.Full:
                 continue
-
-
-class _Uniforms:
-    """Uniform draws in [0, 1) from the epoch's generator, drawn in blocks (one Python call per example is slow)."""
-
-    def __init__(self, rng: np.random.Generator, block: int = 4096):
-        self.rng, self.block = rng, block
-        self.values, self.i = rng.random(block), 0
-
-    def next(self) -> float:
-        if self.i == self.block:
-            self.values, self.i = self.rng.random(self.block), 0
-        self.i += 1
-        return float(self.values[self.i - 1])
 
 
 def _wait(future: concurrent.futures.Future, stop: threading.Event):
