@@ -226,6 +226,21 @@ def test_break_exception_and_dropped_iterator_leave_no_thread(many_files):
     assert loader_threads() == []
 
 
+def test_remote_root_reads_the_same_batches(data_dir):
+    """A root served over HTTP (127.0.0.1) gives the local batches: the builder's remote reading applies."""
+    from servers import RangeHTTPServer
+
+    local = ssl4eos12.Loader("S2L2A", data_dir=str(data_dir), batch_size=2, seed=1, numpy=True)
+    with RangeHTTPServer(data_dir) as server:
+        remote = ssl4eos12.Loader("S2L2A", root=server.url, batch_size=2, seed=1, numpy=True, num_threads=2)
+        assert len(remote) == len(local) == 3
+        pairs = list(zip(remote, local))
+    assert len(pairs) == 3
+    for r, l in pairs:
+        assert r["sample"] == l["sample"] and r["S2L2A_file_id"] == l["S2L2A_file_id"]
+        assert_identical(r["S2L2A"], l["S2L2A"], "bands over HTTP")
+
+
 def test_bad_file_raises_and_stops_or_is_skipped(many_files, tmp_path):
     root = synthesize(tmp_path / "data", splits=("train",), files=3, samples=2, size=8, modalities=("S2L2A",))
     bad = root / "train" / "S2L2A" / "ssl4eos12_train_seasonal_data_000002.zarr.zip"
