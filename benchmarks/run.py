@@ -224,31 +224,52 @@ def row_blosc(data: Path, group: str, repeat: int) -> dict:
     return result
 
 
+def loader_repeat(data: Path) -> int:
+    """How many times the training-loader rows read each file per pass: a training epoch reads thousands of
+    files, so a pass must keep the pipeline full rather than measure its start and drain (at least 4 times,
+    and at least two files per core)."""
+    return max(4, -(-2 * _cores() // len(file_names(data))))
+
+
+def repeated_split(data: Path, group: str, repeat: int) -> str:
+    """A ``train`` split of ``data`` whose list names every validation file ``repeat`` times (symlinks)."""
+    for m in GROUPS[group]:
+        (data / "train" / m).mkdir(parents=True, exist_ok=True)
+        for name in file_names(data):
+            link = data / "train" / m / name
+            if not link.is_symlink():
+                link.symlink_to(Path("..") / ".." / SPLIT_FOLDER / m / name)
+    (data / "splits" / "ssl4eos12_train.txt").write_text("".join(f"{n}\n" for _ in range(repeat) for n in file_names(data)))
+    return "train"
+
+
 def _decode_share(names: list[str], data: Path, group: str, conn) -> None:
     """A process of the aggregate ceiling: read its files' chunks (untimed), then decode them all on each "go"."""
     from numcodecs import blosc
 
     blosc.use_threads = False  # one Blosc thread in this process, whatever numcodecs' default
-    chunks = []
-    for name in names:
+    chunks = {}
+    for name in dict.fromkeys(names):
+        chunks[name] = []
         for m in GROUPS[group]:
             with zipfile.ZipFile(data / SPLIT_FOLDER / m / name) as zf:
-                chunks += [zf.read(info) for info in zf.infolist() if is_chunk(info.filename)]
+                chunks[name] += [zf.read(info) for info in zf.infolist() if is_chunk(info.filename)]
     conn.send("ready")
     while conn.recv() == "go":
-        conn.send(sum(len(blosc.decompress(chunk)) for chunk in chunks))
+        conn.send(sum(len(blosc.decompress(chunk)) for name in names for chunk in chunks[name]))
 
 
 def row_blosc_procs(data: Path, group: str, repeat: int) -> dict:
     """The machine's aggregate decode ceiling: one process per core, each decoding with one Blosc thread.
 
-    Files are dealt to the processes (repeated when there are fewer files than cores, so that every core
-    decodes); a pass ends when the last process has decoded its share.
+    A pass decodes every file loader_repeat() times, as the training-loader rows' passes read them; the files are
+    dealt to the processes (more often when there are fewer than cores, so that every core decodes), and a pass
+    ends when the last process has decoded its share.
     """
     import multiprocessing
 
     cores, names = _cores(), file_names(data)
-    dealt = [names[i % len(names)] for i in range(max(cores, len(names)))]
+    dealt = [names[i % len(names)] for i in range(max(cores, len(names) * loader_repeat(data)))]
     context = multiprocessing.get_context("fork")
     pipes, procs = [], []
     for p in range(cores):
@@ -278,30 +299,13 @@ def row_blosc_procs(data: Path, group: str, repeat: int) -> dict:
     return result
 
 
-#: The training-loader rows read the files this many times per pass (a split listing them repeatedly): a
-#: training epoch reads thousands of files, so the rows measure the pipeline full, not its start and drain.
-LOADER_REPEAT = 4
-
-
-def repeated_split(data: Path, group: str, repeat: int) -> str:
-    """A ``train`` split of ``data`` whose list names every validation file ``repeat`` times (symlinks)."""
-    for m in GROUPS[group]:
-        (data / "train" / m).mkdir(parents=True, exist_ok=True)
-        for name in file_names(data):
-            link = data / "train" / m / name
-            if not link.is_symlink():
-                link.symlink_to(Path("..") / ".." / SPLIT_FOLDER / m / name)
-    (data / "splits" / "ssl4eos12_train.txt").write_text("".join(f"{n}\n" for _ in range(repeat) for n in file_names(data)))
-    return "train"
-
-
 def row_loader(data: Path, group: str, repeat: int, threads: int) -> dict:
-    """``ssl4eos12.Loader``: one epoch per pass (every file LOADER_REPEAT times, shuffled), batches of 8."""
+    """``ssl4eos12.Loader``: one epoch per pass (every file loader_repeat() times, shuffled), batches of 8."""
     import ssl4eos12
 
-    split = repeated_split(data, group, LOADER_REPEAT)
+    split = repeated_split(data, group, loader_repeat(data))
     loader = ssl4eos12.Loader(group, data_dir=str(data), split=split, batch_size=8, num_threads=threads)
-    info = {"threads": threads, "pinned": loader.pin_memory, "note": f"files read {LOADER_REPEAT}x per pass"}
+    info = {"threads": threads, "pinned": loader.pin_memory, "note": f"files read {loader_repeat(data)}x per pass"}
 
     def one(count_bytes):
         count, total = 0, 0
