@@ -150,14 +150,16 @@ def passes(fn, repeat: int) -> dict:
     first = time.perf_counter()
     examples, decoded, extra = fn(True)
     times = [time.perf_counter() - first]
+    cpu_times = []  # this process's CPU seconds (all its threads) per timed pass: what neighbours do not change
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         count, _, _ = fn(False)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
         if count != examples:
             raise RuntimeError(f"pass delivered {count} examples, the first {examples}")
     return {"examples": examples, "bytes": decoded, "warmup": times[0], "times": times[1:] or times[:1],
-            "rss_start": rss_start, **extra}
+            "cpu_times": cpu_times, "rss_start": rss_start, **extra}
 
 
 def peak_rss() -> dict:
@@ -256,7 +258,9 @@ def _decode_share(names: list[str], data: Path, group: str, conn) -> None:
                 chunks[name] += [zf.read(info) for info in zf.infolist() if is_chunk(info.filename)]
     conn.send("ready")
     while conn.recv() == "go":
-        conn.send(sum(len(blosc.decompress(chunk)) for name in names for chunk in chunks[name]))
+        start = time.process_time()
+        decoded = sum(len(blosc.decompress(chunk)) for name in names for chunk in chunks[name])
+        conn.send((decoded, time.process_time() - start))
 
 
 def row_blosc_procs(data: Path, group: str, repeat: int) -> dict:
@@ -282,13 +286,17 @@ def row_blosc_procs(data: Path, group: str, repeat: int) -> dict:
         for conn in pipes:
             conn.recv()  # every process has read its chunks
 
+        cpu_times = []
+
         def one(count_bytes):
             for conn in pipes:
                 conn.send("go")
-            total = sum(conn.recv() for conn in pipes)
-            return len(dealt) * locations(data) // len(names), total, {}
+            decoded, cpu = zip(*(conn.recv() for conn in pipes))
+            cpu_times.append(sum(cpu))
+            return len(dealt) * locations(data) // len(names), sum(decoded), {}
 
         result = passes(one, repeat)
+        result["cpu_times"] = cpu_times[1:]  # the processes' CPU seconds, not this (waiting) one's
     finally:
         for conn in pipes:
             with contextlib.suppress(OSError):
@@ -761,7 +769,8 @@ def summarize(results: dict[str, dict], one_file: dict[str, int]) -> tuple[list[
     best = max(loaders, key=lambda row: row["examples_per_s"]) if loaders else None
     check("training loader (`ssl4eos12.Loader`, best of threads) vs the aggregate decode ceiling (examples/s)",
           best and ratio(best["name"], "blosc-procs:S2L2A"), 0.7,
-          detail=best and f"{best['examples_per_s']:.0f} examples/s with {best['name'].split(':')[0][8:]} thread(s)")
+          detail=best and f"{best['examples_per_s']:.0f} examples/s with {best['name'].split(':')[0][8:]} thread(s)"
+                          + cpu_per_example(results, best["name"], "blosc-procs:S2L2A"))
     check("DataLoader 2 workers vs 0 workers (`S2L2A`, examples/s)", ratio("torch2:S2L2A", "torch:S2L2A"), 1.3)
     p = by_name.get("published-arrow:S2L2A")
     check("streaming the published copy with plain `datasets` (`S2L2A`, arrow) vs ceiling", p and p.get("ratio"), 0.5,
@@ -793,6 +802,15 @@ def summarize(results: dict[str, dict], one_file: dict[str, int]) -> tuple[list[
     checks.append({"what": "native dtypes: S2L2A bands reach the user as int16 on every path (no int64 upcast)",
                    "ok": native_ok, "detail": ", ".join(f"{row['name']}: {row['dtype']}" for row in native)})
     return table, checks
+
+
+def cpu_per_example(results: dict[str, dict], name: str, reference: str) -> str:
+    """The CPU each row spends per example (best pass), and their ratio: what a busy machine does not change."""
+    row, ref = results.get(name, {}), results.get(reference, {})
+    if not row.get("cpu_times") or not ref.get("cpu_times"):
+        return ""
+    mine, theirs = (min(r["cpu_times"]) / r["examples"] * 1e3 for r in (row, ref))
+    return f"; CPU per example {mine:.1f} ms vs the ceiling's {theirs:.1f} ms ({theirs / mine:.2f}×)"
 
 
 def render(table: list[dict], checks: list[dict], meta: dict) -> str:
