@@ -50,6 +50,7 @@ from .builder import SSL4EOS12
 from .constants import standardization
 from .errors import SSL4EOS12BadFileWarning, SSL4EOS12FileError
 from .sources import Block, Layout, Source
+from .torch import timestamps_to_int64
 
 #: How often waiting threads look at the stop event (seconds): the longest a ``break`` waits for a wait.
 _POLL = 0.05
@@ -277,7 +278,7 @@ class _Unit:
         modality = field.modality or next(iter(self.block.parts))
         array = self.block.parts[modality].variables[field.variable]
         if array.dtype.kind == "M":
-            array = array.astype("datetime64[ns]", copy=False).view(np.int64)  # what collate gives for timestamps
+            array = timestamps_to_int64(array)  # what collate gives for timestamps
         order = None if field.modality is None else self.block.orders[field.modality]
         return array, order
 
