@@ -480,7 +480,8 @@ class Loader:
     uint8, float16; float32 where standardized), timestamps as int64 nanoseconds since the epoch, strings as
     lists. ``len()`` counts batches of the next epoch on this rank (reading each shard's metadata once when
     the builder did not say how many locations it has). ``iter()`` starts the next epoch; ``set_epoch(n)``
-    chooses it. A ``break``, an exception or dropping the iterator stops and joins every thread.
+    chooses it. A ``break``, an exception or dropping the iterator stops and joins every thread (after the
+    decodes in progress, at most one file's decoding time).
 
     Memory: at most ``prefetch + shuffle_window + 1`` decoded shards plus ``batches_ahead + 2`` batches and what
     the consumer keeps (see the module docstring for figures).
