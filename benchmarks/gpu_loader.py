@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         data = Path(tempfile.gettempdir()) / "ssl4eos12-gpu-smoke"
         if not (data / "splits" / "ssl4eos12_val.txt").is_file():
             synthesize(data, splits=("validation",), files=2, samples=8, size=64, modalities=("S2L2A",))
-    split = run.repeated_split(data, "S2L2A", args.repeat)
+    split = run.repeated_split(data, args.repeat)
 
     torch.manual_seed(0)
     model = vit(torch, size, dim, depth, heads).to(device)

@@ -233,9 +233,13 @@ def loader_repeat(data: Path) -> int:
     return max(4, -(-2 * _cores() // len(file_names(data))))
 
 
-def repeated_split(data: Path, group: str, repeat: int) -> str:
-    """A ``train`` split of ``data`` whose list names every validation file ``repeat`` times (symlinks)."""
-    for m in GROUPS[group]:
+def repeated_split(data: Path, repeat: int) -> str:
+    """A ``train`` split of ``data`` whose list names every validation file ``repeat`` times (symlinks).
+
+    Every modality of the data gets its folder: the builder probes the first split it finds for all the
+    modalities of a config, so the other rows' configs must find theirs here too.
+    """
+    for m in (m for m in MODALITIES if (data / SPLIT_FOLDER / m).is_dir()):
         (data / "train" / m).mkdir(parents=True, exist_ok=True)
         for name in file_names(data):
             link = data / "train" / m / name
@@ -311,7 +315,7 @@ def row_loader(data: Path, group: str, repeat: int, threads: int) -> dict:
     """``ssl4eos12.Loader``: one epoch per pass (every file loader_repeat() times, shuffled), batches of 8."""
     import ssl4eos12
 
-    split = repeated_split(data, group, loader_repeat(data))
+    split = repeated_split(data, loader_repeat(data))
     loader = ssl4eos12.Loader(group, data_dir=str(data), split=split, batch_size=8, num_threads=threads)
     info = {"threads": threads, "pinned": loader.pin_memory, "note": f"files read {loader_repeat(data)}x per pass"}
 
