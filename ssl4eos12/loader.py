@@ -49,6 +49,7 @@ import numpy as np
 from .builder import SSL4EOS12
 from .constants import standardization
 from .errors import SSL4EOS12BadFileWarning, SSL4EOS12FileError
+from .index import selected_times
 from .sources import Block, Layout, Source
 from .torch import timestamps_to_int64
 
@@ -64,10 +65,16 @@ CROP_MODES = ("random", "center")
 
 @dataclass(frozen=True, eq=False)
 class ShardRead:
-    """One shard to read, and which of its locations (indices in the shard's own order; ``None``: all)."""
+    """One shard to read, and which of its examples.
+
+    ``rows``: locations by index in the shard's own order; ``selection``: locations by sample id, each with
+    the time indices kept (``None``: all), as the builder's filters give them
+    (:func:`ssl4eos12.index.select`). ``None``: no restriction.
+    """
 
     shard: str
     rows: Optional[np.ndarray] = None
+    selection: Optional[Mapping[str, Optional[frozenset]]] = None
 
 
 @dataclass(frozen=True)
@@ -86,11 +93,14 @@ class SplitPlan:
 def shard_reads(gen_kwargs: Mapping) -> list[ShardRead]:
     """The (shard, rows) the builder's split generator asks for: the one place that reads its ``gen_kwargs``.
 
-    Builder keywords that select locations (sample ranges today) arrive here as rows of each shard.
+    Builder keywords that select locations arrive here: sample ranges as rows of each shard, the filters
+    (``bbox``, ``time_range``, ``max_cloud_fraction``, ``samples``) as each shard's selection.
     """
-    ranges = gen_kwargs.get("sample_ranges") or [None] * len(gen_kwargs["files"])
-    return [ShardRead(name, None if sample_range is None else np.arange(*sample_range))
-            for name, sample_range in zip(gen_kwargs["files"], ranges)]
+    files = gen_kwargs["files"]
+    ranges = gen_kwargs.get("sample_ranges") or [None] * len(files)
+    selections = gen_kwargs.get("selections") or [None] * len(files)
+    return [ShardRead(name, None if sample_range is None else np.arange(*sample_range), selection)
+            for name, sample_range, selection in zip(files, ranges, selections)]
 
 
 def plan_split(builder: SSL4EOS12, split: str) -> SplitPlan:
@@ -259,14 +269,15 @@ def _torch_dtype(dtype: np.dtype):
 
 
 class _Unit:
-    """A decoded block and which of its examples the window still holds; its arrays resolved per field."""
+    """A decoded block, the examples of it to read, which of them the window still holds, and its arrays
+    resolved per field. An example is ``row * num_times + t`` (``num_times`` 1 unless single_timestamp)."""
 
-    def __init__(self, block: Block, rows: np.ndarray, num_times: int, fields: Sequence[_Field]):
+    def __init__(self, block: Block, examples: np.ndarray, num_times: int, fields: Sequence[_Field]):
         self.block = block
-        self.rows = rows
-        self.num_times = num_times  # 1 unless single_timestamp: examples per location
-        self.count = len(rows) * num_times
-        self.order: Optional[np.ndarray] = None  # the examples in drawing order, set on entering the window
+        self.examples = examples
+        self.num_times = num_times
+        self.count = len(examples)
+        self.order: Optional[np.ndarray] = None  # drawing order (indices into examples), set on entering the window
         self.taken = 0
         self.samples = block.samples.tolist()
         self.sources = [self._source(field) for field in fields]
@@ -287,19 +298,34 @@ class _Unit:
         return self.count - self.taken
 
 
-def _units(block_list: list[Block], rows: Optional[np.ndarray], num_times: int, fields) -> list[_Unit]:
-    """The blocks of a shard as units; ``rows`` index the shard's locations across its blocks."""
+def _units(block_list: list[Block], read: ShardRead, num_times: int, fields) -> list[_Unit]:
+    """The blocks of a shard as units of the examples ``read`` asks for (its rows index the shard's locations
+    across its blocks; its selection names samples and their time indices)."""
     units, offset = [], 0
     for block in block_list:
         size = len(block)
-        if rows is None:
-            selected = np.arange(size)
-        else:
-            selected = rows[(rows >= offset) & (rows < offset + size)] - offset
+        rows = np.arange(size)
+        if read.rows is not None:
+            rows = read.rows[(read.rows >= offset) & (read.rows < offset + size)] - offset
         offset += size
-        if len(selected):
-            units.append(_Unit(block, selected, num_times, fields))
+        examples = _examples(block.samples, rows, read.selection, num_times)
+        if len(examples):
+            units.append(_Unit(block, examples, num_times, fields))
     return units
+
+
+def _examples(samples: np.ndarray, rows: np.ndarray, selection, num_times: int) -> np.ndarray:
+    """``row * num_times + t`` of the examples kept, in the block's order (as the builder yields them)."""
+    if selection is None:
+        return (rows[:, None] * num_times + np.arange(num_times)).ravel()
+    kept = []
+    for row in rows.tolist():
+        sample = str(samples[row])
+        if sample in selection:
+            times = selection[sample]
+            # a time series is kept whole; one timestamp at a time, only the selected ones
+            kept += [row * num_times + t for t in range(num_times) if num_times == 1 or times is None or t in times]
+    return np.asarray(kept, dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -356,7 +382,7 @@ class _Window:
                 return
             k = self._pick()
             unit = self.open[k]
-            example = int(unit.order[unit.taken])
+            example = int(unit.examples[unit.order[unit.taken]])
             unit.taken += 1
             if unit.taken == unit.count:
                 self.open.pop(k)
@@ -569,25 +595,28 @@ class Loader:
     @property
     def num_examples(self) -> int:
         """Examples this rank reads in the next epoch."""
-        per_location = self.plan.layouts[0].num_times if self.plan.single_timestamp else 1
-        return sum(self._locations(i) for i in self._shard_indices()) * per_location
+        return sum(self._examples(i) for i in self._shard_indices())
 
     def __len__(self) -> int:
         n = self.num_examples
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _locations(self, index: int) -> int:
+    def _examples(self, index: int) -> int:
         read = self.plan.reads[index]
-        if read.rows is not None:
-            return len(read.rows)
-        if index not in self._counts:
+        times = self.plan.layouts[0].num_times if self.plan.single_timestamp else 1
+        if read.selection is not None and read.rows is None:  # the filters name every example
+            return sum(times if (kept is None or times == 1) else len(kept) for kept in read.selection.values())
+        if read.rows is not None and read.selection is None:
+            return len(read.rows) * times
+        if index not in self._counts:  # neither (or, after a reshard, both: then counted whole)
             self._probe_counts()
-        return self._counts[index]
+        return self._counts[index] * times
 
     def _probe_counts(self) -> None:
         """Locations of every shard whose count the plan does not give, from its metadata, in parallel."""
         plan = self.plan
-        missing = [i for i, read in enumerate(plan.reads) if read.rows is None and i not in self._counts]
+        missing = [i for i, read in enumerate(plan.reads)
+                   if (read.rows is None) == (read.selection is None) and i not in self._counts]
         modality = plan.layouts[0].modality
 
         def count(i: int) -> int:
@@ -839,8 +868,8 @@ class _EpochRun:
         corner = _Corners(self.plan.layouts[0], loader.crop, loader.crop_mode, draws)
         picks = _Picks()
         for unit, example in window:
-            location, t = divmod(example, unit.num_times)
-            picks.add(unit, int(unit.rows[location]), t if self.plan.single_timestamp else None, *corner())
+            row, t = divmod(example, unit.num_times)
+            picks.add(unit, row, t if self.plan.single_timestamp else None, *corner())
             if len(picks) == loader.batch_size:
                 self._emit(picks)
                 picks = _Picks()
@@ -863,12 +892,14 @@ class _EpochRun:
             yield from _wait(done, self.stop)
 
     def _decode(self, read: ShardRead) -> list[_Unit]:
-        """Decode one shard (a decode thread): its blocks, as units of the rows asked for."""
+        """Decode one shard (a decode thread): its blocks, as units of the examples asked for."""
         if self.stop.is_set():
             return []
         plan = self.plan
         try:
-            blocks = list(plan.source.blocks(plan.split_folder, read.shard, plan.layouts))
+            times = selected_times(read.selection)  # a remote file then sends only those timestamps' chunks
+            blocks = list(plan.source.blocks(plan.split_folder, read.shard, plan.layouts) if times is None else
+                          plan.source.blocks_at(plan.split_folder, read.shard, plan.layouts, times))
         except SSL4EOS12FileError as err:
             if plan.on_bad_file != "skip":
                 raise
@@ -876,8 +907,7 @@ class _EpochRun:
             warnings.warn(f"skipping {err} ({self.skipped} file(s) skipped in this epoch so far)",
                           SSL4EOS12BadFileWarning, stacklevel=2)
             return []
-        num_times = plan.layouts[0].num_times if plan.single_timestamp else 1
-        return _units(blocks, read.rows, num_times, self.fields)
+        return _units(blocks, read, plan.layouts[0].num_times if plan.single_timestamp else 1, self.fields)
 
     def _emit(self, picks: _Picks) -> None:
         """Start gathering a batch (in parts, so that one batch spreads over the gather threads) and queue it."""

@@ -330,3 +330,33 @@ def test_numpy_without_torch(monkeypatch, data_dir):
 def test_bad_arguments_name_the_problem(data_dir, kwargs, match):
     with pytest.raises(ValueError, match=match):
         ssl4eos12.Loader("S2L2A", data_dir=str(data_dir), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def indexed_dir(tmp_path_factory):
+    from ssl4eos12.index import build_index
+
+    root = synthesize(tmp_path_factory.mktemp("indexed"), splits=("train",), files=3, samples=4, size=8, seed=3,
+                      modalities=("S2L2A", "S1GRD"))
+    build_index(root, workers=1)
+    return root
+
+
+@pytest.mark.parametrize("filters", [
+    {"samples": ["0000001", "0000006", "0000011"]},
+    {"single_timestamp": True, "time_range": ("2020-03-01", "2020-10-01")},
+])
+def test_filters_select_what_the_builder_selects(indexed_dir, filters):
+    """The index's filters reach the Loader through the builder: the same examples, value for value."""
+    from datasets import load_dataset
+
+    kwargs = dict(filters, modalities=["S2L2A", "S1GRD"])
+    streamed = list(load_dataset("ssl4eos12", "all", data_dir=str(indexed_dir), split="train", streaming=True,
+                                 **kwargs))
+    loader = ssl4eos12.Loader("all", data_dir=str(indexed_dir), batch_size=3, shuffle=False, numpy=True, **kwargs)
+    batches = list(loader)
+    actual = examples_of(batches)
+    assert 0 < len(actual) == len(streamed) == loader.num_examples < 12 * (4 if "single_timestamp" in filters else 1)
+    for i, (a, e) in enumerate(zip(actual, streamed)):
+        e = {k: np.asarray(v) if isinstance(v, list) and v and not isinstance(v[0], str) else v for k, v in e.items()}
+        assert_example_equal(a, e, f"example {i}")
