@@ -696,8 +696,8 @@ class Loader:
             elif normalize is True:
                 try:
                     mean, std = standardization(m, release)
-                except KeyError as err:
-                    raise ValueError(f"normalize=True: {err.args[0]}; pass normalize={{modality: (mean, std)}}") from None
+                except ValueError as err:
+                    raise ValueError(f"normalize=True: {err}; pass normalize={{modality: (mean, std)}}") from None
             else:
                 raise ValueError(f"normalize={normalize!r}: use True, False or {{modality: (mean, std)}}")
             channels = layout.bands_shape[0] if len(layout.bands_shape) == 3 else None

@@ -140,7 +140,7 @@ def test_order_follows_seed_and_epoch_not_threads(many_files):
 
 
 def test_crop_and_normalize_match_numpy(data_dir):
-    mean, std = (np.asarray(v, np.float32).reshape(-1, 1, 1) for v in ssl4eos12.constants.standardization("S2L2A"))
+    mean, std = (np.asarray(v, np.float32).reshape(-1, 1, 1) for v in ssl4eos12.standardization("S2L2A", "zarr"))
     expected = list(expected_examples(data_dir, "validation", ["S2L2A"]))
 
     def standardized(x):
@@ -171,14 +171,16 @@ def test_crop_and_normalize_match_numpy(data_dir):
         assert len(corners) > 1  # random, not the centre every time
 
 
-def test_standardization_values_per_release():
-    zarr_mean, zarr_std = ssl4eos12.constants.standardization("S2L2A", "zarr")
-    wds_mean, wds_std = ssl4eos12.constants.standardization("S2L2A", "webdataset")
-    assert zarr_mean == ssl4eos12.MEAN["S2L2A"] and zarr_std == wds_std == ssl4eos12.STD["S2L2A"]
-    assert wds_mean[0] == 793.243 and wds_mean[-1] == 1849.625  # the offset-free release's published values
-    assert ssl4eos12.constants.standardization("S1GRD", "webdataset")[0] == ssl4eos12.MEAN["S1GRD"]
-    with pytest.raises(KeyError, match="LULC"):
-        ssl4eos12.constants.standardization("LULC", "webdataset")
+def test_normalize_needs_published_values(tmp_path):
+    """A modality without the release's published values (NDVI in the Zarr release) asks for them."""
+    root = synthesize(tmp_path / "data", splits=("train",), files=1, samples=2, size=8, modalities=("NDVI",))
+    with pytest.raises(ValueError, match="normalize=True: no standardization values for NDVI"):
+        ssl4eos12.Loader("NDVI", data_dir=str(root), normalize=True)
+    batch = next(iter(ssl4eos12.Loader("NDVI", data_dir=str(root), numpy=True,
+                                       normalize={"NDVI": ([0.5], [2.0])}, shuffle=False)))
+    expected = next(expected_examples(root, "train", ["NDVI"]))
+    assert_identical(batch["NDVI"][0], (expected["NDVI"].astype(np.float32) - np.float32(0.5)) / np.float32(2.0),
+                     "NDVI standardized with the given values")
 
 
 def test_len_and_drop_last(many_files):
