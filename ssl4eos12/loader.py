@@ -174,6 +174,7 @@ def _fields(plan: SplitPlan, crop: Optional[int], gather_norms: Mapping[str, tup
     known: dict[str, _Field] = {
         "sample": _Field("sample", None, "sample", True),
         "file": _Field("file", None, "file", True),
+        "key": _Field("key", None, "key", True),  # the member key of a location (the tar release)
         "center_lat": _Field("center_lat", None, "center_lat", False, (), np.dtype("float64")),
         "center_lon": _Field("center_lon", None, "center_lon", False, (), np.dtype("float64")),
         "crs": _Field("crs", None, "crs", False, (), np.dtype("int64")),
@@ -280,11 +281,12 @@ class _Unit:
         self.order: Optional[np.ndarray] = None  # drawing order (indices into examples), set on entering the window
         self.taken = 0
         self.samples = block.samples.tolist()
+        self.keys = None if block.keys is None else block.keys.tolist()
         self.sources = [self._source(field) for field in fields]
 
     def _source(self, field: _Field):
         """(array, row order) a field's values come from; (None, None) for fields not read from a variable."""
-        if field.variable in ("sample", "file", "time_index"):
+        if field.variable in ("sample", "file", "key", "time_index"):
             return None, None
         modality = field.modality or next(iter(self.block.parts))
         array = self.block.parts[modality].variables[field.variable]
@@ -438,6 +440,9 @@ def _gather(fields: Sequence[_Field], crop: Optional[int], picks: _Picks, buffer
                 continue
             if field.variable == "file":
                 strings["file"][j] = unit.block.file
+                continue
+            if field.variable == "key":
+                strings["key"][j] = str(unit.keys[row])
                 continue
             if field.variable == "time_index":
                 host["time_index"][j] = t

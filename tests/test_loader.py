@@ -362,3 +362,26 @@ def test_filters_select_what_the_builder_selects(indexed_dir, filters):
     for i, (a, e) in enumerate(zip(actual, streamed)):
         e = {k: np.asarray(v) if isinstance(v, list) and v and not isinstance(v[0], str) else v for k, v in e.items()}
         assert_example_equal(a, e, f"example {i}")
+
+
+def test_webdataset_release_gives_the_builders_examples(tmp_path):
+    """The tar release through the same Loader: member keys included, values equal to the builder's."""
+    from datasets import load_dataset
+
+    from ssl4eos12.synth.webdataset import synthesize_webdataset
+
+    root = synthesize_webdataset(tmp_path / "wds", splits=("train",), files=2, samples=3, size=8,
+                                 modalities=("S2L2A", "S1GRD"))
+    streamed = list(load_dataset("ssl4eos12", "all", data_dir=str(root), split="train", streaming=True,
+                                 modalities=["S2L2A", "S1GRD"]))
+    loader = ssl4eos12.Loader("all", data_dir=str(root), modalities=["S2L2A", "S1GRD"], batch_size=4, shuffle=False,
+                              numpy=True, normalize=True)
+    actual = examples_of(loader)
+    assert len(actual) == len(streamed) == loader.num_examples == 6 and "key" in actual[0]
+    values = {m: [np.asarray(v, np.float32).reshape(-1, 1, 1) for v in ssl4eos12.standardization(m, "webdataset")]
+              for m in ("S2L2A", "S1GRD")}  # the release's own: no +1000 offset
+    for i, (a, e) in enumerate(zip(actual, streamed)):
+        e = {k: np.asarray(v) if isinstance(v, list) and v and not isinstance(v[0], str) else v for k, v in e.items()}
+        for m, (mean, std) in values.items():
+            assert_identical(a.pop(m), (e.pop(m).astype(np.float32) - mean) / std, f"example {i}: {m} standardized")
+        assert_example_equal(a, e, f"example {i}")
