@@ -30,6 +30,8 @@ Cite: see :data:`ssl4eos12.constants.CITATION`.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -43,10 +45,12 @@ from .constants import (CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, M
                         WEBDATASET_HOSTED_ROOT, WEBDATASET_ONLY_MODALITIES, split_list_path)
 from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12FileError
 from .index import Filters, count_examples, select_split, selected_times
+from .prefetch import prefetch
 from .schema import example_features, location_examples
 from .sources.failures import diagnose_root, remote_failure_message
-from .sources.remote import is_remote
 from .sources import ON_BAD_FILE_CHOICES, SOURCES, Layout, Source, normalize_root, open_source
+from .sources.remote import READ_TIMEOUT, FetchOptions, is_remote
+from .streaming import PrefetchingExamplesIterable
 from .timeorder import TIME_ORDERS, by_season
 from .torch import native_format
 
@@ -74,6 +78,13 @@ class SSL4EOS12Config(datasets.BuilderConfig):
             files. Needed only where a root holds both.
         time_order: ``"file"`` (default) keeps the files' order of each location's timestamps (by date);
             ``"season"`` orders every time-indexed field of every modality by month of year.
+        remote_prefetch: remote roots: source files fetched ahead of the one being decoded (default 1; 0:
+            none), each with every modality read. Each holds its compressed bytes in memory (70-460 MB per
+            modality file at full size).
+        remote_connections: remote roots: parallel byte-range requests per file (default: 1 for a server on
+            this machine, 4 otherwise; more helps where one connection is slower than the link).
+        remote_timeout: remote roots: seconds without a byte before a read is retried (default 60), with
+            ``datasets``' read-retry policy.
 
     Select before reading (served by the root's GeoParquet index, see :mod:`ssl4eos12.index`; only files that
     hold a match are opened, and the examples are the unfiltered ones):
@@ -100,6 +111,9 @@ class SSL4EOS12Config(datasets.BuilderConfig):
     index: Optional[str] = None
     layout: Optional[str] = None
     time_order: str = "file"
+    remote_prefetch: int = 1
+    remote_connections: Optional[int] = None
+    remote_timeout: float = READ_TIMEOUT
 
     def check_release_keywords(self) -> None:
         """``layout`` and ``time_order`` name known values (run when the builder is created)."""
@@ -111,6 +125,11 @@ class SSL4EOS12Config(datasets.BuilderConfig):
     def __post_init__(self):
         super().__post_init__()
         self.filters()  # a bad filter keyword fails when the builder is created
+        self.fetch_options()  # so does a bad remote_* value
+
+    def fetch_options(self) -> FetchOptions:
+        return FetchOptions(connections=self.remote_connections, prefetch=self.remote_prefetch,
+                            timeout=self.remote_timeout)
 
     def filters(self) -> Filters:
         """The selection keywords, checked (``ValueError`` naming the bad one)."""
@@ -212,7 +231,8 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
 
     def _source(self, download_config=None, layout: Optional[str] = None) -> Source:
         return open_source(data_root(self.config), self.config.modalities or MODALITIES,
-                           download_config or self._download_config(), layout or self.config.layout)
+                           download_config or self._download_config(), layout or self.config.layout,
+                           self.config.fetch_options())
 
     def _probe_layouts(self, source: Source, gen_kwargs: dict) -> tuple[Layout, ...]:
         """Layouts of the first readable file (any bad file is the reader's to report or skip)."""
@@ -253,28 +273,60 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
             yield {"files": [name] * len(parts), "split_folder": split_folder, "layouts": layouts,
                    "sample_ranges": parts, "selections": [selection] * len(parts), "layout": layout}
 
-    def _generate_examples(self, files, split_folder, layouts, sample_ranges, selections, layout):
+    def _get_examples_iterable_for_split(self, split_generator):
+        # streaming: fetch the next shards' files while the current one is decoded
+        return PrefetchingExamplesIterable(
+            self._generate_examples, split_generator.gen_kwargs, self._generate_more_gen_kwargs,
+            fetch_fn=self._fetch_thunks, ahead=self._prefetch_ahead(),
+        )
+
+    def _prefetch_ahead(self) -> int:
+        return self.config.remote_prefetch if is_remote(data_root(self.config)) else 0  # local files: nothing to fetch
+
+    def _fetch_thunks(self, files, split_folder, layouts, sample_ranges, selections, layout) -> list:
+        """One thunk per file: it fetches the file and returns what decodes it (``Source.fetch``)."""
         source = self._source(layout=layout)
+        thunks = []
+        for name, selection in zip(files, selections):
+            times = selected_times(selection)  # a remote file then sends only those timestamps' chunks
+            if times is None:
+                thunks.append(functools.partial(source.fetch, split_folder, name, layouts))
+            else:  # read by range when decoded: nothing to fetch ahead
+                thunks.append(functools.partial(_deferred, source.blocks_at, split_folder, name, layouts, times))
+        return thunks
+
+    def _generate_examples(self, files, split_folder, layouts, sample_ranges, selections, layout, fetched=None):
+        """Examples of ``files``; ``fetched``: an iterator giving each file's ``Source.fetch`` result, one per file
+        (streaming hands one over, fetching ahead across shards); without it the files are prefetched here."""
         skipped = 0
-        for file_index, (name, sample_range, selection) in enumerate(zip(files, sample_ranges, selections)):
-            try:
-                times = selected_times(selection)  # a remote file then sends only those timestamps' chunks
-                blocks = source.blocks(split_folder, name, layouts) if times is None else \
-                    source.blocks_at(split_folder, name, layouts, times)
-                for block in blocks:
-                    if self.config.time_order == "season":
-                        block = by_season(block)
-                    for key, example in location_examples(block, self.config.single_timestamp, sample_range,
-                                                          selection):
-                        yield Key(file_index, key), example
-                    # before the next block is read: memory holds one decoded block per modality
-                    del block
-            except SSL4EOS12FileError as err:
-                if self.config.on_bad_file != "skip":
-                    raise
-                skipped += 1
-                warnings.warn(f"skipping {err} ({skipped} file(s) skipped in this shard so far)",
-                              SSL4EOS12BadFileWarning, stacklevel=2)
+        with contextlib.ExitStack() as stack:
+            if fetched is None:
+                thunks = self._fetch_thunks(files, split_folder, layouts, sample_ranges, selections, layout)
+                fetched = stack.enter_context(prefetch(thunks, self._prefetch_ahead()))
+            for file_index, (name, sample_range, selection) in enumerate(zip(files, sample_ranges, selections)):
+                try:
+                    decode = next(fetched)
+                    for block in decode():
+                        if self.config.time_order == "season":
+                            block = by_season(block)
+                        for key, example in location_examples(block, self.config.single_timestamp, sample_range,
+                                                              selection):
+                            yield Key(file_index, key), example
+                        # before the next block is read: memory holds one decoded block per modality
+                        del block
+                except SSL4EOS12FileError as err:
+                    if self.config.on_bad_file != "skip":
+                        raise
+                    skipped += 1
+                    warnings.warn(f"skipping {err} ({skipped} file(s) skipped in this shard so far)",
+                                  SSL4EOS12BadFileWarning, stacklevel=2)
+                finally:
+                    decode = None  # its fetched bytes go now, not when the next file's arrive
+
+
+def _deferred(read, *args):
+    """What a thunk returns for a file read only when it is decoded: ``read(*args)``, later."""
+    return functools.partial(read, *args)
 
 
 def _shards(source: Source, split_folder: str) -> list[str]:

@@ -22,18 +22,20 @@ from .webdataset import WebDatasetSource
 SOURCES: dict[str, type[Source]] = {ChunkedSource.name: ChunkedSource, WebDatasetSource.name: WebDatasetSource}
 
 
-def open_source(root: str, modalities: Sequence[str], download_config=None, layout: Optional[str] = None) -> Source:
+def open_source(root: str, modalities: Sequence[str], download_config=None, layout: Optional[str] = None,
+                fetch_options=None) -> Source:
     """The source of the data under ``root`` (any local path or fsspec URL), for ``modalities``.
 
     ``layout`` (``"zarr"`` or ``"webdataset"``) forces one; by default it is recognised from the files
-    (:func:`detect_layout`).
+    (:func:`detect_layout`). ``fetch_options``: how remote files are fetched
+    (:class:`~ssl4eos12.sources.remote.FetchOptions`).
     """
     root = normalize_root(root)
     if layout is None:
         layout = detect_layout(root, modalities[0], download_config)
     if layout not in SOURCES:
         raise ValueError(f"layout must be one of {list(SOURCES)}, got {layout!r}")
-    return SOURCES[layout](root, modalities, download_config)
+    return SOURCES[layout](root, modalities, download_config, fetch_options)
 
 
 def detect_layout(root: str, modality: str, download_config=None) -> str:

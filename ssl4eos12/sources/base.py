@@ -11,7 +11,8 @@ their examples from these blocks and never know which release they read.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -92,6 +93,7 @@ class Source(abc.ABC):
         root: the data root, normalised (:func:`~ssl4eos12.sources.remote.normalize_root`).
         modalities: the modality folders to read and join; the first orders the rows.
         download_config: ``datasets.DownloadConfig`` with the token and storage options for remote roots.
+        fetch_options: how remote files are fetched (:class:`~ssl4eos12.sources.remote.FetchOptions`).
     """
 
     #: The name of the layout, as the ``layout=`` keyword and the CLI call it.
@@ -99,10 +101,13 @@ class Source(abc.ABC):
     #: Whether its locations have member keys (:attr:`Block.keys`): the examples then carry a ``key`` field.
     keyed: bool = False
 
-    def __init__(self, root: str, modalities: Sequence[str], download_config=None):
+    def __init__(self, root: str, modalities: Sequence[str], download_config=None, fetch_options=None):
+        from .remote import FetchOptions
+
         self.root = root
         self.modalities = tuple(modalities)
         self.download_config = download_config
+        self.fetch_options = fetch_options or FetchOptions()
 
     @abc.abstractmethod
     def shards(self, split_folder: str) -> list[str]:
@@ -130,6 +135,19 @@ class Source(abc.ABC):
         timestamps must not be used); by default the whole shard is read.
         """
         return self.blocks(split_folder, shard, layouts)
+
+    def fetch(
+        self, split_folder: str, shard: str, layouts: Sequence[Layout],
+        variables: Optional[dict[str, Sequence[str]]] = None,
+    ) -> Callable[[], Iterator[Block]]:
+        """Do the I/O of a shard now and return what decodes it: ``fetch(...)()`` is ``blocks(...)``.
+
+        The builder runs ``fetch`` of the next shards in a background thread while it decodes the current
+        one (:func:`ssl4eos12.prefetch.prefetch`), so a source that reads remote files fetches them here, and
+        stops when :func:`ssl4eos12.prefetch.current_scope` is cancelled. By default nothing is done ahead.
+        Raises what ``blocks`` raises for a file that cannot be fetched.
+        """
+        return functools.partial(self.blocks, split_folder, shard, layouts, variables)
 
     def layouts(self, split_folder: str, shard: str) -> tuple[Layout, ...]:
         """Layouts of every modality, probed from one shard."""

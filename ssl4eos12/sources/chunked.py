@@ -12,8 +12,9 @@ index ``splits/{train,val}_metadata.parquet``, or a listing of ``{train,val}/{MO
 
 from __future__ import annotations
 
+import functools
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Optional
 
 import numpy as np
@@ -24,7 +25,8 @@ from ..constants import ZARR_ZIP_SUFFIX, split_list_path, split_metadata_path
 from ..errors import SSL4EOS12DataError, SSL4EOS12FileError
 from .base import Block, Layout, ModalityFile, Source
 from .remote import is_remote, url_to_fs
-from .zarrzip import probe_layout_and_size, read_modality_file, read_modality_times
+from .zarrzip import (fetch_zip, probe_layout_and_size, read_modality_file, read_modality_times,
+                      wants_whole_file)
 
 
 
@@ -70,13 +72,40 @@ class ChunkedSource(Source):
         self, split_folder: str, shard: str, layouts: Sequence[Layout],
         variables: Optional[dict[str, Sequence[str]]] = None,
     ) -> Iterator[Block]:
-        parts = {
-            layout.modality: read_modality_file(
-                self.url(split_folder, layout.modality, shard), layout.modality, self.download_config, layout,
-                variables=None if variables is None else variables.get(layout.modality),
-            )
-            for layout in layouts
-        }
+        return self.fetch(split_folder, shard, layouts, variables)()
+
+    def fetch(
+        self, split_folder: str, shard: str, layouts: Sequence[Layout],
+        variables: Optional[dict[str, Sequence[str]]] = None,
+    ) -> Callable[[], Iterator[Block]]:
+        """Fetch a remote shard's files whole (one per modality; local files are read in place)."""
+        fetched = {}
+        if is_remote(self.root):
+            try:
+                for layout in layouts:
+                    if wants_whole_file(None if variables is None else variables.get(layout.modality)):
+                        url = self.url(split_folder, layout.modality, shard)
+                        fetched[layout.modality] = fetch_zip(url, self.download_config, self.fetch_options)
+            except BaseException:
+                for file in fetched.values():  # a failure or a cancellation keeps no buffer
+                    file.close()
+                raise
+        return functools.partial(self._decode, split_folder, shard, layouts, variables, fetched)
+
+    def _decode(self, split_folder, shard, layouts, variables, fetched: dict) -> Iterator[Block]:
+        try:
+            parts = {}
+            for layout in layouts:
+                parts[layout.modality] = read_modality_file(
+                    self.url(split_folder, layout.modality, shard), layout.modality, self.download_config, layout,
+                    variables=None if variables is None else variables.get(layout.modality),
+                    # handed over: read_modality_file closes it, so its memory goes as soon as it is decoded
+                    fetched=fetched.pop(layout.modality, None), options=self.fetch_options,
+                )
+        finally:
+            for file in fetched.values():  # not reached: an earlier modality failed
+                file.close()
+            fetched.clear()
         yield Block(shard, parts, join_on_sample(self.url(split_folder, "*", shard), parts))
 
     def blocks_at(self, split_folder: str, shard: str, layouts: Sequence[Layout], times: Sequence[int]) -> Iterator[Block]:

@@ -6,8 +6,8 @@ output array. For ``bands`` that is ~450 MB per S2 file, three times over, and i
 about twice as slow as decoding it. Here the zip is memory-mapped, each member's CRC-32 is checked on the
 mapped bytes, and Blosc decodes it directly into the output array: one pass over the compressed bytes,
 one write of the decoded ones. Decoded members' pages are dropped from the mapping as it goes, so the mapped
-file does not add to the process's RSS. A remote file fetched whole into an ``io.BytesIO`` is read the same
-way, through its buffer.
+file does not add to the process's RSS. A remote file fetched whole into memory (``io.BytesIO`` or
+``remote.FetchedFile``) is read the same way, through its buffer.
 
 Only arrays that xarray returns as stored take this path: Blosc with no filters, C order, a native
 numeric dtype, no attributes but ``_ARRAY_DIMENSIONS`` (so no CF decoding) and no fill value (or NaN for
@@ -44,12 +44,12 @@ _LOCAL_SIGNATURE = b"PK\x03\x04"
 def read_arrays(source, names) -> dict[str, np.ndarray]:
     """Decode the arrays ``names`` of a zip that can take the fast path.
 
-    ``source`` is a local path (memory-mapped) or an ``io.BytesIO`` holding the whole zip (a fetched remote
-    file; read through its buffer, without a copy). Returns the arrays it read; the caller reads the others
+    ``source`` is a local path (memory-mapped) or an object with ``getbuffer()`` holding the whole zip (a
+    fetched remote file; read through its buffer, without a copy). Returns the arrays it read; the caller reads the others
     (and any it cannot) through xarray. Raises ``zipfile.BadZipFile`` on a CRC mismatch or a malformed
     member, as ``zipfile`` would, and ``ValueError`` on a chunk that does not decode to its expected size.
     """
-    if isinstance(source, io.BytesIO):
+    if hasattr(source, "getbuffer"):  # io.BytesIO, remote.FetchedFile
         position = source.tell()
         try:
             with zipfile.ZipFile(source) as zf, source.getbuffer() as buffer:

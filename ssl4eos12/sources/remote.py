@@ -1,16 +1,82 @@
-"""fsspec file systems for local and remote roots, with ``datasets``' authentication and retries.
+"""Remote files: fsspec file systems with ``datasets``' authentication and retries, and a whole-file fetch at
+the speed of the link.
 
 ``datasets`` keeps per-protocol storage options in ``DownloadConfig.storage_options`` and the Hub token in
 ``DownloadConfig.token``; the same conventions apply here, so ``load_dataset(..., token=...,
 storage_options=...)`` reaches every file this package opens.
+
+:func:`fetch` reads a whole file into one buffer allocated once (an anonymous memory map: no zero-filling,
+returned to the OS when the file is closed). ``http(s)://`` and ``hf://`` are read with ``http.client``
+straight into slices of that buffer (``readinto``: no per-chunk Python objects, no copies; fsspec's aiohttp
+client spent twice the CPU time of this on the same bytes), optionally as several byte ranges over parallel
+connections (:class:`FetchOptions`), each retried from where it stopped with ``datasets``' read-retry policy
+(``config.STREAMING_READ_MAX_RETRIES`` / ``STREAMING_READ_RETRY_INTERVAL``). A read that gets no byte for
+``timeout`` seconds counts as a failed attempt. Inside :func:`ssl4eos12.prefetch.prefetch` a fetch stops as
+soon as its prefetch is closed. Other protocols, proxied URLs and storage options this client does not
+understand go through fsspec, with the same retries.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import io
+import ipaddress
+import mmap
 import os
+import socket
+import ssl
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Optional
+from urllib.parse import urljoin, urlsplit
 
 import fsspec
+
+from ..prefetch import Cancelled, CancelScope, current_scope
+
+#: Parallel connections per file for hosts that are not on this machine: one connection to a WAN host is
+#: usually limited well below the link (TCP window x round trip, per-connection CDN limits). Measured: see
+#: benchmarks/README.md ("one file's fetch").
+REMOTE_CONNECTIONS = 4
+#: Parallel connections per file for loopback hosts: one saturates what the two sides' CPUs can do.
+LOOPBACK_CONNECTIONS = 1
+#: Seconds without a byte before a read counts as failed (and is retried).
+READ_TIMEOUT = 60.0
+#: No range is split finer than this: a request costs a round trip.
+MIN_PIECE = 8 << 20
+#: Bytes per readinto call: the granularity at which a fetch notices a cancellation between reads.
+_STEP = 8 << 20
+_REDIRECTS = 5
+_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """How remote files are fetched (the builder's ``remote_connections`` / ``remote_prefetch`` /
+    ``remote_timeout`` keywords).
+
+    Args:
+        connections: parallel byte-range requests per file; ``None``: :data:`LOOPBACK_CONNECTIONS` for a
+            host on this machine, :data:`REMOTE_CONNECTIONS` otherwise.
+        prefetch: files fetched ahead of the one being decoded while streaming (0: none). Each holds one
+            compressed file in memory (up to ~460 MB for the real S2L1C files).
+        timeout: seconds without a byte before a read is retried.
+    """
+
+    connections: Optional[int] = None
+    prefetch: int = 1
+    timeout: float = READ_TIMEOUT
+
+    def __post_init__(self):
+        if self.connections is not None and (not isinstance(self.connections, int) or self.connections < 1):
+            raise ValueError(f"remote_connections must be an integer >= 1 or None, got {self.connections!r}")
+        if not isinstance(self.prefetch, int) or self.prefetch < 0:
+            raise ValueError(f"remote_prefetch must be an integer >= 0, got {self.prefetch!r}")
+        if not isinstance(self.timeout, (int, float)) or not self.timeout > 0:
+            raise ValueError(f"remote_timeout must be a number of seconds > 0, got {self.timeout!r}")
 
 
 def url_to_fs(url: str, download_config=None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -18,7 +84,7 @@ def url_to_fs(url: str, download_config=None) -> tuple[fsspec.AbstractFileSystem
     from datasets import config as datasets_config
 
     protocol = url.split("://", 1)[0] if "://" in url else "file"
-    storage_options = dict((download_config.storage_options or {}).get(protocol, {})) if download_config else {}
+    storage_options = _storage_options(protocol, download_config)
     if protocol == "hf":
         token = download_config.token if download_config else None
         storage_options = {"endpoint": datasets_config.HF_ENDPOINT, "token": token, **storage_options}
@@ -27,24 +93,19 @@ def url_to_fs(url: str, download_config=None) -> tuple[fsspec.AbstractFileSystem
     return fsspec.url_to_fs(url, **storage_options)
 
 
-def open_remote(url: str, download_config=None, whole: bool = True):
-    """Open a remote file for random access, with ``datasets``' read retries.
+def _storage_options(protocol: str, download_config) -> dict:
+    return dict((download_config.storage_options or {}).get(protocol, {})) if download_config else {}
 
-    ``whole=True`` fetches the whole file in one request into memory: a location's example needs every
-    chunk of the file, and zipfile's many small header reads would otherwise each cost a round trip.
-    ``whole=False`` reads exactly what is asked (no read-ahead, which would fetch bytes twice), for
-    looking at metadata only.
-    """
+
+def open_remote(url: str, download_config=None):
+    """Open a remote file for reading exactly what is asked (no read-ahead, which would fetch bytes twice),
+    with ``datasets``' read retries: for looking at metadata only. :func:`fetch` reads a whole file."""
     from datasets.utils import file_utils
 
     fs, path = url_to_fs(url, download_config)
     remote_file = fs.open(path, "rb", cache_type="none")
     # datasets' own policy for streamed files: config.STREAMING_READ_MAX_RETRIES / STREAMING_READ_RETRY_INTERVAL
-    remote_file = file_utils._add_retries_to_file_obj_read_method(remote_file)
-    if not whole:
-        return remote_file
-    with remote_file:
-        return io.BytesIO(remote_file.read())
+    return file_utils._add_retries_to_file_obj_read_method(remote_file)
 
 
 def is_remote(url: str) -> bool:
@@ -57,3 +118,403 @@ def normalize_root(root: str | os.PathLike) -> str:
     if "://" not in root:
         root = os.path.abspath(os.path.expanduser(root))
     return root.rstrip("/")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The fetched file
+# ------------------------------------------------------------------------------------------------------------
+
+
+class FetchedFile(io.RawIOBase):
+    """A whole remote file in memory, read-only and seekable; :meth:`getbuffer` gives its bytes without a copy
+    (as ``io.BytesIO.getbuffer`` does). Closing it returns the memory to the OS at once."""
+
+    def __init__(self, buffer: mmap.mmap, size: int, name: str):
+        super().__init__()
+        self._buffer = buffer
+        self._view = memoryview(buffer)[:size]
+        self._size = size
+        self._pos = 0
+        self.name = name
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def getbuffer(self) -> memoryview:
+        """The file's bytes (release the view, e.g. ``with f.getbuffer() as view:``, before closing)."""
+        self._check_open()
+        return self._view[:]
+
+    def read(self, size: int = -1) -> bytes:
+        self._check_open()
+        end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
+        out = bytes(self._view[self._pos:end]) if end > self._pos else b""
+        self._pos = max(self._pos, end)
+        return out
+
+    def readinto(self, target) -> int:
+        data = self.read(len(memoryview(target).cast("B")))
+        memoryview(target).cast("B")[:len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check_open()
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            self._view.release()
+            # still exported (a caller kept a view): the mapping goes when the last view does
+            with contextlib.suppress(BufferError):
+                self._buffer.close()
+        super().close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"{self.name}: I/O operation on a closed fetched file")
+
+
+def _allocate(size: int) -> mmap.mmap:
+    # anonymous mapping: pages are zero on first touch, so nothing is written twice (bytearray(n) memsets)
+    return mmap.mmap(-1, max(size, 1))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# fetch
+# ------------------------------------------------------------------------------------------------------------
+
+
+def fetch(url: str, download_config=None, options: FetchOptions | None = None) -> FetchedFile:
+    """Fetch the whole remote file ``url`` into memory, at the speed of the link.
+
+    Raises ``FileNotFoundError`` (no such file), ``PermissionError`` (401/403), ``ConnectionError`` once
+    ``datasets``' read retries are exhausted, and :class:`~ssl4eos12.prefetch.Cancelled` when the prefetch
+    running it is closed.
+    """
+    options = options or FetchOptions()
+    protocol = url.split("://", 1)[0].lower()
+    if protocol in ("http", "https"):
+        headers = _plain_http_headers(_storage_options(protocol, download_config))
+        if headers is not None and _proxy_for(url) is None:
+            return _fetch_http(url, headers, options, size=None)
+    elif protocol == "hf":
+        fs, path = url_to_fs(url, download_config)
+        info = fs.info(path)  # FileNotFoundError for a missing file, with the Hub's own message
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers
+
+        # the Hub's auth as HfFileSystem sends it, to the /resolve/ URL of the resolved revision
+        headers = build_hf_headers(token=fs.token)
+        resolved = fs.resolve_path(path)
+        http_url = hf_hub_url(resolved.repo_id, resolved.path_in_repo, repo_type=resolved.repo_type,
+                              revision=resolved.revision, endpoint=fs.endpoint)
+        if _proxy_for(http_url) is None:
+            return _fetch_http(http_url, headers, options, size=info["size"], name=url)
+    return _fetch_fsspec(url, download_config)
+
+
+def _plain_http_headers(storage_options: dict) -> dict[str, str] | None:
+    """Headers that carry the storage options of an ``http(s)`` URL, or ``None`` when they hold more than
+    headers and basic auth (then fsspec reads the file)."""
+    client_kwargs = dict(storage_options.get("client_kwargs") or {})
+    client_kwargs.pop("trust_env", None)
+    options = {k: v for k, v in storage_options.items() if k != "client_kwargs"}
+    headers = {**(client_kwargs.pop("headers", None) or {}), **(options.pop("headers", None) or {})}
+    for auth in (client_kwargs.pop("auth", None), options.pop("auth", None)):
+        if auth is not None:
+            if not hasattr(auth, "encode"):  # aiohttp.BasicAuth
+                return None
+            headers["Authorization"] = auth.encode()
+    if client_kwargs or options:
+        return None
+    return {str(k): str(v) for k, v in headers.items()}
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment sets for ``url`` (as aiohttp with ``trust_env`` would use), if any."""
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies_environment().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass_environment(parts.hostname or ""):
+        return proxy
+    return None
+
+
+def _fetch_fsspec(url: str, download_config) -> FetchedFile:
+    """Any other file system: one read through fsspec with ``datasets``' read retries, then one copy."""
+    with open_remote(url, download_config) as remote_file:
+        data = remote_file.read()
+    buffer = _allocate(len(data))
+    buffer[:len(data)] = data
+    return FetchedFile(buffer, len(data), url)
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host).is_loopback
+    return False
+
+
+def _fetch_http(url: str, headers: dict[str, str], options: FetchOptions, size: int | None,
+                name: str | None = None) -> FetchedFile:
+    name = name or url
+    connections = options.connections or (LOOPBACK_CONNECTIONS if _is_loopback(url) else REMOTE_CONNECTIONS)
+    scope = current_scope()
+    if connections > 1 and size is None:
+        size = _probe(url, headers, options, scope)
+    if size is None or connections == 1 or size < 2 * MIN_PIECE:
+        return _fetch_single(url, headers, options, scope, size, name)
+    pieces = min(connections, size // MIN_PIECE)
+    bounds = [size * i // pieces for i in range(pieces + 1)]
+    buffer = _allocate(size)
+    try:
+        view = memoryview(buffer)
+        try:
+            _read_ranges(url, headers, options, scope, view, list(zip(bounds, bounds[1:])), size)
+        finally:
+            view.release()
+        return FetchedFile(buffer, size, name)
+    except BaseException:
+        buffer.close()
+        raise
+
+
+def _fetch_single(url, headers, options, scope, size, name) -> FetchedFile:
+    """One connection: a GET of the whole file (without a known size, its Content-Length sizes the buffer)."""
+    state: dict = {}
+
+    def allocate(total: int) -> memoryview:
+        state["buffer"], state["size"] = _allocate(total), total
+        return memoryview(state["buffer"])
+
+    piece = _Piece(url, headers, options, scope, 0, size, None if size is None else allocate(size), allocate)
+    try:
+        piece.run()
+    except BaseException:
+        if piece.view is not None:
+            piece.view.release()
+        if "buffer" in state:
+            state["buffer"].close()
+        raise
+    piece.view.release()
+    return FetchedFile(state["buffer"], state["size"], name)
+
+
+def _read_ranges(url, headers, options, parent: CancelScope, view: memoryview, ranges, size: int) -> None:
+    """Read ``ranges`` of ``url`` in parallel into their slices of ``view``; the first failure cancels the rest."""
+    scope = CancelScope()
+    errors: list[BaseException] = []
+    pieces = [_Piece(url, headers, options, scope, start, size, view[start:stop], None, stop=stop)
+              for start, stop in ranges]
+
+    def run(piece: _Piece) -> None:
+        try:
+            piece.run()
+        except BaseException as err:
+            errors.append(err)
+            scope.cancel()
+
+    threads = [threading.Thread(target=run, args=(p,), name="ssl4eos12-range", daemon=True) for p in pieces[1:]]
+    with parent.closing(scope.cancel):
+        try:
+            for thread in threads:
+                thread.start()
+            run(pieces[0])
+        finally:
+            for thread in threads:
+                if thread.is_alive() or thread.ident is not None:
+                    thread.join()
+            for piece in pieces:
+                piece.view.release()
+    if errors:
+        raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
+    parent.check()
+
+
+def _probe(url: str, headers: dict[str, str], options: FetchOptions, scope: CancelScope) -> int | None:
+    """The size of ``url`` from a HEAD request, or ``None`` when the server does not serve byte ranges."""
+    failures = 0
+    while True:
+        scope.check()
+        try:
+            with _request("HEAD", url, headers, options, scope) as response:
+                if response.status in (404, 410):
+                    raise FileNotFoundError(f"{url}: HTTP {response.status}")
+                if response.status in (401, 403):
+                    raise _denied(url, response.status)
+                if response.status in _RETRY_STATUSES:
+                    raise _Retryable(f"HTTP {response.status}")
+                length = response.getheader("Content-Length")
+                if response.status != 200 or "bytes" not in (response.getheader("Accept-Ranges") or "") or not length:
+                    return None
+                return int(length)
+        except (_Retryable, OSError, http.client.HTTPException) as err:
+            if isinstance(err, (FileNotFoundError, PermissionError)) or scope.cancelled:
+                scope.check()
+                raise
+            failures = _wait_retry(url, failures, err, scope)
+
+
+def _denied(url: str, status: int) -> PermissionError:
+    err = PermissionError(f"{url}: HTTP {status}")
+    err.status = status  # as aiohttp's errors carry it, for failures.remote_cause
+    return err
+
+
+class RemoteFileError(Exception):
+    """The server answered, but not with the file (no byte ranges where they are needed, a changed size)."""
+
+
+class _Retryable(Exception):
+    """A failed attempt worth retrying (a server error status, a stalled or truncated body)."""
+
+
+@contextlib.contextmanager
+def _request(method: str, url: str, headers: dict[str, str], options: FetchOptions, scope: CancelScope,
+             byte_range: str | None = None):
+    """One request on a new connection, following redirects (the Hub sends files from a CDN); the response
+    is yielded with its connection, which is closed on exit and by a cancellation of ``scope``."""
+    headers = dict(headers)
+    if byte_range:
+        headers["Range"] = byte_range
+    for _ in range(_REDIRECTS + 1):
+        parts = urlsplit(url)
+        if parts.scheme == "https":
+            connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=options.timeout,
+                                                     context=ssl.create_default_context())
+        else:
+            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=options.timeout)
+        try:
+            with scope.closing(lambda c=connection: _abort(c)):
+                target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+                connection.request(method, target, headers=headers)
+                response = connection.getresponse()
+                location = response.getheader("Location")
+                if response.status in (301, 302, 303, 307, 308) and location:
+                    new_url = urljoin(url, location)
+                    if urlsplit(new_url).netloc != parts.netloc:
+                        headers.pop("Authorization", None)  # the token is for the Hub, not for its CDN
+                    url = new_url
+                    continue
+                yield response
+                return
+        finally:
+            connection.close()
+    raise RemoteFileError(f"{url}: more than {_REDIRECTS} redirects")
+
+
+def _abort(connection: http.client.HTTPConnection) -> None:
+    """Interrupt a blocking read on ``connection`` from another thread."""
+    sock = connection.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Piece:
+    """Bytes ``start``..``stop`` of ``url`` into ``view``, resumed where it stopped after each failed attempt.
+
+    ``stop=None``: to the end of the file, whose size the first response tells (``allocate`` then makes
+    ``view``). Attempts that make progress reset the retry count, so only a server that stops giving bytes
+    exhausts ``datasets``' retries.
+    """
+
+    def __init__(self, url, headers, options, scope, start, size, view, allocate, stop=None):
+        self.url, self.headers, self.options, self.scope = url, headers, options, scope
+        self.start = start
+        self.stop = stop if stop is not None else size
+        self.view = view
+        self.allocate = allocate
+        self.offset = start  # the next byte to read, in file coordinates
+        self.base = start  # file offset of view[0]
+
+    def run(self) -> None:
+        failures = 0
+        while self.stop is None or self.offset < self.stop:
+            self.scope.check()
+            before = self.offset
+            try:
+                self._attempt()
+            except (_Retryable, OSError, http.client.HTTPException) as err:
+                if isinstance(err, (FileNotFoundError, PermissionError)) or self.scope.cancelled:
+                    self.scope.check()
+                    raise
+                if self.offset > before:
+                    failures = 0
+                failures = _wait_retry(self.url, failures, err, self.scope)
+
+    def _attempt(self) -> None:
+        whole = self.offset == 0 and (self.stop is None or (self.view is not None and self.base == 0
+                                                            and self.stop == len(self.view)))
+        byte_range = None if whole else f"bytes={self.offset}-{'' if self.stop is None else self.stop - 1}"
+        with _request("GET", self.url, self.headers, self.options, self.scope, byte_range) as response:
+            status = response.status
+            if status in (404, 410):
+                raise FileNotFoundError(f"{self.url}: HTTP {status}")
+            if status in (401, 403):
+                raise _denied(self.url, status)
+            if status in _RETRY_STATUSES:
+                raise _Retryable(f"HTTP {status}")
+            if status == 200:
+                if self.offset != 0 and self.base != 0:
+                    raise RemoteFileError(f"{self.url}: the server ignores byte ranges (HTTP 200 to {byte_range})")
+                self.offset = 0  # the whole file again: its first bytes overwrite the same bytes
+                total = response.length
+                if self.stop is None:
+                    if total is None:
+                        raise RemoteFileError(f"{self.url}: the server sends no Content-Length")
+                    self.view = self.allocate(total)
+                    self.stop = total
+                elif total is not None and total != self.stop:
+                    raise RemoteFileError(f"{self.url}: the file has {total} bytes, expected {self.stop} (changed on the server?)")
+            elif status == 206:
+                first = _content_range_start(response.getheader("Content-Range"))
+                if first != self.offset:
+                    raise RemoteFileError(f"{self.url}: asked for {byte_range}, got {response.getheader('Content-Range')}")
+            else:
+                raise RemoteFileError(f"{self.url}: HTTP {status} {response.reason}")
+            self._read_body(response)
+
+    def _read_body(self, response) -> None:
+        view, stop = self.view, self.stop
+        while self.offset < stop:
+            self.scope.check()
+            end = min(self.offset + _STEP, stop)
+            try:
+                n = response.readinto(view[self.offset - self.base:end - self.base])
+            except socket.timeout as err:
+                raise _Retryable(f"no data for {self.options.timeout:g} s after {self.offset} bytes") from err
+            if not n:
+                raise _Retryable(f"connection closed after byte {self.offset} of {stop}")
+            self.offset += n
+
+
+def _content_range_start(header: str | None) -> int | None:
+    with contextlib.suppress(AttributeError, ValueError, IndexError):
+        return int(header.split()[1].split("-")[0])
+    return None
+
+
+def _wait_retry(url: str, failures: int, err: BaseException, scope: CancelScope) -> int:
+    """Count a failed attempt; raise ``ConnectionError`` once ``datasets``' retries are spent, else wait."""
+    from datasets import config as datasets_config
+
+    failures += 1
+    if failures > datasets_config.STREAMING_READ_MAX_RETRIES:
+        raise ConnectionError(f"{err} ({datasets_config.STREAMING_READ_MAX_RETRIES} retries)") from err
+    if scope.wait(datasets_config.STREAMING_READ_RETRY_INTERVAL):
+        raise Cancelled
+    return failures

@@ -31,7 +31,7 @@ from ..constants import BANDS_DTYPE, CLOUD_MASKED
 from ..errors import SSL4EOS12FileError
 from .base import Layout, ModalityFile
 from .failures import remote_cause, remote_failure_message
-from .remote import is_remote, open_remote
+from .remote import FetchedFile, FetchOptions, RemoteFileError, fetch, is_remote, open_remote
 
 #: Variables every modality's file has, with their dimensions (``bands`` may have any trailing dims
 #: for modalities beyond the four).
@@ -60,16 +60,22 @@ EXPECTED_DTYPES: dict[str, str] = {
 
 
 @contextlib.contextmanager
-def open_zarr_zip(url: str, download_config=None, whole: bool = True, data: bytes | None = None) -> Iterator[xr.Dataset]:
+def open_zarr_zip(url: str, download_config=None, whole: bool = True, data: bytes | None = None,
+                  fetched: FetchedFile | None = None, options: FetchOptions | None = None) -> Iterator[xr.Dataset]:
     """Open a Zarr v2 zip lazily as an ``xarray.Dataset`` (no dask), closing everything on exit.
 
-    ``whole``: a remote file is fetched whole in one request (to read all of it), else piecewise.
+    ``whole``: a remote file is fetched whole (:func:`fetch_zip`, to read all of it), else piecewise.
     ``data``: the zip's bytes, already read (a tar member); ``url`` then only names it in errors.
+    ``fetched``: the remote file, fetched already (it is closed on exit).
     """
     with contextlib.ExitStack() as stack:
+        if fetched is not None:
+            stack.enter_context(fetched)
+        elif data is None and whole and is_remote(url):
+            fetched = stack.enter_context(fetch_zip(url, download_config, options))
         store = None
         try:
-            store, source = _open_store(url, download_config, stack, whole, data)
+            store, source = _open_store(url, download_config, stack, data if fetched is None else fetched)
             dataset = xr.open_zarr(store, consolidated=True, chunks=None, zarr_format=2)
             dataset.encoding[ZIP_SOURCE] = source
         except FileNotFoundError as err:
@@ -89,22 +95,44 @@ def open_zarr_zip(url: str, download_config=None, whole: bool = True, data: byte
         yield dataset
 
 
-def _open_store(url: str, download_config, stack: contextlib.ExitStack, whole: bool, data: bytes | None = None):
-    """The zarr store of a zip, and the zip for :func:`fastzip.read_arrays` (a path, a fetched file or None)."""
+def fetch_zip(url: str, download_config=None, options: FetchOptions | None = None) -> FetchedFile:
+    """Fetch a remote zip whole (:func:`~ssl4eos12.sources.remote.fetch`); every failure is one
+    :class:`SSL4EOS12FileError` naming the file. A cancellation (:class:`~ssl4eos12.prefetch.Cancelled`)
+    passes through."""
+    try:
+        return fetch(url, download_config, options)
+    except FileNotFoundError as err:
+        raise SSL4EOS12FileError(url, "file not found") from err
+    except PermissionError as err:  # 401/403, said as failures.py says it for every client
+        message = remote_failure_message(url, err)
+        problem = message.removeprefix(f"{url}: ") if message else f"access denied ({err})"
+        raise SSL4EOS12FileError(url, problem) from err
+    except ConnectionError as err:
+        raise _unreachable(url, err) from err
+    except RemoteFileError as err:
+        raise SSL4EOS12FileError(url, f"could not be fetched ({err})") from err
+
+
+def _open_store(url: str, download_config, stack: contextlib.ExitStack, data: bytes | FetchedFile | None = None):
+    """The zarr store of a zip, and the zip for :func:`fastzip.read_arrays` (a path, a file in memory or None).
+
+    ``data``: the zip in memory, as bytes (a tar member) or fetched (:class:`FetchedFile`, closed by the caller).
+    """
     if data is not None:
-        buffer = stack.enter_context(io.BytesIO(data))  # entered: its memory is freed on exit, not at the next gc
+        # a BytesIO entered: its memory is freed on exit, not at the next gc
+        buffer = data if isinstance(data, FetchedFile) else stack.enter_context(io.BytesIO(data))
         store = _BufferZipStore(buffer)
         stack.callback(lambda: store._is_open and store.close())
         return store, buffer
-    if is_remote(url):
-        remote_file = stack.enter_context(open_remote(url, download_config, whole))
+    if is_remote(url):  # read piecewise: the metadata, or a few timestamps' chunks
+        remote_file = stack.enter_context(open_remote(url, download_config))
         zip_fs = ZipFileSystem(fo=remote_file, skip_instance_cache=True)
         stack.callback(zip_fs.close)
         # Build the listing now, in this thread: the async wrapper reads from several threads, and fsspec fills
         # the listing lazily in two steps, so a thread could see it half-built and miss .zmetadata (seen).
         zip_fs.ls("", detail=False)
         store = zarr.storage.FsspecStore(AsyncFileSystemWrapper(zip_fs, asynchronous=True, skip_instance_cache=True), read_only=True, path="")
-        return store, remote_file if isinstance(remote_file, io.BytesIO) else None
+        return store, None
     path = url.removeprefix("file://")
     if not os.path.isfile(path):
         raise FileNotFoundError(path)
@@ -115,14 +143,15 @@ def _open_store(url: str, download_config, stack: contextlib.ExitStack, whole: b
 
 
 class _BufferZipStore(zarr.storage.ZipStore):
-    """A read-only ``ZipStore`` over a zip held in memory (a tar member): zarr's own zip reading, no threads.
+    """A read-only ``ZipStore`` over a zip held in memory (a tar member, a fetched file): zarr's own zip reading,
+    no threads.
 
     fsspec's zip file system would do too, but its objects form reference cycles that keep each member's
     buffer alive until a garbage collection, and it fills its listing lazily from several threads (a thread
     could miss ``.zmetadata``: seen).
     """
 
-    def __init__(self, buffer: io.BytesIO):
+    def __init__(self, buffer: io.BytesIO | FetchedFile):
         super().__init__("<memory>", mode="r")
         self._buffer = buffer
 
@@ -183,14 +212,16 @@ def probe_layout_and_size(url: str, modality: str, download_config=None) -> tupl
 
 def read_modality_file(
     url: str, modality: str, download_config=None, expected: Layout | None = None, variables=None,
+    fetched: FetchedFile | None = None, options: FetchOptions | None = None,
 ) -> ModalityFile:
     """Read and decode the variables of one file (default: all), checking it against the ``expected`` layout.
 
-    Asked for a subset without ``bands``, a remote file is read piecewise: the other variables are a few
-    small zip entries, not worth fetching the whole file for.
+    ``fetched``: the remote file, fetched already (:func:`fetch_zip`; closed here). Without it a remote file
+    is fetched now, unless asked for a subset without ``bands``: then it is read piecewise (the other
+    variables are a few small zip entries, not worth fetching the whole file for).
     """
-    whole = variables is None or "bands" in variables
-    with open_zarr_zip(url, download_config, whole=whole) as dataset:
+    with open_zarr_zip(url, download_config, whole=wants_whole_file(variables), fetched=fetched,
+                       options=options) as dataset:
         layout = layout_of(url, modality, dataset)
         if expected is not None and layout != expected:
             raise SSL4EOS12FileError(url, f"layout {_describe(layout)} differs from the dataset's {_describe(expected)}")
@@ -254,3 +285,8 @@ def _check_sample_ids(url: str, samples: np.ndarray, sample_ids: np.ndarray) -> 
         raise SSL4EOS12FileError(
             url, f"sample_id does not match sample for sample(s) {', '.join(samples[bad][:5])}"
         )
+
+
+def wants_whole_file(variables) -> bool:
+    """Whether reading ``variables`` (``None``: all) of a remote file is worth fetching all of it."""
+    return variables is None or "bands" in variables
