@@ -75,7 +75,10 @@ ROWS = [
     ("prepare:S2L2A", "S2L2A", "ours: download_and_prepare (load_dataset, not streaming, into Arrow)", None),
     ("published-arrow:S2L2A", "S2L2A", "ours: stream the published copy (plain datasets), with_format('arrow') + arrow_to_numpy", "≥ 0.5× ceiling"),
     ("published-rows:S2L2A", "S2L2A", "ours: stream the published copy (plain datasets), no format (Python rows)", None),
-    ("http:S2L2A", "S2L2A", "ours: builder streaming over HTTP from 127.0.0.1", "≥ 0.8× local streaming"),
+    ("curl:S2L2A", "S2L2A", "wire ceiling: `curl` of every file from nginx on 127.0.0.1 (file MB/s)", None),
+    ("fetch:S2L2A", "S2L2A", "ours: `remote.fetch` of every file from nginx (file MB/s)", "≥ 0.8× curl"),
+    ("http:S2L2A", "S2L2A", "ours: builder streaming over HTTP from nginx on 127.0.0.1", "≥ 0.8× local streaming"),
+    ("hf:S2L2A", "S2L2A", "ours: builder streaming `hf://` from the local Hub server (tests/servers.py)", None),
     ("zipread:all", "all", "ceiling: read every zip member (zipfile)", None),
     ("blosc:all", "all", "**ceiling: Blosc-decode every chunk** (reference)", None),
     ("zarr:all", "all", "ceiling: zarr, every array into numpy", None),
@@ -150,12 +153,12 @@ def passes(fn, repeat: int) -> dict:
     first = time.perf_counter()
     examples, decoded, extra = fn(True)
     times = [time.perf_counter() - first]
-    cpu_times = []  # this process's CPU seconds (all its threads) per timed pass: what neighbours do not change
+    cpu_times = []  # this process's CPU seconds (every thread) per pass: the machine is shared and noisy
     for _ in range(repeat):
-        start, cpu_start = time.perf_counter(), time.process_time()
+        start, cpu = time.perf_counter(), time.process_time()
         count, _, _ = fn(False)
         times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
+        cpu_times.append(time.process_time() - cpu)
         if count != examples:
             raise RuntimeError(f"pass delivered {count} examples, the first {examples}")
     return {"examples": examples, "bytes": decoded, "warmup": times[0], "times": times[1:] or times[:1],
@@ -553,7 +556,7 @@ def row_published_rows(data: Path, group: str, repeat: int) -> dict:
     return result
 
 
-def row_http(data: Path, group: str, repeat: int, suffix: str = ".zarr.zip") -> dict:
+def row_http_python(data: Path, group: str, repeat: int, suffix: str = ".zarr.zip") -> dict:
     """Stream from a range-capable HTTP server on 127.0.0.1 (tests/servers.py), run in its own process."""
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(data)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
@@ -577,6 +580,107 @@ def row_http(data: Path, group: str, repeat: int, suffix: str = ".zarr.zip") -> 
     return result
 
 
+def _servers_module(name: str):
+    """A module of tests/ (servers.py, nginx.py), imported by path: the benchmark uses the tests' servers."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _file_urls(url: str, data: Path, group: str) -> list[tuple[str, int]]:
+    return [(f"{url}/{path.relative_to(data).as_posix()}", path.stat().st_size) for _, path in files_of(data, group)]
+
+
+def _wire_row(data: Path, group: str, repeat: int, get_all) -> dict:
+    """``get_all(urls)`` fetches every file of the group from nginx; bytes are the files' bytes (not decoded)."""
+    with _servers_module("nginx").NginxServer(data) as srv:
+        urls = _file_urls(srv.url, data, group)
+
+        def one(count_bytes):
+            get_all([url for url, _ in urls])
+            return locations(data), sum(size for _, size in urls), {}
+
+        result = passes(one, repeat)
+        result["bytes_served_per_file_byte"] = _served_ratio(srv, data, group, len(result["times"]) + 1)
+    result.update(dtype="bytes (file)", wire=True)
+    return result
+
+
+def _served_ratio(srv, data: Path, group: str, passes_made: int) -> float:
+    file_bytes = sum(path.stat().st_size for _, path in files_of(data, group))
+    served = sum(v for k, v in srv.bytes_served().items() if k.endswith(".zarr.zip"))
+    return served / (file_bytes * passes_made)
+
+
+def row_curl(data: Path, group: str, repeat: int) -> dict:
+    """The wire ceiling: one ``curl -o /dev/null`` of every file (one connection, kept alive; nothing kept)."""
+    if shutil.which("curl") is None:
+        raise RuntimeError("curl is not installed")
+    return _wire_row(data, group, repeat, lambda urls: subprocess.run(
+        ["curl", "-sS", "--fail", *(x for url in urls for x in ("-o", "/dev/null", url))], check=True))
+
+
+def row_fetch(data: Path, group: str, repeat: int) -> dict:
+    """``ssl4eos12.sources.remote.fetch`` of every file into memory (default options), one after the other in a
+    ``prefetch(ahead=0)`` as streaming runs it (so a buffer is reused from the second file on), each then freed."""
+    import functools
+
+    from ssl4eos12.prefetch import prefetch
+    from ssl4eos12.sources.remote import fetch
+
+    def get_all(urls):
+        with prefetch((functools.partial(fetch, url) for url in urls), ahead=0) as fetched:
+            for file in fetched:
+                file.close()
+
+    return _wire_row(data, group, repeat, get_all)
+
+
+def row_http(data: Path, group: str, repeat: int) -> dict:
+    """Stream from nginx on 127.0.0.1 (a separate process, ``sendfile``); bytes served from its access log."""
+    with _servers_module("nginx").NginxServer(data) as srv:
+        result = passes(_iterate(_load(group, root=srv.url), group), repeat)
+        result["bytes_served_per_file_byte"] = _served_ratio(srv, data, group, len(result["times"]) + 1)
+    return result
+
+
+def row_hf(data: Path, group: str, repeat: int) -> dict:
+    """Stream ``hf://datasets/bench/ssl4eo-s12`` from tests/servers.py's HubServer, run in its own process."""
+    server = subprocess.Popen([sys.executable, __file__, "--serve-hub", str(data), "--only", group],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        url = server.stdout.readline().strip()
+        if not url.startswith("http"):
+            raise RuntimeError(f"Hub server did not start: {url!r}")
+        hub = _servers_module("servers")
+        with hub.use_hub(argparse.Namespace(url=url), token=HUB_TOKEN, home=Path(os.environ["BENCH_WORK"]) / "hub"):
+            result = passes(_iterate(_load(group, root=f"hf://datasets/{HUB_REPO}"), group), repeat)
+    finally:
+        with contextlib.suppress(Exception):
+            server.stdin.close()
+        server.wait(timeout=30)
+    return result
+
+
+HUB_REPO, HUB_TOKEN = "bench/ssl4eo-s12", "hf_bench"
+
+
+def serve_hub(data: str, group: str) -> None:
+    """``--serve-hub DIR``: a HubServer holding the group's files until stdin closes."""
+    hub = _servers_module("servers").HubServer(tokens={HUB_TOKEN: "bench"})
+    root = Path(data)
+    files = {path.relative_to(root).as_posix(): path.read_bytes()
+             for path in [root / "splits" / "ssl4eos12_val.txt", *(p for _, p in files_of(root, group))]}
+    with hub:
+        hub.seed(HUB_REPO, files=files, private=True)
+        del files
+        print(hub.url, flush=True)
+        sys.stdin.read()
+
+
 def wds_root(data: Path) -> Path:
     """The webdataset-release look-alike of the benchmark's data: as many locations, in tars of 64."""
     return data / "webdataset"
@@ -587,7 +691,7 @@ def row_wds(data: Path, group: str, repeat: int) -> dict:
 
 
 def row_wdshttp(data: Path, group: str, repeat: int) -> dict:
-    return row_http(wds_root(data), group, repeat, suffix=".tar")
+    return row_http_python(wds_root(data), group, repeat, suffix=".tar")
 
 
 def serve(data: str) -> None:
@@ -609,7 +713,7 @@ ROW_FUNCTIONS = {
     "authors": row_authors, "stream": row_stream, "torch": row_torch, "torch1": row_torch1, "torch2": row_torch2,
     "prepare": row_prepare,
     "convert": row_convert, "published-arrow": row_published_arrow, "published-rows": row_published_rows,
-    "http": row_http, "wds": row_wds, "wdshttp": row_wdshttp,
+    "curl": row_curl, "fetch": row_fetch, "http": row_http, "hf": row_hf, "wds": row_wds, "wdshttp": row_wdshttp,
 }
 
 
@@ -745,7 +849,7 @@ def summarize(results: dict[str, dict], one_file: dict[str, int]) -> tuple[list[
                    mb_per_s=r["bytes"] / MB / best, peak_rss_mb=r["peak_rss"] / MB, dtype=r.get("dtype", ""),
                    note=r.get("note", ""))
         ceiling = results.get(f"blosc:{group}", {})
-        if "times" in ceiling:
+        if "times" in ceiling and not r.get("wire"):  # file bytes over the wire are not decoded bytes
             ceiling_mb_s = ceiling["bytes"] / MB / min(ceiling["times"])
             row["ratio"] = row["mb_per_s"] / per_worker / ceiling_mb_s
         table.append(row)
@@ -797,11 +901,17 @@ def summarize(results: dict[str, dict], one_file: dict[str, int]) -> tuple[list[
           detail=f"{wh['bytes_served_per_file_byte']:.2f} bytes served per tar byte"
           if "bytes_served_per_file_byte" in wh else "")
     h = results.get("http:S2L2A", {})
-    check("HTTP streaming vs local streaming (`S2L2A`)", ratio("http:S2L2A", "stream:S2L2A"), 0.8,
-          detail=f"{h['bytes_served_per_file_byte']:.2f} bytes served per file byte"
-          if "bytes_served_per_file_byte" in h else "")
+    check("HTTP streaming from nginx vs local streaming (`S2L2A`)", ratio("http:S2L2A", "stream:S2L2A"), 0.8)
+    check("HTTP streaming: bytes served per byte of the files", h.get("bytes_served_per_file_byte"), 1.05,
+          higher_is_better=False, detail="from nginx's access log, every pass")
+    check("one file's fetch (`remote.fetch`) vs curl from the same nginx",
+          ratio("fetch:S2L2A", "curl:S2L2A", "mb_per_s"), 0.8)
+    hf = ratio("hf:S2L2A", "stream:S2L2A")
+    checks.append({"what": "`hf://` streaming from the local Hub server vs local streaming (`S2L2A`)", "ok": None,
+                   "detail": f"{hf:.2f}× (no target: the Hub server is a Python test server)" if hf
+                   else "not measured"})
     native = [row for row in table if "dtype" in row and (row["name"].split(":")[0] in (
-              "stream", "torch", "torch1", "torch2", "http", "published-arrow") or row["name"].startswith("loader-t"))]
+              "stream", "torch", "torch1", "torch2", "http", "hf", "published-arrow") or row["name"].startswith("loader-t"))]
     native_ok = bool(native) and all(row["dtype"].startswith("int16") for row in native)
     checks.append({"what": "native dtypes: S2L2A bands reach the user as int16 on every path (no int64 upcast)",
                    "ok": native_ok, "detail": ", ".join(f"{row['name']}: {row['dtype']}" for row in native)})
@@ -879,8 +989,12 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", metavar="ROW", help="run one row in this process under pyinstrument (pip install "
                         "pyinstrument, or the [bench] extra) and print where its time goes")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-hub", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.serve_hub:
+        serve_hub(args.serve_hub, args.only)
+        return 0
     if args.serve:
         serve(args.serve)
         return 0
@@ -931,8 +1045,10 @@ def main(argv=None) -> int:
                 print("FAILED:", result["error"], flush=True)
             else:
                 best = min(result["times"])
+                cpu = result.get("cpu_times") or []
                 print(f"{result['examples'] / best:.0f} ex/s, {result['bytes'] / MB / best:.0f} MB/s "
                       f"(passes: {', '.join(f'{t:.2f}' for t in result['times'])} s; "
+                      f"CPU: {', '.join(f'{t:.2f}' for t in cpu)} s; "
                       f"peak RSS {result['peak_rss'] / MB:.0f} MB)", flush=True)
     table, checks = summarize(results, one_file)
     meta = machine()

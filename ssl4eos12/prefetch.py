@@ -43,7 +43,7 @@ class Cancelled(Exception):
 
 
 class CancelScope:
-    """A cancellation signal for blocking work, with closers that interrupt it."""
+    """A cancellation signal for blocking work, with closers that interrupt it and objects its work shares."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -51,6 +51,7 @@ class CancelScope:
         self._event = threading.Event()
         self._closers: dict[int, Callable[[], None]] = {}
         self._next_id = 0
+        self._shared: dict[str, tuple[object, Callable[[object], None]]] = {}
 
     @property
     def cancelled(self) -> bool:
@@ -71,9 +72,24 @@ class CancelScope:
             self._cancelled = True
             self._event.set()
             closers, self._closers = list(self._closers.values()), {}
+            shared, self._shared = list(self._shared.values()), {}
         for closer in closers:
             with contextlib.suppress(Exception):
                 closer()
+        for value, close in shared:
+            with contextlib.suppress(Exception):
+                close(value)
+
+    def shared(self, key: str, factory: Callable[[], T], close: Callable[[T], None]) -> T | None:
+        """An object that the work of this scope shares (e.g. a pool of buffers), made by ``factory`` on first
+        use and closed by :meth:`cancel`, i.e. when the prefetch ends; ``None`` once cancelled, and always
+        outside a prefetch (there is no iteration to share with)."""
+        with self._lock:
+            if self._cancelled or self is _NEVER:
+                return None
+            if key not in self._shared:
+                self._shared[key] = (factory(), close)
+            return self._shared[key][0]  # type: ignore[return-value]
 
     @contextlib.contextmanager
     def closing(self, closer: Callable[[], None]) -> Iterator[None]:
@@ -109,7 +125,7 @@ def current_scope() -> CancelScope:
 
 @contextlib.contextmanager
 def _in_scope(scope: CancelScope) -> Iterator[None]:
-    previous = getattr(_local, "scope", None)
+    previous = current_scope()
     _local.scope = scope
     try:
         yield

@@ -19,7 +19,8 @@ first import.
 ``RangeHTTPServer``
     Serves files of a directory with HEAD/GET and single ``Range: bytes=...`` requests
     (``a-b``, ``a-``, ``-n``), logs every request and the body bytes served per path, and
-    injects faults (``fail_next``: error statuses, ``drop_next``: truncated bodies).
+    injects faults (``fail_next``: error statuses, ``drop_next``: truncated bodies, ``stall_next``: a
+    body that stops mid-way without closing).
 
 ``HubServer``
     Implements the subset of the Hub HTTP API that ``huggingface_hub`` 2.4 (``HfApi``,
@@ -286,6 +287,18 @@ class _RangeHandler(_BaseHandler):
         with open(file_path, "rb") as f:
             f.seek(start)
             body = f.read(end + 1 - start)
+        if fault is not None and fault[0] == "stall":
+            # A server that stops sending mid-body: part of the body, then silence (until the stall ends or
+            # the server stops), then the connection is closed.
+            keep = len(body) // 2 if fault[1][0] is None else min(fault[1][0], len(body))
+            owner._add_bytes(path, keep)
+            self.wfile.write(body[:keep])
+            self.wfile.flush()
+            owner._stopping.wait(fault[1][1])
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
         if fault is not None and fault[0] == "drop":
             # Headers promise the full Content-Length; send only part of it and close so
             # the client sees a truncated body (a broken connection mid-transfer).
@@ -329,7 +342,8 @@ class RangeHTTPServer(_BackgroundServer):
         self.bytes_served: dict[str, int] = {}
         self.requests: list[tuple[str, str, str | None]] = []
         # queue of pending faults, consumed by GET requests in arrival order
-        self._faults: list[tuple[str, int | None]] = []
+        self._faults: list[tuple[str, Any]] = []
+        self._stopping = threading.Event()  # ends stalls when the server stops
 
     def url_for(self, relative_path: str) -> str:
         """Full URL of a file given its path relative to ``root_dir``."""
@@ -349,6 +363,26 @@ class RangeHTTPServer(_BackgroundServer):
         with self._lock:
             self._faults.extend([("drop", after_bytes)] * n)
 
+    def stop(self) -> None:
+        self._stopping.set()
+        super().stop()
+        self._stopping.clear()
+
+    def open_connections(self) -> int:
+        """Client connections the server holds open now (its side of them)."""
+        httpd = self._httpd
+        if httpd is None:
+            return 0
+        with httpd._conns_lock:
+            return len(httpd._conns)
+
+    def stall_next(self, n: int = 1, after_bytes: int | None = None, seconds: float = 3600,
+                   path: str | None = None) -> None:
+        """Make the next ``n`` GET requests (of ``path`` only, if given) send ``after_bytes`` of the body
+        (default: half), then nothing for ``seconds`` (or until the server stops), then close the connection."""
+        with self._lock:
+            self._faults.extend([("stall", (after_bytes, seconds), path)] * n)
+
     def reset_log(self) -> None:
         with self._lock:
             self.bytes_served.clear()
@@ -361,8 +395,10 @@ class RangeHTTPServer(_BackgroundServer):
     ) -> tuple[str, Any] | None:
         with self._lock:
             self.requests.append((method, path, range_header))
-            if method == "GET" and self._faults:
-                return self._faults.pop(0)
+            if method == "GET":
+                for i, fault in enumerate(self._faults):
+                    if len(fault) < 3 or fault[2] in (None, path):  # a fault for any path, or for this one
+                        return self._faults.pop(i)[:2]
         return None
 
     def _add_bytes(self, path: str, n: int) -> None:

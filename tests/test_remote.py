@@ -205,3 +205,195 @@ def test_peak_memory_is_flat_in_the_number_of_files(tmp_path):
     assert six <= 1.15 * two, (two, six)
     assert six > one_file / 4  # the measurement does see the decoded arrays
     print(f"peak traced memory: 2 files {two / 1e6:.1f} MB, 6 files {six / 1e6:.1f} MB")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The fetch: parallel ranges, stalls, and nothing left behind by a cancelled or abandoned iteration
+# ------------------------------------------------------------------------------------------------------------
+
+from ssl4eos12.sources import remote  # noqa: E402
+from nginx import NginxServer, NginxUnavailable, nginx_binary  # noqa: E402
+
+needs_nginx = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed (apt-get install nginx-light)")
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Split files of a few hundred kB into byte ranges as 8 MB pieces split the real files."""
+    monkeypatch.setattr(remote, "MIN_PIECE", 16 << 10)
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+def test_fetch_reads_every_byte_once_over_one_or_several_connections(tmp_path, small_pieces, connections):
+    payload = np.random.default_rng(0).integers(0, 256, 200_003, dtype=np.uint8).tobytes()
+    (tmp_path / "f.bin").write_bytes(payload)
+    with RangeHTTPServer(tmp_path) as srv:
+        fetched = remote.fetch(srv.url + "/f.bin", options=remote.FetchOptions(connections=connections))
+        with fetched:
+            assert fetched.read() == payload
+            fetched.seek(100)
+            assert fetched.read(5) == payload[100:105]
+        gets = [r for r in srv.requests if r[0] == "GET"]
+        assert srv.bytes_served["/f.bin"] == len(payload)
+    assert len(gets) == connections
+    assert all(r[2] is not None for r in gets) == (connections > 1)  # byte ranges only when split
+
+
+def test_a_stalled_read_is_retried_from_where_it_stopped(data_dir, fast_retries, small_pieces):
+    with RangeHTTPServer(data_dir) as srv:
+        remote_ds = load_dataset("ssl4eos12", "S2L2A", root=srv.url, split="train", streaming=True,
+                                 remote_timeout=2, remote_connections=2)  # > a GC pause of this process
+        srv.reset_log()  # the metadata read to learn the features is not part of the fetch
+        srv.stall_next(1, after_bytes=1000)
+        assert_same_examples(remote_ds, local_stream(data_dir, "S2L2A"))
+        gets = [r for r in srv.requests if r[0] == "GET"]
+        stalled_at = int((gets[0][2] or "bytes=0-").split("=")[1].split("-")[0]) + 1000  # the first GET stalled
+        resumed = [r for r in gets[1:] if r[1] == gets[0][1] and (r[2] or "").startswith(f"bytes={stalled_at}-")]
+        files = zip_bytes(Path(data_dir), "train")
+        served = {path: srv.bytes_served.get(path, 0) for path in files if "/S2L2A/" in path}
+    assert resumed, "the stalled range was not asked for again from where it stopped"
+    for path, size in served.items():
+        assert files[path] <= size <= 1.05 * files[path], (path, size)
+
+
+def test_a_server_that_stalls_for_good_gets_a_clear_error(data_dir, fast_retries, monkeypatch):
+    monkeypatch.setattr(datasets.config, "STREAMING_READ_MAX_RETRIES", 2)
+    with RangeHTTPServer(data_dir) as srv:
+        remote_ds = load_dataset("ssl4eos12", "S2L2A", root=srv.url, split="train", streaming=True,
+                                 remote_timeout=0.2)
+        srv.stall_next(100, after_bytes=100)
+        with pytest.raises(ssl4eos12.SSL4EOS12FileError, match=r"retries exhausted \(no data for 0.2 s") as info:
+            list(remote_ds)
+        assert f"{srv.url}/train/S2L2A/{split_files(data_dir, 'train')[0]}" in str(info.value)
+    assert not [t for t in threading.enumerate() if t.name.startswith("ssl4eos12-")]
+
+
+def test_bad_remote_settings_are_refused(data_dir):
+    for kwargs, message in [({"remote_connections": 0}, "remote_connections must be an integer >= 1"),
+                            ({"remote_prefetch": -1}, "remote_prefetch must be an integer >= 0"),
+                            ({"remote_timeout": 0}, "remote_timeout must be a number of seconds > 0")]:
+        with pytest.raises(ValueError, match=message):
+            local_stream(data_dir, "S2L2A", **kwargs)
+
+
+def client_connections(port: int, pid: int | None = None) -> list:
+    """ESTABLISHED connections to 127.0.0.1:port from this process, or from process ``pid``."""
+    psutil = pytest.importorskip("psutil")
+    conns = psutil.Process().net_connections("tcp") if pid is None else psutil.net_connections("tcp")
+    return [c for c in conns if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+            and (pid is None or c.pid == pid)]
+
+
+def ssl4eos12_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("ssl4eos12-")]
+
+
+@pytest.fixture
+def track_buffers(monkeypatch):
+    """Every buffer a fetch maps, to check that each one is unmapped again."""
+    made = []
+    allocate = remote._allocate
+
+    def recording(size):
+        made.append(allocate(size))
+        return made[-1]
+
+    monkeypatch.setattr(remote, "_allocate", recording)
+    return made
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["break", "exception", "close", "abandon"])
+def test_a_cancelled_iteration_stops_its_fetch_and_leaves_nothing_behind(data_dir, track_buffers, how):
+    """The next file's fetch is in flight (its server stalls mid-body) when the consumer stops: the fetch is
+    interrupted at once (else the test would wait for the stall), and no thread, connection or buffer stays."""
+    files = split_files(data_dir, "train")
+    with RangeHTTPServer(data_dir) as srv:
+        port = srv.port
+        ds = load_dataset("ssl4eos12", "S2L2A", root=srv.url, split="train", streaming=True)
+        # fsspec's pooled connection of the metadata read that load_dataset made (not the iteration's)
+        before = {c.laddr for c in client_connections(port)}
+        second = f"/train/S2L2A/{files[1]}"
+        srv.stall_next(1, after_bytes=500, path=second)
+
+        def consume():
+            iterator = iter(ds)
+            next(iterator)
+            deadline = threading.Event()
+            while not any(r[1] == second for r in srv.requests) and not deadline.wait(0.01):
+                pass  # until the prefetch asks for the second file
+            if how == "break":
+                for _ in iterator:
+                    break
+                iterator.close()
+            elif how == "exception":
+                with pytest.raises(KeyError):
+                    for example in iterator:
+                        raise KeyError(example["sample"])
+            elif how == "close":
+                iterator.close()
+            return iterator
+
+        iterator = consume()
+        if how == "abandon":
+            assert ssl4eos12_threads()  # the prefetch is still running
+        del iterator
+        gc.collect()
+        assert any(r[1] == second for r in srv.requests)
+        assert not ssl4eos12_threads()
+        assert {c.laddr for c in client_connections(port)} <= before
+        assert track_buffers and all(buffer.closed for buffer in track_buffers)
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_dataloader_worker_leaves_no_connection_or_thread(data_dir):
+    torch = pytest.importorskip("torch")
+    import signal
+
+    files = split_files(data_dir, "train")
+    threads_before = {t.ident for t in threading.enumerate()}
+    with RangeHTTPServer(data_dir) as srv:
+        ds = load_dataset("ssl4eos12", "S2L2A", root=srv.url, split="train", streaming=True)
+        before = {c.laddr for c in client_connections(srv.port)}  # load_dataset's metadata read (fsspec's pool)
+        srv.stall_next(1, after_bytes=500, path=f"/train/S2L2A/{files[1]}")  # the worker's prefetch hangs there
+        loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=ssl4eos12.collate)
+        iterator = iter(loader)
+        next(iterator)
+        worker = iterator._workers[0]
+        deadline = threading.Event()
+        while not client_connections(srv.port, pid=worker.pid) and not deadline.wait(0.05):
+            pass
+        assert client_connections(srv.port, pid=worker.pid)  # the worker is fetching
+        os.kill(worker.pid, signal.SIGKILL)
+        # torch reports the death from its SIGCHLD handler or from the broken pipe, whichever comes first
+        with pytest.raises((RuntimeError, ConnectionError)):
+            worker.join(30)
+            next(iterator)
+        iterator._shutdown_workers()
+        del iterator
+        gc.collect()
+        for _ in range(100):  # the kernel closes a killed process's sockets; give it a moment
+            if not client_connections(srv.port, pid=worker.pid):
+                break
+            deadline.wait(0.05)
+        assert not client_connections(srv.port, pid=worker.pid)
+        assert {c.laddr for c in client_connections(srv.port)} <= before
+    assert not ssl4eos12_threads()
+    left = [t.name for t in threading.enumerate() if t.ident not in threads_before]
+    assert all("process_request_thread" in name for name in left), left  # only the server's, ending
+
+
+@needs_nginx
+@pytest.mark.parametrize("connections", [1, 3])
+def test_nginx_streaming_equals_local_and_serves_each_byte_once(tmp_path, small_pieces, connections):
+    data_dir = ssl4eos12.synth.synthesize(tmp_path / "d", splits=("train",), files=2, samples=8, size=64)
+    with NginxServer(data_dir) as srv:
+        ds = load_dataset("ssl4eos12", "all", root=srv.url, split="train", streaming=True,
+                          remote_connections=connections)
+        assert_same_examples(ds, local_stream(data_dir))
+        served = srv.bytes_served()
+        gets = [r for r in srv.requests() if r[0] == "GET"]
+    files = zip_bytes(Path(data_dir), "train")
+    for path, size in files.items():
+        assert size <= served[path] <= 1.05 * size, (path, served[path], size)
+    assert all(status in (200, 206) for _, path, status in gets if path.endswith(".zarr.zip")), gets
