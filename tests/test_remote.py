@@ -245,7 +245,7 @@ def test_fetch_reads_every_byte_once_over_one_or_several_connections(tmp_path, s
 def test_a_stalled_read_is_retried_from_where_it_stopped(data_dir, fast_retries, small_pieces):
     with RangeHTTPServer(data_dir) as srv:
         remote_ds = load_dataset("ssl4eos12", "S2L2A", root=srv.url, split="train", streaming=True,
-                                 remote_timeout=2, remote_connections=2)  # > a GC pause of this process
+                                 remote_timeout=1, remote_connections=2)
         srv.reset_log()  # the metadata read to learn the features is not part of the fetch
         srv.stall_next(1, after_bytes=1000)
         assert_same_examples(remote_ds, local_stream(data_dir, "S2L2A"))

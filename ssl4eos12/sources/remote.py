@@ -61,8 +61,8 @@ class FetchOptions:
     Args:
         connections: parallel byte-range requests per file; ``None``: :data:`LOOPBACK_CONNECTIONS` for a
             host on this machine, :data:`REMOTE_CONNECTIONS` otherwise.
-        prefetch: files fetched ahead of the one being decoded while streaming (0: none). Each holds one
-            compressed file in memory (up to ~460 MB for the real S2L1C files).
+        prefetch: source files fetched ahead of the one being decoded while streaming (0: none), each with
+            every modality read; each holds its compressed bytes in memory (up to ~460 MB per modality file).
         timeout: seconds without a byte before a read is retried.
     """
 
@@ -571,15 +571,28 @@ class _Piece:
         if response.length is not None and response.length != stop - self.offset:
             raise RemoteFileError(f"{self.url}: the server sends {response.length} bytes for {stop - self.offset}")
         # One socket read per call, straight into the buffer (BufferedReader.readinto1): a read that times out
-        # loses nothing already received, so the retry resumes at the exact byte. http.client's own readinto
-        # is left for chunked bodies (its framing), which static file servers do not send.
+        # loses nothing already received, so the retry resumes at the exact byte. Body bytes that came with
+        # the headers sit in the reader's buffer, and readinto1 would copy them and then still block on the
+        # socket (losing their count if that times out): read1 hands them over alone, first. http.client's
+        # readinto is left for chunked bodies (its framing), which static file servers do not send.
         read = response.readinto if response.chunked else response.fp.readinto1
+        drain = not response.chunked
         while self.offset < stop:
             self.scope.check()
+            target = view[self.offset - self.base:min(self.offset + _STEP, stop) - self.base]
             try:
-                n = read(view[self.offset - self.base:min(self.offset + _STEP, stop) - self.base])
+                if drain:  # what the reader buffered with the headers, or one socket read
+                    data = response.fp.read1(min(len(target), 1 << 16))
+                    n = len(data)
+                    target[:n] = data
+                    drain = False
+                else:
+                    n = read(target)
             except socket.timeout as err:
                 raise _Retryable(f"no data for {self.options.timeout:g} s after byte {self.offset}") from err
+            finally:
+                with contextlib.suppress(BufferError):  # a failed read's traceback may still hold it
+                    target.release()
             if not n:
                 raise _Retryable(f"connection closed after byte {self.offset} of {stop}")
             self.offset += n
