@@ -264,7 +264,7 @@ def test_a_server_that_stalls_for_good_gets_a_clear_error(data_dir, fast_retries
     with RangeHTTPServer(data_dir) as srv:
         remote_ds = load_dataset("ssl4eos12", "S2L2A", root=srv.url, split="train", streaming=True,
                                  remote_timeout=0.2)
-        srv.stall_next(100, after_bytes=100)
+        srv.stall_next(100, after_bytes=0)  # headers, then nothing: no attempt makes progress
         with pytest.raises(ssl4eos12.SSL4EOS12FileError, match=r"retries exhausted \(no data for 0.2 s") as info:
             list(remote_ds)
         assert f"{srv.url}/train/S2L2A/{split_files(data_dir, 'train')[0]}" in str(info.value)
