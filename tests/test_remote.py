@@ -415,3 +415,14 @@ def test_hf_fetch_sends_the_token_and_reads_every_byte_once_in_ranges(data_dir, 
         gets = [r for r in fetched if r.path.endswith(path)]
         assert all("/resolve/" in r.path and r.status == 206 for r in gets), gets
         assert len(gets) == 3 and sum(r.bytes for r in gets) == size, (path, gets)
+
+
+def test_http_access_denied_is_named_and_not_retried(data_dir, fast_retries):
+    with RangeHTTPServer(data_dir) as srv:
+        ds = load_dataset("ssl4eos12", "S2L2A", root=srv.url, split="train", streaming=True)
+        srv.reset_log()
+        srv.fail_next(1000, status=403)
+        with pytest.raises(ssl4eos12.SSL4EOS12FileError, match="access denied .*HTTP 403.*check the token") as info:
+            next(iter(ds))
+        assert f"{srv.url}/train/S2L2A/{split_files(data_dir, 'train')[0]}" in str(info.value)
+        assert len([r for r in srv.requests if r[0] == "GET" and r[1].endswith(".zarr.zip")]) == 1
