@@ -422,7 +422,8 @@ def test_http_access_denied_is_named_and_not_retried(data_dir, fast_retries):
         ds = load_dataset("ssl4eos12", "S2L2A", root=srv.url, split="train", streaming=True)
         srv.reset_log()
         srv.fail_next(1000, status=403)
-        with pytest.raises(ssl4eos12.SSL4EOS12FileError, match="access denied .*HTTP 403.*check the token") as info:
+        denied = "HTTP 403 Forbidden: no read access; use a token"
+        with pytest.raises(ssl4eos12.SSL4EOS12FileError, match=denied) as info:
             next(iter(ds))
         assert f"{srv.url}/train/S2L2A/{split_files(data_dir, 'train')[0]}" in str(info.value)
         assert len([r for r in srv.requests if r[0] == "GET" and r[1].endswith(".zarr.zip")]) == 1
