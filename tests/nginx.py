@@ -34,8 +34,8 @@ class NginxUnavailable(RuntimeError):
 
 
 def nginx_binary() -> str | None:
-    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)),
-                                         None)
+    candidates = ("/usr/sbin/nginx", "/usr/local/sbin/nginx")  # sbin is not on every user's PATH
+    return shutil.which("nginx") or next((p for p in candidates if os.access(p, os.X_OK)), None)
 
 
 def _free_port() -> int:

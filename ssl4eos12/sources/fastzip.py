@@ -45,8 +45,8 @@ def read_arrays(source, names) -> dict[str, np.ndarray]:
     """Decode the arrays ``names`` of a zip that can take the fast path.
 
     ``source`` is a local path (memory-mapped) or an object with ``getbuffer()`` holding the whole zip (a
-    fetched remote file; read through its buffer, without a copy). Returns the arrays it read; the caller reads the others
-    (and any it cannot) through xarray. Raises ``zipfile.BadZipFile`` on a CRC mismatch or a malformed
+    fetched remote file; read through its buffer, without a copy). Returns the arrays it read; the caller reads
+    the others (and any it cannot) through xarray. Raises ``zipfile.BadZipFile`` on a CRC mismatch or a malformed
     member, as ``zipfile`` would, and ``ValueError`` on a chunk that does not decode to its expected size.
     """
     if hasattr(source, "getbuffer"):  # io.BytesIO, remote.FetchedFile

@@ -506,7 +506,8 @@ class _Piece:
     """Bytes ``start``..``stop`` of ``url`` (a file of ``size`` bytes) into ``view``, resumed where it stopped
     after each failed attempt.
 
-    ``stop=size=None``: the whole file, whose size the first response tells (``allocate`` then makes ``view``). Attempts that make progress reset the retry count, so only a server that stops giving bytes
+    ``stop=size=None``: the whole file, whose size the first response tells (``allocate`` then makes
+    ``view``). Attempts that make progress reset the retry count, so only a server that stops giving bytes
     exhausts ``datasets``' retries.
     """
 
@@ -557,11 +558,13 @@ class _Piece:
                     self.view = self.allocate(total)
                     self.stop = self.size = total
                 elif total is not None and total != self.stop:
-                    raise RemoteFileError(f"{self.url}: the file has {total} bytes, expected {self.stop} (changed on the server?)")
+                    raise RemoteFileError(f"{self.url}: the file has {total} bytes, expected {self.stop} "
+                                          "(changed on the server?)")
             elif status == 206:
                 first = _content_range_start(response.getheader("Content-Range"))
                 if first != self.offset:
-                    raise RemoteFileError(f"{self.url}: asked for {byte_range}, got {response.getheader('Content-Range')}")
+                    got = response.getheader("Content-Range")
+                    raise RemoteFileError(f"{self.url}: asked for {byte_range}, got {got}")
             else:
                 raise RemoteFileError(f"{self.url}: HTTP {status} {response.reason}")
             self._read_body(response)
