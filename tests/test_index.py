@@ -213,13 +213,13 @@ def test_files_without_a_match_are_never_opened(indexed_dir, tmp_path, monkeypat
             if not (folder == "train" and path.name == names[1]):
                 path.unlink()
     reads = []
-    original = ssl4eos12.sources.ChunkedSource.blocks
+    original = ssl4eos12.sources.ChunkedSource.fetch  # where the builder starts reading a file (then decodes it)
 
-    def counting_blocks(self, split_folder, shard, *args, **kwargs):
+    def counting_fetch(self, split_folder, shard, *args, **kwargs):
         reads.append(shard)
         return original(self, split_folder, shard, *args, **kwargs)
 
-    monkeypatch.setattr(ssl4eos12.sources.ChunkedSource, "blocks", counting_blocks)
+    monkeypatch.setattr(ssl4eos12.sources.ChunkedSource, "fetch", counting_fetch)
     with caplog.at_level(logging.INFO, logger="ssl4eos12.builder"):
         streamed = list(datasets.load_dataset("ssl4eos12", "all", data_dir=str(root), split="train", streaming=True,
                                               samples=[int(sample)]))  # an integer id is the same location
