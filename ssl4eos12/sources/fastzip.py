@@ -10,7 +10,7 @@ file does not add to the process's RSS. A remote file fetched whole into memory 
 ``remote.FetchedFile``) is read the same way, through its buffer.
 
 Only arrays that xarray returns as stored take this path: Blosc with no filters, C order, a native
-numeric dtype, no attributes but ``_ARRAY_DIMENSIONS`` (so no CF decoding) and no fill value (or NaN for
+numeric dtype, no attributes but ``_ARRAY_DIMENSIONS`` and ``coordinates`` (so no CF decoding) and no fill value (or NaN for
 floats, which xarray's masking leaves as is), every chunk present as a stored (not deflated) zip member,
 and chunked along at most one axis, with chunk size 1 along it unless it is the first. Anything else is
 left to xarray, so values are what xarray reads from the file either way.
@@ -62,11 +62,22 @@ def read_arrays(source, names) -> dict[str, np.ndarray]:
 
 
 def _read(zf: zipfile.ZipFile, mapped, names) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
     try:
         metadata = json.loads(zf.read(".zmetadata"))["metadata"]
     except (KeyError, ValueError, TypeError):
-        return out
+        return {}
+    return decode_arrays(zf, mapped, metadata, names)
+
+
+def plannable(zf: zipfile.ZipFile, name: str, metadata: dict) -> bool:
+    """Whether the array ``name`` can take the fast path (:func:`decode_arrays` will decode it)."""
+    return _plan(zf, name, metadata) is not None
+
+
+def decode_arrays(zf: zipfile.ZipFile, mapped, metadata: dict, names) -> dict[str, np.ndarray]:
+    """As :func:`read_arrays`, for a zip already open: ``mapped`` is its bytes (a buffer, ``bytes`` or mmap),
+    ``metadata`` its parsed consolidated metadata."""
+    out: dict[str, np.ndarray] = {}
     plans = {name: plan for name in names if (plan := _plan(zf, name, metadata)) is not None}
     if not plans:
         return out
@@ -82,7 +93,8 @@ def _plan(zf: zipfile.ZipFile, name: str, metadata: dict):
     """What decoding ``name`` takes, or ``None`` when it is xarray's to read."""
     zarray = metadata.get(f"{name}/.zarray")
     zattrs = metadata.get(f"{name}/.zattrs", {})
-    if not isinstance(zarray, dict) or not isinstance(zattrs, dict) or set(zattrs) - {"_ARRAY_DIMENSIONS"}:
+    # "coordinates" only tells xarray which variables are coordinates: it changes no value
+    if not isinstance(zarray, dict) or not isinstance(zattrs, dict) or set(zattrs) - {"_ARRAY_DIMENSIONS", "coordinates"}:
         return None
     try:
         dtype = np.dtype(zarray["dtype"])

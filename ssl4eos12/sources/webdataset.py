@@ -25,14 +25,14 @@ import contextlib
 import functools
 import posixpath
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Optional
 
 import numpy as np
 import pyarrow.parquet as pq
 import xarray as xr
 
-from . import fastzip
+from . import fastzip, zipmember
 from ..constants import BANDS_DTYPE, TAR_SUFFIX, ZARR_ZIP_SUFFIX, webdataset_metadata_path
 from ..errors import SSL4EOS12DataError, SSL4EOS12FileError
 from .base import Block, Layout, ModalityFile, Source
@@ -91,7 +91,7 @@ class WebDatasetSource(Source):
             for key, data in members:
                 where = f"{url}:{key}{ZARR_ZIP_SUFFIX}"
                 with open_zarr_zip(where, data=data) as dataset:
-                    return member_layout(where, modality, dataset)
+                    return member_layout(where, modality, dataset.variables, set(dataset.coords))
         raise SSL4EOS12FileError(url, "the tar holds no member")
 
     @functools.lru_cache(maxsize=None)  # noqa: B019 - one small column per split, for the source's life
@@ -225,85 +225,126 @@ def _batched(joined: Iterator[tuple[str, list[bytes]]], size: int) -> Iterator[t
         yield keys, rows
 
 
-def member_layout(where: str, modality: str, dataset: xr.Dataset) -> Layout:
-    """Check the variables, dims and dtypes of one member (one location) and return its layout."""
+def member_layout(where: str, modality: str, variables: Mapping, coords) -> Layout:
+    """Check the variables, dims and dtypes of one member (one location) and return its layout.
+
+    ``variables``: every variable as xarray opens it (``Dataset.variables``, or a :class:`zipmember.Member`'s,
+    whose big arrays are specs with dims, shape and dtype); ``coords``: the names of the coordinates.
+    """
     for name, dims in {"center_lat": (), "center_lon": (), "bands": None}.items():
-        if name not in dataset.variables:
+        if name not in variables:
             raise SSL4EOS12FileError(where, f"missing variable {name} for modality {modality}")
-        if dims is not None and dataset[name].dims != dims:
-            raise SSL4EOS12FileError(where, f"variable {name} has dims {dataset[name].dims}, expected {dims}")
-    bands = dataset["bands"]
+        if dims is not None and variables[name].dims != dims:
+            raise SSL4EOS12FileError(where, f"variable {name} has dims {variables[name].dims}, expected {dims}")
+    bands = variables["bands"]
     if bands.dims[:1] != ("time",) or len(bands.dims) > 5:
         raise SSL4EOS12FileError(where, f"bands has dims {bands.dims}, expected (time, ...) of at most 5")
     if modality in BANDS_DTYPE and bands.dtype != np.dtype(BANDS_DTYPE[modality]):
         raise SSL4EOS12FileError(where, f"bands has dtype {bands.dtype}, expected {BANDS_DTYPE[modality]}")
-    if "cloud_mask" in dataset.variables and dataset["cloud_mask"].dims != ("time", "y", "x"):
-        raise SSL4EOS12FileError(where, f"cloud_mask has dims {dataset['cloud_mask'].dims}, expected (time, y, x)")
+    if "cloud_mask" in variables and variables["cloud_mask"].dims != ("time", "y", "x"):
+        raise SSL4EOS12FileError(where, f"cloud_mask has dims {variables['cloud_mask'].dims}, expected (time, y, x)")
     present = [name for name, dims in OPTIONAL_VARIABLES.items()
-               if name in dataset.variables and dataset[name].dims == dims]
-    if "time_" not in present and _time_coordinate(dataset) is not None:
+               if name in variables and variables[name].dims == dims]
+    if "time_" not in present and _time_coordinate(variables) is not None:
         present.append("time_")
     for name in [*present, "center_lat", "center_lon", "cloud_mask"]:
         expected = EXPECTED_DTYPES.get(name)
-        variable = _time_coordinate(dataset) if name == "time_" and "time_" not in dataset.variables else \
-            dataset.variables.get(name)
+        variable = _time_coordinate(variables) if name == "time_" and "time_" not in variables else \
+            variables.get(name)
         if expected and variable is not None and not _dtype_matches(variable.dtype, expected):
             raise SSL4EOS12FileError(where, f"variable {name} has dtype {variable.dtype}, expected {expected}")
     statics = tuple(
-        (name, tuple(var.shape), str(var.dtype)) for name, var in sorted(dataset.data_vars.items())
-        if name not in _STANDARD and "time" not in var.dims and 1 <= var.ndim <= 5 and var.dtype.kind in "biuf"
+        (name, tuple(var.shape), str(var.dtype)) for name, var in sorted(variables.items())
+        if name not in coords and name not in _STANDARD and "time" not in var.dims and 1 <= var.ndim <= 5
+        and var.dtype.kind in "biuf"
     )
-    band_names = tuple(str(b) for b in dataset["band"].values) if "band" in dataset.coords else ()
+    band_names = tuple(str(b) for b in variables["band"].values) if "band" in coords else ()
+    sizes = {dim: size for var in variables.values() for dim, size in zip(var.dims, var.shape)}
     return Layout(
         modality=modality,
-        num_times=dataset.sizes["time"],
+        num_times=sizes["time"],
         band_names=band_names,
         bands_shape=tuple(bands.shape[1:]),
         bands_dtype=str(bands.dtype),
-        height=dataset.sizes.get("y", 0),
-        width=dataset.sizes.get("x", 0),
-        has_cloud_mask="cloud_mask" in dataset.variables,
+        height=sizes.get("y", 0),
+        width=sizes.get("x", 0),
+        has_cloud_mask="cloud_mask" in variables,
         variables=tuple(name for name in OPTIONAL_VARIABLES if name in present),
         statics=statics,
     )
 
 
-def _time_coordinate(dataset: xr.Dataset) -> Optional[xr.Variable]:
+def _time_coordinate(variables: Mapping) -> Optional[xr.Variable]:
     """The timestamps held by the ``time`` coordinate itself (the webdataset release's way), if it holds them."""
-    variable = dataset.variables.get("time")
+    variable = variables.get("time")
     if variable is not None and variable.dims == ("time",) and variable.dtype.kind == "M":
         return variable
     return None
 
 
 def _read_member(where: str, expected: Layout, data: bytes, variables=None) -> dict[str, np.ndarray]:
-    """Decode the variables of one member (default: all its layout has), checked against ``expected``."""
+    """Decode the variables of one member (default: all its layout has), checked against ``expected``.
+
+    The member is decoded directly (:mod:`.zipmember`) where it is the simple case, else through xarray;
+    the values are what xarray reads either way.
+    """
+    try:
+        member = zipmember.open_member(data)
+    except Exception:  # a corrupt member: xarray's reading below names the problem
+        member = None
+    if member is None:
+        return _read_member_xarray(where, expected, data, variables)
+    names = _names(_checked_layout(where, expected, member.variables, member.coords), variables)
+    try:
+        values = member.read_big([n for n in zipmember.BIG_ARRAYS if n in names])
+        for name in names:
+            if name not in values:
+                values[name] = _variable(member.variables, name).values
+    except Exception:  # a chunk that does not decompress, a CRC error: xarray names it
+        return _read_member_xarray(where, expected, data, variables)
+    values["sample"] = _sample(where, member.variables)
+    return values
+
+
+def _read_member_xarray(where: str, expected: Layout, data: bytes, variables=None) -> dict[str, np.ndarray]:
+    """:func:`_read_member` through ``xarray.open_zarr``: the reference, and the way for any other member."""
     with open_zarr_zip(where, data=data) as dataset:
-        layout = member_layout(where, expected.modality, dataset)
-        if layout != expected:
-            raise SSL4EOS12FileError(where, f"layout {_describe(layout)} {layout.variables} differs from the "
-                                            f"dataset's {_describe(expected)} {expected.variables}")
-        names = ["bands", "center_lat", "center_lon", *(layout.variables or ()), *(s[0] for s in layout.statics)]
-        if layout.has_cloud_mask:
-            names.append("cloud_mask")
-        if variables is not None:
-            names = [name for name in names if name in variables]
+        names = _names(_checked_layout(where, expected, dataset.variables, set(dataset.coords)), variables)
         try:
             direct = fastzip.read_arrays(dataset.encoding[ZIP_SOURCE], [n for n in ("bands", "cloud_mask") if n in names])
-            values = {}
-            for name in names:
-                if name in direct:
-                    values[name] = direct[name]
-                elif name == "time_" and "time_" not in dataset.variables:
-                    values[name] = _time_coordinate(dataset).values
-                else:
-                    values[name] = dataset[name].values
+            values = {name: direct[name] if name in direct else _variable(dataset.variables, name).values
+                      for name in names}
         except Exception as err:  # a chunk that does not decompress, a CRC error
             raise SSL4EOS12FileError(where, f"cannot read data ({type(err).__name__}: {err})") from err
-        # no sample id in the member: the key is the location's only name
-        values["sample"] = np.asarray(dataset["sample"].values if "sample" in dataset.variables
-                                      else where.rsplit(":", 1)[-1].removesuffix(ZARR_ZIP_SUFFIX)).astype(str)
+        values["sample"] = _sample(where, dataset.variables)
     return values
+
+
+def _checked_layout(where: str, expected: Layout, variables: Mapping, coords) -> Layout:
+    layout = member_layout(where, expected.modality, variables, coords)
+    if layout != expected:
+        raise SSL4EOS12FileError(where, f"layout {_describe(layout)} {layout.variables} differs from the "
+                                        f"dataset's {_describe(expected)} {expected.variables}")
+    return layout
+
+
+def _names(layout: Layout, variables=None) -> list[str]:
+    """The variables to read of a member with this layout: all it has, or those of ``variables`` among them."""
+    names = ["bands", "center_lat", "center_lon", *(layout.variables or ()), *(s[0] for s in layout.statics)]
+    if layout.has_cloud_mask:
+        names.append("cloud_mask")
+    return names if variables is None else [name for name in names if name in variables]
+
+
+def _variable(variables: Mapping, name: str):
+    """A variable; ``time_`` is the ``time`` coordinate where the member keeps its timestamps there."""
+    return _time_coordinate(variables) if name == "time_" and "time_" not in variables else variables[name]
+
+
+def _sample(where: str, variables: Mapping) -> np.ndarray:
+    # no sample id in the member: the key is the location's only name
+    return np.asarray(variables["sample"].values if "sample" in variables
+                      else where.rsplit(":", 1)[-1].removesuffix(ZARR_ZIP_SUFFIX)).astype(str)
 
 
 def _stack(layout: Layout, members: list[dict[str, np.ndarray]]) -> ModalityFile:

@@ -1,0 +1,152 @@
+"""The direct decoding of tar members (``sources.zipmember``) against xarray, and its fallback to xarray.
+
+Every member of every modality is read both ways, field for field and dtype for dtype, and against what
+``xarray.open_zarr`` reads from it; members that are not the simple case (a filter, a fill value) must be
+left to xarray and still read the same.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+
+import numcodecs
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from conftest import assert_identical, open_with_xarray
+from ssl4eos12.sources import zipmember
+from ssl4eos12.sources.webdataset import _read_member, _read_member_xarray, member_layout
+from ssl4eos12.synth import COMPRESSOR
+from ssl4eos12.synth.webdataset import synthesize_webdataset
+
+SEVEN = ["S2L1C", "S2L2A", "S2RGB", "S1GRD", "NDVI", "LULC", "DEM"]
+
+
+@pytest.fixture(scope="module")
+def wds_root(tmp_path_factory):
+    return synthesize_webdataset(tmp_path_factory.mktemp("wds-members"), splits=("validation",), files=1,
+                                 samples=3, size=16)
+
+
+def tar_members(path) -> list[tuple[str, bytes]]:
+    with tarfile.open(path) as tar:
+        return [(m.name.split(".", 1)[0], tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+
+
+def xarray_values(data: bytes, names, tmp_path) -> dict[str, np.ndarray]:
+    """The reference: each variable as xarray reads it from the member (``time_``: the time coordinate)."""
+    path = tmp_path / "member.zarr.zip"
+    path.write_bytes(data)
+    ds = open_with_xarray(path)
+    values = {name: ds["time" if name == "time_" and "time_" not in ds else name].values for name in names}
+    values["sample"] = np.asarray(ds["sample"].values).astype(str)
+    return values
+
+
+def assert_same(actual: dict, expected: dict, where: str) -> None:
+    assert set(actual) == set(expected), f"{where}: {sorted(set(actual) ^ set(expected))}"
+    for name in expected:
+        assert_identical(actual[name], expected[name], f"{where}.{name}")
+        assert np.shape(actual[name]) == np.shape(expected[name]), f"{where}.{name}: shape"
+
+
+def read_both(where: str, modality: str, data: bytes, tmp_path):
+    """The member read directly and through xarray (the layout from xarray's view); both must agree with xarray."""
+    with zarr.storage.ZipStore(_write(tmp_path, data), mode="r") as store:
+        ds = xr.open_zarr(store, consolidated=True)
+        layout = member_layout(where, modality, ds.variables, set(ds.coords))
+    fast, slow = _read_member(where, layout, data), _read_member_xarray(where, layout, data)
+    assert_same(fast, slow, where)
+    assert_same(fast, xarray_values(data, [n for n in fast if n != "sample"], tmp_path), where)
+    return layout, fast
+
+
+def _write(tmp_path, data: bytes):
+    path = tmp_path / "layout.zarr.zip"
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("modality", SEVEN)
+def test_direct_decoding_equals_xarray(wds_root, modality, tmp_path):
+    members = tar_members(next((wds_root / "val" / modality).glob("*.tar")))
+    for key, data in members:
+        member = zipmember.open_member(data)
+        assert member is not None, f"{modality}:{key} should take the direct path"
+        layout, values = read_both(f"{modality}:{key}", modality, data, tmp_path)
+        # the member's own view gives the same layout as xarray's
+        assert member_layout(key, modality, member.variables, member.coords) == layout
+        assert values["time_"].dtype == np.dtype("datetime64[ns]")
+    if modality == "NDVI":  # the generator puts no-data (NaN) pixels in the first location
+        assert np.isnan(_read_member("NDVI", layout, members[0][1])["bands"]).any()
+
+
+def location(bands_dtype="float16") -> xr.Dataset:
+    """A small location with NaN in float16 and float32 arrays, strings, and CF-encoded times."""
+    rng = np.random.default_rng(7)
+    bands = rng.normal(size=(3, 2, 4, 5)).astype(bands_dtype)
+    if bands.dtype.kind == "f":
+        bands[0, 0, 0, :2] = np.nan
+    half = rng.normal(size=(4, 5)).astype("float16")
+    half[1, 1] = np.nan
+    single = rng.normal(size=(4, 5)).astype("float32")
+    single[2, 3] = np.nan
+    times = np.array(["2020-04-08T06:31:20", "2020-07-01T10:00:05", "2021-01-02T00:00:00"], "datetime64[ns]")
+    return xr.Dataset(
+        {
+            "bands": (("time", "band", "y", "x"), bands),
+            "cloud_mask": (("time", "y", "x"), rng.integers(0, 5, (3, 4, 5), dtype=np.uint8)),
+            "center_lat": ((), 48.1), "center_lon": ((), 11.5), "crs": ((), np.int64(32632)),
+            "file_id": (("time",), np.array(["S2A_1", "S2B_22", "S2A_333"])),
+            "x_": (("x",), np.arange(5.0)), "y_": (("y",), np.arange(4.0)),
+            "half": (("y", "x"), half), "single": (("y", "x"), single),
+        },
+        coords={"time": times, "band": ["B1", "B2"], "sample": "0001234"},
+    )
+
+
+def member_bytes(ds: xr.Dataset, encoding=None) -> bytes:
+    """A Zarr v2 zip as the release writes members: one chunk per timestamp, Blosc, stored entries."""
+    encoding = {name: {"compressors": [COMPRESSOR], **(encoding or {}).get(name, {})} for name in ds.variables}
+    for name, variable in ds.variables.items():
+        if "time" in variable.dims:
+            encoding[name]["chunks"] = tuple(1 if d == "time" else n for d, n in zip(variable.dims, variable.shape))
+    entries: dict = {}
+    ds.to_zarr(zarr.storage.MemoryStore(entries), mode="w", zarr_format=2, consolidated=True, encoding=encoding)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key in sorted(entries):
+            zf.writestr(key, entries[key].to_bytes())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("bands_dtype", ["float16", "float32", "int16"])
+def test_direct_decoding_of_nan_floats_and_times(bands_dtype, tmp_path):
+    data = member_bytes(location(bands_dtype))
+    assert zipmember.open_member(data) is not None
+    layout, values = read_both("member", "TEST", data, tmp_path)
+    assert {"half", "single"} <= {name for name, _, _ in layout.statics}
+    assert values["half"].dtype == np.float16 and np.isnan(values["half"]).sum() == 1
+    assert values["single"].dtype == np.float32 and np.isnan(values["single"]).sum() == 1
+    assert values["bands"].dtype == np.dtype(bands_dtype)
+    assert values["time_"].dtype == np.dtype("datetime64[ns]") and values["file_id"].dtype.kind == "U"
+
+
+@pytest.mark.parametrize("encoding", [
+    {"bands": {"filters": [numcodecs.Delta(dtype="<i2")]}},  # a filter on a big array
+    {"crs": {"filters": [numcodecs.Delta(dtype="<i8")]}},  # a filter on a small one
+    {"bands": {"_FillValue": -9999}},  # a fill value: xarray masks it (and the dtype becomes float)
+    {"center_lat": {"_FillValue": 0.0}},
+], ids=["bands-filter", "crs-filter", "bands-fill", "center_lat-fill"])
+def test_other_members_fall_back_to_xarray(encoding, tmp_path):
+    ds = location("int16")
+    ds["bands"][0, 0, 0, 0] = -9999  # read as NaN where -9999 is the fill value
+    data = member_bytes(ds, encoding)
+    assert zipmember.open_member(data) is None
+    _, values = read_both("member", "TEST", data, tmp_path)
+    if "_FillValue" in encoding.get("bands", {}):
+        assert values["bands"].dtype == np.float32 and np.isnan(values["bands"][0, 0, 0, 0])
