@@ -408,3 +408,28 @@ def test_source_reads_only_the_variables_asked(wds_dir, tmp_path):
         np.testing.assert_array_equal(s2["time_"][i], example["S2L2A_time"])
         assert s2["center_lat"][i] == example["center_lat"] and dem["time_"][i] == example["DEM_time"]
     assert source.probe("val", "ssl4eos12_shard_000002.tar", "DEM")[1] == 3  # from the metadata parquet
+
+
+class _Trickle:
+    """A network-like stream: at most 1000 bytes per read, no seeks."""
+
+    def __init__(self, data: bytes):
+        self._data, self._position = data, 0
+
+    def read(self, size=-1):
+        size = len(self._data) if size < 0 else min(size, 1000)
+        chunk = self._data[self._position:self._position + size]
+        self._position += len(chunk)
+        return chunk
+
+
+def test_tars_are_read_front_to_back_from_short_reads(wds_dir):
+    from ssl4eos12.sources.webdataset import _ForwardReader
+
+    path = wds_dir / "val" / "S2L2A" / "ssl4eos12_shard_000001.tar"
+    reader = _ForwardReader(_Trickle(path.read_bytes()))
+    with tarfile.open(fileobj=reader, mode="r:") as tar:
+        read = [(m.name.split(".", 1)[0], tar.extractfile(m).read()) for m in tar if m.isfile()]
+    assert read == tar_members(path)
+    with pytest.raises(io.UnsupportedOperation, match="front to back"):
+        reader.seek(0)

@@ -8,8 +8,8 @@ order. A member is a Zarr v2 zip of ONE location (``bands`` ``[time, band, y, x]
 ``time``, 0-d ``center_lat``/``center_lon``/``crs``/``sample``, ...); which optional variables it has is read
 from the files, never assumed (:func:`member_layout`).
 
-Each tar is read front to back in one sequential streaming request (python ``tarfile`` in stream mode over
-a file opened without seeks or read-ahead), one member per modality at a time, so memory holds a few
+Each tar is read front to back in one sequential streaming request (python ``tarfile`` over a file opened
+without read-ahead that only ever reads forward), one member per modality at a time, so memory holds a few
 locations per modality, never a tar (a train S2L1C tar is ~1.9 GB). The per-modality streams are zipped
 and every step checks that all modalities hold the same key: a missing, extra or reordered member raises
 :class:`SSL4EOS12FileError` naming both tars and the first differing keys (the authors' loader warns and
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import posixpath
 import tarfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -149,7 +150,9 @@ def iter_members(url: str, download_config=None) -> Iterator[tuple[str, bytes]]:
     :class:`SSL4EOS12FileError` naming the tar.
     """
     try:
-        with _open_stream(url, download_config) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        # "r:" over a forward-only reader, not tarfile's stream mode "r|": the stream mode copies each member
+        # several times over in small reads (~18 ms per 5 MB member, measured; ~2.5 ms this way)
+        with _open_stream(url, download_config) as f, tarfile.open(fileobj=_ForwardReader(f), mode="r:") as tar:
             for info in tar:
                 # a streamed TarFile still keeps every TarInfo, each pointing back at it: a cycle that kept
                 # each finished tar's read buffer alive until a full garbage collection (measured)
@@ -171,6 +174,51 @@ def iter_members(url: str, download_config=None) -> Iterator[tuple[str, bytes]]:
         raise SSL4EOS12FileError(url, f"could not be read to the end ({type(err).__name__}: {err})") from err
     except Exception as err:  # aiohttp and huggingface_hub raise their own types for a lost connection
         raise SSL4EOS12FileError(url, f"could not be read to the end ({type(err).__name__}: {err})") from err
+
+
+class _ForwardReader(io.RawIOBase):
+    """A file read once, front to back, that ``tarfile`` may treat as seekable: a seek may only go forward
+    (the bytes in between are read and dropped), and a read returns all the bytes asked for unless the file
+    ends (a network stream may return fewer per call)."""
+
+    def __init__(self, file):
+        self._file = file
+        self._position = 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset if whence == io.SEEK_SET else self._position + offset if whence == io.SEEK_CUR else None
+        if target is None or target < self._position:
+            raise io.UnsupportedOperation(f"the tar is read front to back: cannot seek to {offset} ({whence})")
+        while self._position < target:
+            if not self.read(min(target - self._position, STREAM_READ_SIZE)):
+                break
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        if 0 <= size and 0 < len(data) < size:
+            parts = [data]
+            have = len(data)
+            while have < size and (more := self._file.read(size - have)):
+                parts.append(more)
+                have += len(more)
+            data = b"".join(parts)
+        self._position += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def _open_stream(url: str, download_config):
