@@ -62,7 +62,7 @@ class Member:
 
     def read_big(self, names) -> dict[str, np.ndarray]:
         """Decode the big arrays ``names`` (all of them or an error: each passed :func:`fastzip` planning)."""
-        return fastzip.decode_arrays(self._zip, self._data, self._metadata, names)
+        return fastzip.decode_arrays(self._zip, self._data, self._metadata, names, crc_thread=False)
 
 
 def open_member(data: bytes) -> Optional[Member]:
