@@ -10,10 +10,10 @@ file does not add to the process's RSS. A remote file fetched whole into memory 
 ``remote.FetchedFile``) is read the same way, through its buffer.
 
 Only arrays that xarray returns as stored take this path: Blosc with no filters, C order, a native
-numeric dtype, no attributes but ``_ARRAY_DIMENSIONS`` and ``coordinates`` (so no CF decoding) and no fill value (or NaN for
-floats, which xarray's masking leaves as is), every chunk present as a stored (not deflated) zip member,
-and chunked along at most one axis, with chunk size 1 along it unless it is the first. Anything else is
-left to xarray, so values are what xarray reads from the file either way.
+numeric dtype, no attributes but ``_ARRAY_DIMENSIONS`` and ``coordinates`` (so no CF decoding) and no
+fill value (or NaN for floats, which xarray's masking leaves as is), every chunk present as a stored (not
+deflated) zip member, and chunked along at most one axis, with chunk size 1 along it unless it is the first.
+Anything else is left to xarray, so values are what xarray reads from the file either way.
 
 An array chunked along its time axis (one chunk per timestamp, as SSL4EO-S12's files are) comes back as
 a view with the time axis moved into place: values and shape are those of the file, the memory is

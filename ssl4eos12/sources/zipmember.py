@@ -10,8 +10,8 @@ and the ``_FillValue`` that xarray's zarr backend gives them, so the values and 
 reads from the member.
 
 Only the simple case is read here: consolidated Zarr v2, no filters, a native ``b/i/u/f/U`` dtype, a fill
-value that is null (or NaN for floats), the big arrays' chunks all present and stored; a missing chunk only where it reads as the fill value. For anything else :func:`open_member`
-returns ``None`` and the caller reads the member through xarray.
+value that is null (or NaN for floats), the big arrays as :mod:`.fastzip` takes them. For anything else
+:func:`open_member` returns ``None`` and the caller reads the member through xarray.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class Member:
     _metadata: dict
 
     def read_big(self, names) -> dict[str, np.ndarray]:
-        """Decode the big arrays ``names`` (all of them or an error: each passed :func:`fastzip` planning)."""
+        """Decode the big arrays ``names`` (:func:`open_member` made sure that :mod:`.fastzip` takes each)."""
         return fastzip.decode_arrays(self._zip, self._data, self._metadata, names, crc_thread=False)
 
 
@@ -100,7 +100,7 @@ def open_member(data: bytes) -> Optional[Member]:
             attrs["_FillValue"] = fill_value
         raw[name] = xr.Variable(dims, values, attrs)
     # xarray's own decoding, with open_zarr's defaults: masking, CF times, the "coordinates" attribute
-    decoded, _, coord_names = xr.conventions.decode_cf_variables(raw, zf_attrs(metadata))
+    decoded, _, coord_names = xr.conventions.decode_cf_variables(raw, _group_attrs(metadata))
     coords = set(coord_names) | {name for name, v in decoded.items() if v.dims == (name,)}
     coords |= {name for name, spec in big.items() if spec.dims == (name,)}
     for name, spec in big.items():
@@ -109,7 +109,7 @@ def open_member(data: bytes) -> Optional[Member]:
     return Member(variables, frozenset(coords & set(variables)), zf, data, metadata)
 
 
-def zf_attrs(metadata: dict) -> dict:
+def _group_attrs(metadata: dict) -> dict:
     attrs = metadata.get(".zattrs", {})
     return attrs if isinstance(attrs, dict) else {}
 
