@@ -39,6 +39,8 @@ except ImportError:  # pragma: no cover - zlib-ng is a dependency; the standard 
 
 _LOCAL_HEADER = zipfile.sizeFileHeader  # 30 bytes
 _LOCAL_SIGNATURE = b"PK\x03\x04"
+#: Array attributes that change no value xarray reads.
+_VALUELESS_ATTRIBUTES = {"_ARRAY_DIMENSIONS", "coordinates"}
 
 
 def read_arrays(source, names) -> dict[str, np.ndarray]:
@@ -111,7 +113,7 @@ def _plan(zf: zipfile.ZipFile, name: str, metadata: dict):
     zarray = metadata.get(f"{name}/.zarray")
     zattrs = metadata.get(f"{name}/.zattrs", {})
     # "coordinates" only tells xarray which variables are coordinates: it changes no value
-    if not isinstance(zarray, dict) or not isinstance(zattrs, dict) or set(zattrs) - {"_ARRAY_DIMENSIONS", "coordinates"}:
+    if not isinstance(zarray, dict) or not isinstance(zattrs, dict) or set(zattrs) - _VALUELESS_ATTRIBUTES:
         return None
     try:
         dtype = np.dtype(zarray["dtype"])

@@ -359,7 +359,8 @@ def _read_member_xarray(where: str, expected: Layout, data: bytes, variables=Non
     with open_zarr_zip(where, data=data) as dataset:
         names = _names(_checked_layout(where, expected, dataset.variables, set(dataset.coords)), variables)
         try:
-            direct = fastzip.read_arrays(dataset.encoding[ZIP_SOURCE], [n for n in ("bands", "cloud_mask") if n in names])
+            big = [n for n in zipmember.BIG_ARRAYS if n in names]
+            direct = fastzip.read_arrays(dataset.encoding[ZIP_SOURCE], big)
             values = {name: direct[name] if name in direct else _variable(dataset.variables, name).values
                       for name in names}
         except Exception as err:  # a chunk that does not decompress, a CRC error
