@@ -47,7 +47,7 @@ from .schema import example_features, location_examples
 from .sources.failures import diagnose_root, remote_failure_message
 from .sources.remote import is_remote
 from .sources import ON_BAD_FILE_CHOICES, SOURCES, Layout, Source, normalize_root, open_source
-from .timeorder import TIME_ORDERS, by_season
+from .timeorder import TIME_ORDERS, by_season, season_selection
 from .torch import native_format
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ class SSL4EOS12Config(datasets.BuilderConfig):
         bbox: ``(min_lon, min_lat, max_lon, max_lat)``: locations whose centre lies inside, edges included;
             ``min_lon > max_lon`` means the box crosses the antimeridian.
         time_range: ``(start, end)``, ISO strings or datetimes (UTC; naive means UTC), start inclusive, end
-            exclusive: every timestamp of every modality of the config must lie inside.
+            exclusive: every timestamp of every modality of the config must lie inside. Modalities without
+            dates are exempt: a static layer (DEM, one timestamp at time 0) never fails a time filter.
         max_cloud_fraction: at most this share (0-1) of cloud mask pixels in the cloud classes 3-5 at every
             timestamp (the largest of the config's Sentinel-2 modalities counts).
         samples: location ids to keep (e.g. ``["0000173"]``).
@@ -262,10 +263,13 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
                 blocks = source.blocks(split_folder, name, layouts) if times is None else \
                     source.blocks_at(split_folder, name, layouts, times)
                 for block in blocks:
+                    chosen = selection
                     if self.config.time_order == "season":
+                        if selection is not None and times is not None:  # time indices of the files' order
+                            chosen = season_selection(block, selection)
                         block = by_season(block)
                     for key, example in location_examples(block, self.config.single_timestamp, sample_range,
-                                                          selection):
+                                                          chosen):
                         yield Key(file_index, key), example
                     # before the next block is read: memory holds one decoded block per modality
                     del block
