@@ -251,6 +251,15 @@ def test_verify_passes_then_catches_tampering(converted_dir, data_dir, tmp_path)
     with pa.ipc.new_stream(str(forged), table.schema) as writer:
         writer.write_table(table)
     records["S1GRD/validation-00000-of-00001.arrow"].update(sha256=file_sha256(forged), size=forged.stat().st_size)
+    # the same in the index config: one cloud fraction
+    index_shard = "index/validation-00000-of-00001.arrow"
+    table = pa.Table.from_batches(list(pa.ipc.open_stream((out / index_shard).read_bytes())))
+    column = table.schema.get_field_index("S2L2A_cloud_fraction")
+    fractions = table.column(column).to_pylist()
+    table = table.set_column(column, table.field(column), pa.array([fractions[0] + 0.5, *fractions[1:]], pa.float32()))
+    with pa.ipc.new_stream(str(out / index_shard), table.schema) as writer:
+        writer.write_table(table)
+    records[index_shard].update(sha256=file_sha256(out / index_shard), size=(out / index_shard).stat().st_size)
     (out / MANIFEST_FILE).write_text(json.dumps(manifest))
     # a missing shard and a stray one
     (out / "S2RGB" / "train-00000-of-00001.arrow").rename(out / "S2RGB" / "train-00000-of-00009.arrow")
@@ -263,6 +272,7 @@ def test_verify_passes_then_catches_tampering(converted_dir, data_dir, tmp_path)
         all("S2L1C differs from the source" in p for p in problems if p.startswith("S2L1C/")), problems
     assert "S1GRD/validation-00000-of-00001.arrow: row 0 (0000006), center_lat differs from the source" in text
     assert "S1GRD/validation-00000-of-00001.arrow: sha256" not in text
+    assert "index/validation-00000-of-00001.arrow: row 0 (0000006), S2L2A_cloud_fraction differs from the source" in text
     assert "S2RGB/train-00000-of-00001.arrow: missing" in text
     assert "S2RGB/train-00000-of-00009.arrow: not in the manifest" in text
     assert all(p.split(":")[0].count("/") == 1 for p in problems), problems  # every problem names its shard
