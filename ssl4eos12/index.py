@@ -530,13 +530,15 @@ def select(rows: pd.DataFrame, modalities: Sequence[str], filters: Filters, sing
     ``rows``: index rows of one split (:func:`load_index`). A location passes when its centre lies in ``bbox``
     (edges included; ``min_lon > max_lon`` crosses the antimeridian) and its id is in ``samples``; a timestamp
     when the time of every one of ``modalities`` lies in ``[start, end)`` and the largest cloud fraction of their
-    Sentinel-2 modalities is at most ``max_cloud_fraction``. Modalities without dates are exempt from the time filter: the
-    static ones (:data:`~ssl4eos12.constants.UNDATED_MODALITIES`, DEM: one timestamp at time 0) always, and any
-    timestamp whose time is missing (``NaT``: a modality with fewer timestamps than the others) or time 0
-    (1970-01-01T00:00, the release's "no date"); a time filter over undated modalities alone keeps everything. A time series (``single_timestamp=False``) is kept
-    when every timestamp passes, and maps to ``None``; with ``single_timestamp`` each (location, timestamp) is
-    judged alone and a location maps to the set of its time indices kept. Files without a match are absent; the
-    order is the rows' (files, then locations, in first appearance).
+    Sentinel-2 modalities is at most ``max_cloud_fraction``. Modalities without dates are exempt from the time
+    filter: the static ones (:data:`~ssl4eos12.constants.UNDATED_MODALITIES`, DEM: one timestamp at time 0)
+    always, and any timestamp whose time is missing (``NaT``: a modality with fewer timestamps than the others) or
+    time 0 (1970-01-01T00:00, the release's "no date"); a time filter over undated modalities alone keeps
+    everything. A time series (``single_timestamp=False``) is kept when every timestamp passes, and maps to
+    ``None``; with ``single_timestamp`` each (location, timestamp) is judged alone and a location maps to the set
+    of its time indices kept (in the files' own time order: see :func:`ssl4eos12.timeorder.season_selection` for
+    a season-ordered reader). Files without a match are absent; the order is the rows' (files, then locations, in
+    first appearance).
 
     Raises :class:`SSL4EOS12DataError` when ``rows`` cannot serve a filter (e.g. the authors' metadata has no
     cloud cover): the message says to run ``ssl4eos12 index``.
@@ -644,4 +646,5 @@ def check_coverage(rows: pd.DataFrame, files: Sequence[str]) -> None:
 
 
 __all__ = ["CLOUD_CLASSES", "Filters", "Selection", "build_index", "check_coverage", "cloud_fraction", "count_examples",
-           "footprints", "geo_metadata", "index_features", "index_variables", "load_index", "select", "select_split", "selected_times"]
+           "footprints", "geo_metadata", "index_features", "index_variables", "load_index", "select", "select_split",
+           "selected_times"]
