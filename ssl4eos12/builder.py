@@ -51,7 +51,7 @@ from .sources.failures import diagnose_root, remote_failure_message
 from .sources import ON_BAD_FILE_CHOICES, SOURCES, Layout, Source, normalize_root, open_source
 from .sources.remote import READ_TIMEOUT, FetchOptions, is_remote
 from .streaming import PrefetchingExamplesIterable
-from .timeorder import TIME_ORDERS, by_season
+from .timeorder import TIME_ORDERS, by_season, season_selection
 from .torch import native_format
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,8 @@ class SSL4EOS12Config(datasets.BuilderConfig):
         bbox: ``(min_lon, min_lat, max_lon, max_lat)``: locations whose centre lies inside, edges included;
             ``min_lon > max_lon`` means the box crosses the antimeridian.
         time_range: ``(start, end)``, ISO strings or datetimes (UTC; naive means UTC), start inclusive, end
-            exclusive: every timestamp of every modality of the config must lie inside.
+            exclusive: every timestamp of every modality of the config must lie inside. Modalities without
+            dates are exempt: a static layer (DEM, one timestamp at time 0) never fails a time filter.
         max_cloud_fraction: at most this share (0-1) of cloud mask pixels in the cloud classes 3-5 at every
             timestamp (the largest of the config's Sentinel-2 modalities counts).
         samples: location ids to keep (e.g. ``["0000173"]``).
@@ -307,10 +308,13 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
                 try:
                     decode = next(fetched)
                     for block in decode():
+                        chosen = selection
                         if self.config.time_order == "season":
+                            if selection is not None and selected_times(selection) is not None:
+                                chosen = season_selection(block, selection)  # time indices of the files' order
                             block = by_season(block)
                         for key, example in location_examples(block, self.config.single_timestamp, sample_range,
-                                                              selection):
+                                                              chosen):
                             yield Key(file_index, key), example
                         # before the next block is read: memory holds one decoded block per modality
                         del block

@@ -57,11 +57,11 @@ def _check_data_dir(data_dir: str) -> str:
 def _check_names(root: str, configs: Optional[list[str]], splits: Optional[list[str]]) -> None:
     """``--configs`` and ``--splits`` against what DATA_DIR holds (a local root), before any file is read."""
     from .checks import present_modalities, present_splits
-    from .publish.plan import DEFAULT_CONFIG
+    from .publish.plan import OVERVIEW_CONFIGS
 
     modalities = present_modalities(root)
     if configs and modalities is not None:
-        valid = [*modalities, DEFAULT_CONFIG]
+        valid = [*modalities, *OVERVIEW_CONFIGS]
         unknown = [c for c in configs if c not in valid]
         if unknown:
             raise UsageError(f"--configs: no config {', '.join(unknown)} in {root}; choose from {', '.join(valid)}")
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("data_dir", metavar="DATA_DIR", help="root of the Zarr files (local folder or URL)")
     convert.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the shards, manifest and card to")
     convert.add_argument("--configs", nargs="+", metavar="CONFIG",
-                         help="configs to convert: modality folders of DATA_DIR and 'default' (default: all of them)")
+                         help="configs to convert: modality folders of DATA_DIR, 'default' and 'index' (default: all of them)")
     convert.add_argument("--splits", nargs="+", choices=splits, help="splits to convert (default: every split present)")
     convert.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPU count)")
     convert.add_argument("--scheduler", metavar="ADDRESS",

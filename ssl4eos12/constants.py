@@ -15,6 +15,9 @@ MODALITIES: tuple[str, ...] = ("S2L1C", "S2L2A", "S2RGB", "S1GRD")
 WEBDATASET_ONLY_MODALITIES: tuple[str, ...] = ("NDVI", "LULC", "DEM")
 #: Every modality of the webdataset release, in its order.
 WEBDATASET_MODALITIES: tuple[str, ...] = MODALITIES + WEBDATASET_ONLY_MODALITIES
+#: Static modalities: one timestamp with no date (time 0, 1970-01-01). The time filter exempts them (see
+#: :func:`ssl4eos12.index.select`).
+UNDATED_MODALITIES: tuple[str, ...] = ("DEM",)
 
 #: The two on-disk releases, by the name the ``layout=`` keyword and ``standardization()`` take.
 RELEASES: tuple[str, ...] = ("zarr", "webdataset")

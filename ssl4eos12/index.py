@@ -46,7 +46,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .constants import CLOUD_CLASSES, CLOUD_MASKED, MODALITIES, SPLIT_FOLDERS, index_path, split_metadata_path
+from .constants import (CLOUD_CLASSES, CLOUD_MASKED, MODALITIES, SPLIT_FOLDERS, UNDATED_MODALITIES, index_path,
+                        split_metadata_path)
 from .errors import SSL4EOS12DataError, SSL4EOS12FileError
 from .sources import Block, normalize_root, open_source
 from .sources.remote import is_remote, url_to_fs
@@ -56,6 +57,8 @@ logger = logging.getLogger(__name__)
 #: The variables the index reads from every modality's files (plus ``cloud_mask`` where there is one).
 INDEX_VARIABLES = ("center_lat", "center_lon", "crs", "time_", "x_", "y_")
 GEO_VERSION = "1.1.0"
+#: The time a static layer states for its one timestamp (DEM): no date, exempt from the time filter.
+_NO_DATE = np.datetime64(0, "ns")
 _INDEX_FORMAT = 1
 
 #: What :func:`select` returns: per file (in order), the locations kept, each with the time indices kept
@@ -177,6 +180,26 @@ def block_rows(block: Block, split: str) -> pa.Table:
     return pa.table(columns)
 
 
+def index_variables(layouts: Iterable) -> dict[str, list[str]]:
+    """What indexing reads of each modality: the small variables, and the cloud mask where there is one."""
+    return {layout.modality: list(INDEX_VARIABLES) + ["cloud_mask"] * layout.has_cloud_mask for layout in layouts}
+
+
+def index_features(layouts: Sequence) -> "datasets.Features":
+    """The columns of :func:`block_rows` as ``datasets`` features (the converted copy's ``index`` config)."""
+    import datasets
+
+    features = {"sample": datasets.Value("string"), "file": datasets.Value("string"),
+                "split": datasets.Value("string"), "time_index": datasets.Value("int64")}
+    features.update({f"{layout.modality}_time": datasets.Value("timestamp[ns]") for layout in layouts})
+    features.update(center_lon=datasets.Value("float64"), center_lat=datasets.Value("float64"),
+                    crs=datasets.Value("int64"))
+    features.update({f"{layout.modality}_cloud_fraction": datasets.Value("float32") for layout in layouts
+                     if layout.has_cloud_mask})
+    features["geometry"] = datasets.Value("binary")
+    return datasets.Features(features)
+
+
 @dataclass(frozen=True)
 class IndexTask:
     """One shard of one split to index; writes its rows to ``part``."""
@@ -191,9 +214,8 @@ class IndexTask:
         source = open_source(self.root, self.modalities)
         folder = SPLIT_FOLDERS[self.split]
         layouts = source.layouts(folder, self.shard)
-        variables = {layout.modality: list(INDEX_VARIABLES) + ["cloud_mask"] * layout.has_cloud_mask
-                     for layout in layouts}
-        tables = [block_rows(block, self.split) for block in source.blocks(folder, self.shard, layouts, variables)]
+        tables = [block_rows(block, self.split)
+                  for block in source.blocks(folder, self.shard, layouts, index_variables(layouts))]
         write_atomic(pa.concat_tables(tables), self.part)
         return self.part
 
@@ -508,10 +530,15 @@ def select(rows: pd.DataFrame, modalities: Sequence[str], filters: Filters, sing
     ``rows``: index rows of one split (:func:`load_index`). A location passes when its centre lies in ``bbox``
     (edges included; ``min_lon > max_lon`` crosses the antimeridian) and its id is in ``samples``; a timestamp
     when the time of every one of ``modalities`` lies in ``[start, end)`` and the largest cloud fraction of their
-    Sentinel-2 modalities is at most ``max_cloud_fraction``. A time series (``single_timestamp=False``) is kept
-    when every timestamp passes, and maps to ``None``; with ``single_timestamp`` each (location, timestamp) is
-    judged alone and a location maps to the set of its time indices kept. Files without a match are absent; the
-    order is the rows' (files, then locations, in first appearance).
+    Sentinel-2 modalities is at most ``max_cloud_fraction``. Modalities without dates are exempt from the time
+    filter: the static ones (:data:`~ssl4eos12.constants.UNDATED_MODALITIES`, DEM: one timestamp at time 0)
+    always, and any timestamp whose time is missing (``NaT``: a modality with fewer timestamps than the others) or
+    time 0 (1970-01-01T00:00, the release's "no date"); a time filter over undated modalities alone keeps
+    everything. A time series (``single_timestamp=False``) is kept when every timestamp passes, and maps to
+    ``None``; with ``single_timestamp`` each (location, timestamp) is judged alone and a location maps to the set
+    of its time indices kept (in the files' own time order: see :func:`ssl4eos12.timeorder.season_selection` for
+    a season-ordered reader). Files without a match are absent; the order is the rows' (files, then locations, in
+    first appearance).
 
     Raises :class:`SSL4EOS12DataError` when ``rows`` cannot serve a filter (e.g. the authors' metadata has no
     cloud cover): the message says to run ``ssl4eos12 index``.
@@ -534,7 +561,8 @@ def select(rows: pd.DataFrame, modalities: Sequence[str], filters: Filters, sing
         needed.append("sample")
     if filters.bbox is not None:
         needed += ["center_lon", "center_lat"]
-    time_columns = [f"{m}_time" for m in modalities] if filters.time_range is not None else []
+    time_columns = [f"{m}_time" for m in modalities if m not in UNDATED_MODALITIES] \
+        if filters.time_range is not None else []
     cloud_columns = []
     if filters.max_cloud_fraction is not None:
         cloud_columns = [f"{m}_cloud_fraction" for m in modalities if m in CLOUD_MASKED or
@@ -562,7 +590,8 @@ def select(rows: pd.DataFrame, modalities: Sequence[str], filters: Filters, sing
         start, end = filters.time_range
         for column in time_columns:
             times = rows[column].to_numpy().astype("datetime64[ns]")
-            passes &= (times >= start) & (times < end)  # NaT passes neither
+            undated = np.isnat(times) | (times == _NO_DATE)  # no timestamp there, or a static layer's time 0
+            passes &= undated | ((times >= start) & (times < end))
     if cloud_columns:
         worst = rows[cloud_columns].to_numpy(dtype=np.float32).max(axis=1)
         passes &= worst <= np.float32(filters.max_cloud_fraction)  # NaN (no mask at that time) fails
@@ -617,4 +646,5 @@ def check_coverage(rows: pd.DataFrame, files: Sequence[str]) -> None:
 
 
 __all__ = ["CLOUD_CLASSES", "Filters", "Selection", "build_index", "check_coverage", "cloud_fraction", "count_examples",
-           "footprints", "geo_metadata", "load_index", "select", "select_split", "selected_times"]
+           "footprints", "geo_metadata", "index_features", "index_variables", "load_index", "select", "select_split",
+           "selected_times"]

@@ -32,6 +32,35 @@ def by_season(block: Block) -> Block:
     return dataclasses.replace(block, parts={m: _by_season(m, part) for m, part in block.parts.items()})
 
 
+def season_selection(block: Block, selection: dict) -> dict:
+    """A file's selection (``{sample: file time indices or None}``, :func:`ssl4eos12.index.select`) in the season
+    order of ``block`` (the block as read, before :func:`by_season`), for its locations only.
+
+    Selections judge timestamps in the files' own order. After reordering, position ``t`` of modality ``m`` holds
+    its file timestamp ``season_order(times_m)[t]``, and modalities need not share one order (their dates
+    differ); a position is kept when every file timestamp it is made of was kept.
+    """
+    orders = {}
+    for modality, part in block.parts.items():
+        if part.layout.num_times < 2:
+            continue  # one timestamp (DEM): position 0 is file timestamp 0
+        rows = block.orders[modality]
+        orders[modality] = season_order(part.variables["time_"][rows]) if "time_" in part.variables else None
+    mapped = {}
+    for i, sample in enumerate(block.reference.samples):
+        key = str(sample)
+        if key not in selection:
+            continue
+        times = selection[key]
+        if times is None or not orders:
+            mapped[key] = times
+            continue
+        num_times = len(next(order for order in orders.values() if order is not None)[i])
+        mapped[key] = frozenset(t for t in range(num_times)
+                                if all(int(order[i][t]) in times for order in orders.values() if order is not None))
+    return mapped
+
+
 def _by_season(modality: str, part: ModalityFile) -> ModalityFile:
     if part.layout.num_times < 2:
         return part  # one timestamp (DEM): nothing to order

@@ -20,7 +20,7 @@ from ssl4eos12.constants import MEAN, STD
 from ssl4eos12.publish import read_manifest
 from ssl4eos12.publish.formats import iter_tables, read_schema
 
-CONFIGS = {"S1GRD", "S2L1C", "S2L2A", "S2RGB", "default"}
+CONFIGS = {"S1GRD", "S2L1C", "S2L2A", "S2RGB", "default", "index"}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_dataset_info_matches_the_files(card, converted_dir):
         assert info.download_size == sum(p.stat().st_size for p in shards)
         for split, split_info in info.splits.items():
             rows = sum(t.num_rows for p in shards if p.name.startswith(f"{split}-") for t in iter_tables(p))
-            assert split_info.num_examples == rows == 6
+            assert split_info.num_examples == rows == 6 * (4 if name == "index" else 1)  # index: per timestamp
             assert split_info.num_bytes > 0
         assert info.dataset_size == sum(s.num_bytes for s in info.splits.values())
 

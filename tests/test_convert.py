@@ -28,7 +28,9 @@ from ssl4eos12.publish.formats import RECORD_BATCH_BYTES, iter_tables
 from ssl4eos12.synth import synthesize
 
 SPLITS = ("train", "validation")
-CONFIGS = ("S1GRD", "S2L1C", "S2L2A", "S2RGB", "default")
+CONFIGS = ("S1GRD", "S2L1C", "S2L2A", "S2RGB", "default", "index")
+#: Rows per location: the index config has one per (location, timestamp), the fixture 4 timestamps.
+ROWS_PER_LOCATION = {"index": 4}
 MiB = 1024 * 1024
 
 
@@ -124,7 +126,9 @@ def test_default_config_thumbnails_and_metadata(converted_dir, data_dir):
 def test_configs_are_row_aligned(converted_dir):
     for split in SPLITS:
         samples = {c: load_dataset(str(converted_dir), c, split=split)["sample"] for c in CONFIGS}
-        assert all(s == samples["S2L1C"] for s in samples.values())
+        for config, values in samples.items():
+            repeat = ROWS_PER_LOCATION.get(config, 1)
+            assert values == [s for s in samples["S2L1C"] for _ in range(repeat)], config
 
 
 def test_shards_carry_the_features(converted_dir):
@@ -144,11 +148,12 @@ def test_manifest_records_every_shard(converted_dir, data_dir):
     assert set(shards) == {p.relative_to(converted_dir).as_posix() for p in shard_paths(converted_dir)}
     for path, record in shards.items():
         rows = sum(table.num_rows for table in iter_tables(converted_dir / path))
-        assert record["rows"] == rows == 3 * len(record["files"])
+        assert record["rows"] == rows == 3 * len(record["files"]) * ROWS_PER_LOCATION.get(record["config"], 1)
         assert record["size"] == (converted_dir / path).stat().st_size
         assert len(record["sha256"]) == 64
     for config, info in manifest["configs"].items():
-        assert {s: v["num_rows"] for s, v in info["splits"].items()} == {"train": 6, "validation": 6}
+        rows = 6 * ROWS_PER_LOCATION.get(config, 1)
+        assert {s: v["num_rows"] for s, v in info["splits"].items()} == {"train": rows, "validation": rows}
 
 
 def test_rerun_skips_finished_shards(converted_dir, data_dir, tmp_path):
@@ -246,6 +251,15 @@ def test_verify_passes_then_catches_tampering(converted_dir, data_dir, tmp_path)
     with pa.ipc.new_stream(str(forged), table.schema) as writer:
         writer.write_table(table)
     records["S1GRD/validation-00000-of-00001.arrow"].update(sha256=file_sha256(forged), size=forged.stat().st_size)
+    # the same in the index config: one cloud fraction
+    index_shard = "index/validation-00000-of-00001.arrow"
+    table = pa.Table.from_batches(list(pa.ipc.open_stream((out / index_shard).read_bytes())))
+    column = table.schema.get_field_index("S2L2A_cloud_fraction")
+    fractions = table.column(column).to_pylist()
+    table = table.set_column(column, table.field(column), pa.array([fractions[0] + 0.5, *fractions[1:]], pa.float32()))
+    with pa.ipc.new_stream(str(out / index_shard), table.schema) as writer:
+        writer.write_table(table)
+    records[index_shard].update(sha256=file_sha256(out / index_shard), size=(out / index_shard).stat().st_size)
     (out / MANIFEST_FILE).write_text(json.dumps(manifest))
     # a missing shard and a stray one
     (out / "S2RGB" / "train-00000-of-00001.arrow").rename(out / "S2RGB" / "train-00000-of-00009.arrow")
@@ -258,6 +272,7 @@ def test_verify_passes_then_catches_tampering(converted_dir, data_dir, tmp_path)
         all("S2L1C differs from the source" in p for p in problems if p.startswith("S2L1C/")), problems
     assert "S1GRD/validation-00000-of-00001.arrow: row 0 (0000006), center_lat differs from the source" in text
     assert "S1GRD/validation-00000-of-00001.arrow: sha256" not in text
+    assert "index/validation-00000-of-00001.arrow: row 0 (0000006), S2L2A_cloud_fraction differs from the source" in text
     assert "S2RGB/train-00000-of-00001.arrow: missing" in text
     assert "S2RGB/train-00000-of-00009.arrow: not in the manifest" in text
     assert all(p.split(":")[0].count("/") == 1 for p in problems), problems  # every problem names its shard

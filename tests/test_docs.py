@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
 
 from reference import assert_example_equal, expected_examples
@@ -159,6 +161,13 @@ def test_card_runs_and_its_recipe_loads_every_example_once(docs_env, converted_d
             assert_example_equal(example, expected[sample], f"card recipe {sample}")
             seen.append(sample)
     assert sorted(seen) == sorted(expected), "every example exactly once"
+    # the index recipe: what pandas selects from the index config, then exactly those rows of the modality config
+    index = pd.concat([pa.ipc.open_stream(pa.memory_map(str(p))).read_pandas()
+                       for p in sorted((folder / "index").glob("validation-*.arrow"))])
+    box = index[index["center_lat"] >= 0]
+    wanted = set(box["sample"]) - set(box.loc[box["S2L2A_cloud_fraction"] > 0.1, "sample"])
+    assert namespace["wanted"] == wanted
+    assert [row["sample"] for row in namespace["matching"]] == [s for s in expected if s in wanted]
     assert namespace["batch"][config].dtype == torch.int16  # what the card's last block fetched
     # the first recipe, datasets' torch format without the timestamps: widened, the same values
     first = next(iter(DataLoader(namespace["tensors"].with_format("torch"), batch_size=8)))

@@ -21,7 +21,8 @@ import pytest
 import ssl4eos12
 from conftest import arrow_rows, assert_identical, open_with_xarray
 from reference import SPLIT_FOLDERS, assert_example_equal, expected_examples, split_files
-from ssl4eos12.index import build_index, from_webdataset_metadata, select, Filters, wkb_ring
+from ssl4eos12.publish import plan
+from ssl4eos12.index import build_index, from_webdataset_metadata, index_features, select, Filters, wkb_ring
 from ssl4eos12.synth import synthesize
 
 MODALITIES = ["S2L1C", "S2L2A", "S2RGB", "S1GRD"]
@@ -62,11 +63,19 @@ def test_index_matches_what_xarray_reads(indexed_dir):
         table = pq.read_table(path)
         expected = reference_rows(indexed_dir, split)
         assert table.num_rows == len(expected) == 2 * 6 * 4
-        for column in expected.columns:
+        assert_columns_equal(table, expected, split)
+        assert expected[[c for c in expected if c.endswith("_cloud_fraction")]].to_numpy().max() > 0  # some clouds
+        check_footprints(table, indexed_dir, split)
+
+
+def assert_columns_equal(table: pa.Table, expected: pd.DataFrame, where: str) -> None:
+    """Every column of ``expected`` equals ``table``'s, value for value, in the index's dtypes."""
+    for column in expected.columns:
             actual = table.column(column).to_numpy(zero_copy_only=False)
             wanted = expected[column].to_numpy()
             if column.endswith("_time"):
-                actual, wanted = actual.astype("datetime64[ns]"), wanted.astype("datetime64[ns]")
+                # as integers: NaT (a modality with fewer timestamps) equals NaT
+                actual, wanted = (v.astype("datetime64[ns]").view(np.int64) for v in (actual, wanted))
             elif column.endswith("_cloud_fraction"):
                 wanted = wanted.astype(np.float32)
             elif column in ("center_lon", "center_lat"):
@@ -75,9 +84,28 @@ def test_index_matches_what_xarray_reads(indexed_dir):
                 wanted = wanted.astype(np.int64)
             else:
                 actual, wanted = actual.astype(str), wanted.astype(str)
-            assert_identical(actual, wanted, f"{split}.{column}")
-        assert expected[[c for c in expected if c.endswith("_cloud_fraction")]].to_numpy().max() > 0  # some clouds
-        check_footprints(table, indexed_dir, split)
+            assert_identical(actual, wanted, f"{where}.{column}")
+
+
+def test_converted_copy_carries_the_index_as_a_config(converted_dir, data_dir, tmp_path):
+    """The ``index`` config: the index file's columns and values (checked against xarray), geo metadata, and
+    ``datasets`` loads it with the index's types."""
+    written = build_index(data_dir, tmp_path / "index", workers=1)  # elsewhere: data_dir has no index
+    for split in ("train", "validation"):
+        shards = sorted((Path(converted_dir) / "index").glob(f"{split}-*.arrow"))
+        batches = [batch for shard in shards for batch in pa.ipc.open_stream(pa.memory_map(str(shard)))]
+        table = pa.Table.from_batches(batches)
+        assert_columns_equal(table, reference_rows(data_dir, split), f"index config {split}")
+        check_footprints(table, data_dir, split)
+        index_file = pq.read_table(written[split])
+        assert table.column_names == index_file.column_names
+        assert table.cast(index_file.schema).equals(index_file.replace_schema_metadata(None))  # geometry included
+        geo = json.loads(pa.ipc.open_stream(pa.memory_map(str(shards[0]))).schema.metadata[b"geo"])
+        assert geo["primary_column"] == "geometry" and geo["columns"]["geometry"]["encoding"] == "WKB"
+        assert geo["columns"]["geometry"]["crs"]["id"] == {"authority": "EPSG", "code": 4326}
+        loaded = datasets.load_dataset(str(converted_dir), "index", split=split)
+        assert loaded.features == index_features(plan(data_dir, ["index"])[0].layouts)
+        assert loaded.data.table.cast(index_file.schema).equals(index_file.replace_schema_metadata(None))
 
 
 def check_footprints(table: pa.Table, data_dir: Path, split: str) -> None:

@@ -70,6 +70,11 @@ def test_push_lands_every_file_and_streams_back(hub, folder, data_dir):
         assert len(rows) == len(expected_rows) == 6
         for i, (actual, example) in enumerate(zip(rows, expected_rows)):
             assert_example_equal(actual, example, f"hub {config}/{split}[{i}]")
+    for split in ("train", "validation"):  # the index config, as pushed, equals the local shards
+        local = load_dataset(str(folder), "index", split=split)
+        pushed = load_dataset(REPO, "index", split=split, streaming=True)
+        assert pushed.features == local.features
+        assert list(pushed) == list(local) and len(local) == 6 * 4
     first = next(iter(load_dataset(REPO, split="validation", streaming=True)))  # the default config
     assert first["thumbnail"].size == (16, 16) and first["sample"] == expected_rows[0]["sample"]
 

@@ -24,7 +24,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from ..constants import AUTHORS_MIRROR, CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, MEAN, SPLIT_FOLDERS, STD
 from .manifest import read_manifest, skipped_files
-from .plan import DEFAULT_CONFIG
+from .plan import DEFAULT_CONFIG, INDEX_CONFIG, OVERVIEW_CONFIGS
 
 PRETTY_NAME = "SSL4EO-S12 v1.1"
 TASK_CATEGORIES = ["image-feature-extraction"]
@@ -96,12 +96,19 @@ def render_card(manifest: dict, repo_id: Optional[str] = None) -> DatasetCard:
     """The dataset card of a converted folder, from its manifest."""
     configs = manifest["configs"]
     splits = [split for split in SPLIT_FOLDERS if any(split in info["splits"] for info in configs.values())]
-    modality_configs = [name for name in configs if name != DEFAULT_CONFIG]
+    modality_configs = [name for name in configs if name not in OVERVIEW_CONFIGS]
     example_config = "S2L2A" if "S2L2A" in configs else (modality_configs or list(configs))[0]
     example_split = "validation" if "validation" in configs[example_config]["splits"] else \
         next(iter(configs[example_config]["splits"]))
     thumbnail = configs.get(DEFAULT_CONFIG, {}).get("thumbnail")
-    ordered = [*modality_configs, *([DEFAULT_CONFIG] if DEFAULT_CONFIG in configs else [])]
+    ordered = [*modality_configs, *(name for name in OVERVIEW_CONFIGS if name in configs)]
+    index = configs.get(INDEX_CONFIG)
+    index_split = None if index is None else \
+        ("validation" if "validation" in index["splits"] else next(iter(index["splits"])))
+    # the recipe filters on the example config's cloud fraction, else on any there is, else on place only
+    index_cloud = None if index is None else next(
+        (name for name in [f"{example_config}_cloud_fraction", *index["features"]]
+         if name.endswith("_cloud_fraction") and name in index["features"]), None)
     return DatasetCard.from_template(
         card_data(manifest),
         template_path=str(template_path()),
@@ -122,6 +129,8 @@ def render_card(manifest: dict, repo_id: Optional[str] = None) -> DatasetCard:
                     if configs[name]["statistics"].get("bands")],
         standardization=_standardization_json(),
         citation=CITATION.strip(),
+        index_split=index_split if index_split in configs[example_config]["splits"] else None,
+        index_cloud=index_cloud,
         skipped=[{"shard": shard, "file": name, "problem": problem} for shard, name, problem in skipped_files(manifest)],
     )
 
@@ -146,7 +155,10 @@ def _total_rows(info: dict) -> int:
 
 
 def _config_summary(name: str, info: dict) -> dict:
-    if name == DEFAULT_CONFIG:
+    if name == INDEX_CONFIG:
+        summary = "the GeoParquet index: one row per (location, timestamp) with its footprint, times and cloud " \
+            "fractions, to filter before fetching"
+    elif name == DEFAULT_CONFIG:
         summary = "overview for the viewer: " + (f"{info['thumbnail']} thumbnail, " if info["thumbnail"] else "") + \
             "location, timestamps and cloud cover of every modality"
     else:
@@ -184,6 +196,8 @@ _SHARED_FIELD_DOCS = {
     "time_index": "timestamp of this example (0-3)",
     "thumbnail": "true-colour preview of the least cloudy timestamp",
     "thumbnail_time_index": "timestamp the thumbnail shows",
+    "split": "split of the location",
+    "geometry": "patch footprint: WKB polygon, lon/lat (EPSG:4326)",
 }
 _MODALITY_FIELD_DOCS = {
     "": "bands (time, band, y, x)",

@@ -29,6 +29,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 import datasets
 import pyarrow as pa
@@ -53,7 +54,7 @@ class ShardWriter:
     behind. Use as a context manager; :attr:`sha256` is the file's digest once it is closed, after an ``fsync``.
     """
 
-    def __init__(self, path: Path, features: datasets.Features):
+    def __init__(self, path: Path, features: datasets.Features, metadata: Optional[dict] = None):
         self._file = open(path, "wb", buffering=0)
         self._digest = hashlib.sha256()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="ssl4eos12-shard-writer")
@@ -61,8 +62,11 @@ class ShardWriter:
         self._pending_bytes = 0
         self._size = 0
         options = pa.ipc.IpcWriteOptions(compression=None)
-        # the schema carries the features as ``huggingface`` metadata
-        self._stream = pa.ipc.new_stream(pa.PythonFile(self, mode="w"), features.arrow_schema, options=options)
+        # the schema carries the features as ``huggingface`` metadata (and ``metadata``, if given)
+        schema = features.arrow_schema
+        if metadata:
+            schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
+        self._stream = pa.ipc.new_stream(pa.PythonFile(self, mode="w"), schema, options=options)
 
     def write_table(self, table: pa.Table) -> None:
         """Append ``table`` as one record batch."""

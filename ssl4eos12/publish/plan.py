@@ -2,9 +2,11 @@
 
 Configs: one per modality (``S1GRD``, ``S2L1C``, ``S2L2A``, ``S2RGB``, and any other modality folder asked for),
 with exactly the features of the builder's config of the same name, and a light ``default`` config for the
-dataset viewer: a PNG ``thumbnail`` of each location plus the scalar metadata. Every config lists the same
+dataset viewer: a PNG ``thumbnail`` of each location plus the scalar metadata, and an ``index`` config: the
+GeoParquet index's columns (:mod:`ssl4eos12.index`, one row per (location, timestamp), ``geometry`` as WKB) for
+filtering before fetching the rows of a modality config by ``sample``. Every config lists the same
 locations in the same order (split-list order of the files, file order of the samples), so configs can be
-zipped row by row.
+zipped row by row (the index config: each location once per timestamp, in the same order).
 
 Shard plan: a shard holds whole source files. Before anything is read, each (config, split) gets
 ``files_per_shard = max(1, MAX_SHARD_SIZE // (samples per file * uncompressed bytes per example))`` with
@@ -40,6 +42,7 @@ from datasets.utils.tqdm import tqdm as hf_tqdm
 
 from ..constants import MODALITIES, SPLIT_FOLDERS
 from ..errors import SSL4EOS12DataError, SSL4EOS12FileError
+from ..index import index_features
 from ..schema import SHARED_FEATURES, TIMESTAMP, example_features
 from ..sources import Layout, Source, normalize_root, open_source
 from .formats import EXTENSION, RECORD_BATCH_BYTES
@@ -49,6 +52,10 @@ logger = logging.getLogger(__name__)
 
 #: Name of the light config the dataset viewer shows first.
 DEFAULT_CONFIG = "default"
+#: Name of the config holding the index (:mod:`ssl4eos12.index`): one row per (location, timestamp).
+INDEX_CONFIG = "index"
+#: Configs that read every modality present, not one.
+OVERVIEW_CONFIGS = (DEFAULT_CONFIG, INDEX_CONFIG)
 #: Modalities that can provide the thumbnails, in order of preference.
 THUMBNAIL_SOURCES = ("S2RGB", "S2L2A", "S2L1C")
 #: Estimated bytes of one string value, for the shard plan only.
@@ -109,7 +116,10 @@ class ShardTask:
 
 def config_features(config: str, layouts: tuple[Layout, ...], thumbnail: Optional[str],
                     keyed: bool = False) -> datasets.Features:
-    """A modality config's features are the builder's; the default config's are :func:`overview_features`."""
+    """A modality config's features are the builder's; the default config's are :func:`overview_features`, the
+    index config's the index file's columns (:func:`ssl4eos12.index.index_features`)."""
+    if config == INDEX_CONFIG:
+        return index_features(layouts)
     if config == DEFAULT_CONFIG:
         return overview_features(layouts, thumbnail, keyed)
     return example_features(layouts, keyed=keyed)
@@ -138,15 +148,16 @@ def plan(data_dir: str, configs: Optional[Iterable[str]] = None, splits: Optiona
          max_shard_size: int | str | None = None, on_bad_file: str = "error") -> list[ShardTask]:
     """Every shard of the conversion, computed from the file lists and the first file of each modality.
 
-    ``configs`` defaults to every modality present plus ``default``; ``splits`` to every split present;
+    ``configs`` defaults to every modality present plus ``default`` and ``index``; ``splits`` to every split present;
     ``max_shard_size`` (bytes of uncompressed data, or a string like ``"500MB"``) to
     ``datasets.config.MAX_SHARD_SIZE``.
     """
     root = normalize_root(data_dir)
     configs = list(dict.fromkeys(configs)) if configs else None
-    wanted = [c for c in configs or () if c != DEFAULT_CONFIG]
-    # the default config shows every modality there is
-    candidates = list(dict.fromkeys([*wanted, *MODALITIES])) if not configs or DEFAULT_CONFIG in configs else wanted
+    wanted = [c for c in configs or () if c not in OVERVIEW_CONFIGS]
+    # the default and index configs show every modality there is
+    candidates = list(dict.fromkeys([*wanted, *MODALITIES])) \
+        if not configs or set(configs) & set(OVERVIEW_CONFIGS) else wanted
     split_files = _split_files(root, list(splits or SPLIT_FOLDERS), candidates)
     first_folder = SPLIT_FOLDERS[next(iter(split_files))]
     first_files = next(iter(split_files.values()))
@@ -156,7 +167,7 @@ def plan(data_dir: str, configs: Optional[Iterable[str]] = None, splits: Optiona
     if missing:
         raise SSL4EOS12DataError(f"{root}/{first_folder}: no files of modality {', '.join(missing)}")
     tasks = []
-    for config in configs or [*probes, DEFAULT_CONFIG]:
+    for config in configs or [*probes, *OVERVIEW_CONFIGS]:
         modalities, thumbnail = _config_modalities(config, probes)
         layouts = tuple(probes[m][0] for m in modalities)
         example_bytes = example_nbytes(config_features(config, layouts, thumbnail, source.keyed), layouts)
@@ -188,11 +199,13 @@ def _split_files(root: str, splits: list[str], modalities: list[str]) -> dict[st
 
 def _config_modalities(config: str, probes: dict) -> tuple[list[str], Optional[str]]:
     """The modalities a config reads (the first orders the rows) and its thumbnail source."""
-    if config != DEFAULT_CONFIG:
+    if config not in OVERVIEW_CONFIGS:
         return [config], None
     modalities = [m for m in MODALITIES if m in probes]
     if not modalities:
-        raise SSL4EOS12DataError(f"the default config needs one of {MODALITIES}; found {list(probes)}")
+        raise SSL4EOS12DataError(f"the {config} config needs one of {MODALITIES}; found {list(probes)}")
+    if config == INDEX_CONFIG:
+        return modalities, None
     thumbnail = next((m for m in THUMBNAIL_SOURCES if m in probes), None)
     if thumbnail is None:
         logger.warning("no Sentinel-2 modality to make thumbnails from: the default config has none")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import logging
 import math
 import os
@@ -37,12 +38,12 @@ import pyarrow as pa
 
 from ..constants import CLOUD_CLASSES
 from ..errors import SSL4EOS12BadFileWarning, SSL4EOS12FileError
-from ..index import cloud_fraction
+from ..index import block_rows, cloud_fraction, geo_metadata, index_variables
 from ..schema import location_examples, modality_fields
 from ..sources import ON_BAD_FILE_CHOICES, Block, ModalityFile
 from .formats import EXTENSION, OLD_EXTENSIONS, ShardWriter
 from .manifest import MANIFEST_DIR, RECORDS_DIR, alignment_problems, samples_digest, write_json_atomic, write_manifest
-from .plan import DEFAULT_CONFIG, ShardTask, is_done, plan, run_tasks
+from .plan import DEFAULT_CONFIG, INDEX_CONFIG, ShardTask, is_done, plan, run_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,12 @@ def task_batches(task: ShardTask, name: str, stats: dict) -> Iterator[dict]:
         _, examples = task_examples(task, name)
         for batch in _batches(examples, task.rows_per_group):  # small: thumbnails and metadata
             yield {field: [example[field] for example in batch] for field in batch[0]}
+        return
+    if task.config == INDEX_CONFIG:
+        for block in task.source().blocks(task.split_folder, name, task.layouts, index_variables(task.layouts)):
+            table = block_rows(block, task.split)  # the index file's rows, from the same blocks
+            for batch in table.to_batches(task.rows_per_group):
+                yield {**dict(zip(batch.schema.names, batch.columns)), "sample": batch.column("sample").to_pylist()}
         return
     for block in task.source().blocks(task.split_folder, name, task.layouts):
         # the statistics on a helper thread (numpy releases the GIL) while the batches are copied and written
@@ -85,15 +92,26 @@ def modality_batches(name: str, part: ModalityFile, size: int, keys=None) -> Ite
 
 
 def task_examples(task: ShardTask, name: str) -> tuple[list[str], Iterator[dict]]:
-    """Samples (in row order) and examples, one dict per row, of one source shard of ``task``."""
-    variables = None if task.config != DEFAULT_CONFIG else _overview_variables(task)
+    """Samples (locations, in row order) and examples, one dict per row, of one source shard of ``task``."""
+    variables = {DEFAULT_CONFIG: _overview_variables(task), INDEX_CONFIG: index_variables(task.layouts)}.get(task.config)
     blocks = list(task.source().blocks(task.split_folder, name, task.layouts, variables))
     samples = [str(s) for block in blocks for s in block.samples]
-    if task.config != DEFAULT_CONFIG:
+    if task.config == INDEX_CONFIG:
+        examples = (example for block in blocks for example in table_examples(block_rows(block, task.split)))
+    elif task.config != DEFAULT_CONFIG:
         examples = (example for block in blocks for _, example in location_examples(block, False))
     else:
         examples = (example for block in blocks for _, example in overview_examples(block, task.thumbnail))
     return samples, examples
+
+
+def table_examples(table: pa.Table) -> Iterator[dict]:
+    """The rows of ``table`` as dicts of the values a reader of the shard gets (native numpy dtypes)."""
+    from ..torch import arrow_to_numpy  # torch is imported lazily there: no torch needed here
+
+    columns = arrow_to_numpy(table)
+    for i in range(table.num_rows):
+        yield {name: values[i] for name, values in columns.items()}
 
 
 def _overview_variables(task: ShardTask) -> dict[str, list[str]]:
@@ -195,7 +213,10 @@ def _add_statistics(stats: dict, part: ModalityFile) -> None:
 
 
 def arrow_column(values, pa_type: pa.DataType) -> pa.Array:
-    """One column from a ``(rows, ...)`` numpy array (shared, not copied) or a list of per-row values."""
+    """One column from a ``(rows, ...)`` numpy array (shared, not copied), an Arrow array, or a list of per-row
+    values."""
+    if isinstance(values, pa.Array):
+        return values if values.type == pa_type else values.cast(pa_type)
     if isinstance(pa_type, pa.ExtensionType) or pa.types.is_list(pa_type) or pa.types.is_fixed_size_list(pa_type):
         if not isinstance(values, np.ndarray):
             values = np.stack([np.asarray(value) for value in values])
@@ -237,10 +258,12 @@ def convert_shard(task: ShardTask, out_dir: str, on_bad_file: str = "error", _sk
     schema = features.arrow_schema
     stats: dict = {}
     files, rows, num_bytes, skipped = [], 0, 0, []
+    # the index config is GeoParquet-compatible: its schema carries the ``geo`` metadata (no bbox: not known yet)
+    metadata = {b"geo": json.dumps(geo_metadata([])).encode()} if task.config == INDEX_CONFIG else None
     try:
-        with ShardWriter(partial, features) as writer:  # hashed while written, fsync-ed when closed
+        with ShardWriter(partial, features, metadata) as writer:  # hashed while written, fsync-ed when closed
             for name in task.files:
-                samples = []
+                samples, file_rows = [], 0
                 try:
                     if _skip and name in _skip:  # found bad after rows of it were written: see below
                         raise _skip[name]
@@ -249,6 +272,7 @@ def convert_shard(task: ShardTask, out_dir: str, on_bad_file: str = "error", _sk
                                                      schema=schema)
                         writer.write_table(table)  # one record batch per batch
                         num_bytes += table.nbytes
+                        file_rows += table.num_rows
                         samples += batch["sample"]
                         del batch, table  # before the next batch is cut (the writer holds <= 64 MB of earlier ones)
                 except SSL4EOS12FileError as err:
@@ -259,8 +283,10 @@ def convert_shard(task: ShardTask, out_dir: str, on_bad_file: str = "error", _sk
                     skipped.append({"name": name, "problem": err.problem})  # no local path: the card is published
                     warnings.warn(f"skipping {err}", SSL4EOS12BadFileWarning, stacklevel=2)
                     continue
-                rows += len(samples)
-                files.append({"name": name, "rows": len(samples), "samples_sha256": samples_digest(samples)})
+                rows += file_rows
+                # the locations, once each (the index config has a row per timestamp): configs stay comparable
+                locations = list(dict.fromkeys(samples))
+                files.append({"name": name, "rows": file_rows, "samples_sha256": samples_digest(locations)})
         digest = writer.sha256
         size = partial.stat().st_size
         os.replace(partial, final)  # on disk already: a crash never leaves a renamed, empty shard

@@ -133,7 +133,7 @@ def _expected_rows(task: ShardTask, record: dict, problems: list[str]) -> Iterat
 
 def same_value(actual, expected) -> bool:
     """Equal in value and dtype; NaN equals NaN; strings, lists of strings and images compared as such."""
-    if isinstance(expected, (str, list, dict)):
+    if isinstance(expected, (str, bytes, list, dict)):
         return actual == expected
     actual, expected = np.asarray(actual), np.asarray(expected)
     if actual.dtype != expected.dtype or actual.shape != expected.shape:
