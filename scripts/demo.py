@@ -48,7 +48,7 @@ def main(work_dir: str = "demo") -> None:
     except ImportError as err:  # matplotlib is an optional extra
         print(f"no plot: {err}")
 
-    out_dir = work / "parquet"
+    out_dir = work / "published"
     from ssl4eos12.publish import convert
 
     convert(str(data_dir), str(out_dir), workers=2)
