@@ -314,13 +314,8 @@ def row_blosc_procs(data: Path, group: str, repeat: int) -> dict:
     return result
 
 
-def row_loader(data: Path, group: str, repeat: int, threads: int) -> dict:
-    """``ssl4eos12.Loader``: one epoch per pass (every file loader_repeat() times, shuffled), batches of 8."""
-    import ssl4eos12
-
-    split = repeated_split(data, loader_repeat(data))
-    loader = ssl4eos12.Loader(group, data_dir=str(data), split=split, batch_size=8, num_threads=threads)
-    info = {"threads": threads, "pinned": loader.pin_memory, "note": f"files read {loader_repeat(data)}x per pass"}
+def batch_pass(loader, group: str, info: dict):
+    """One pass over a loader of batches (dicts with a ``sample`` list): examples, and bytes when asked."""
 
     def one(count_bytes):
         count, total = 0, 0
@@ -331,7 +326,18 @@ def row_loader(data: Path, group: str, repeat: int, threads: int) -> dict:
                 info.setdefault("dtype", bands_dtype(batch, group))
         return count, total, info
 
-    return passes(one, repeat)
+    return one
+
+
+def row_loader(data: Path, group: str, repeat: int, threads: int) -> dict:
+    """``ssl4eos12.Loader``: one epoch per pass (every file loader_repeat() times, shuffled), batches of 8."""
+    import ssl4eos12
+
+    split = repeated_split(data, loader_repeat(data))
+    loader = ssl4eos12.Loader(group, data_dir=str(data), split=split, batch_size=8, num_threads=threads)
+    info = {"threads": threads, "pinned": loader.pin_memory, "note": f"files read {loader_repeat(data)}x per pass"}
+
+    return passes(batch_pass(loader, group, info), repeat)
 
 
 def row_zarr(data: Path, group: str, repeat: int) -> dict:
@@ -426,16 +432,7 @@ def row_torch(data: Path, group: str, repeat: int, workers: int = 0) -> dict:
                         num_workers=workers)
     info = {}
 
-    def one(count_bytes):
-        count, total = 0, 0
-        for batch in loader:
-            count += len(batch["sample"])
-            if count_bytes:
-                total += nbytes(batch)
-                info.setdefault("dtype", bands_dtype(batch, group))
-        return count, total, info
-
-    return passes(one, repeat)
+    return passes(batch_pass(loader, group, info), repeat)
 
 
 def row_torch1(data: Path, group: str, repeat: int) -> dict:

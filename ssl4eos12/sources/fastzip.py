@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import io
 import json
 import math
 import mmap
@@ -108,19 +107,25 @@ class _Inline(contextlib.AbstractContextManager):
         return None
 
 
+def array_spec(zarray) -> tuple[np.dtype, tuple[int, ...], tuple[int, ...]] | None:
+    """``(dtype, shape, chunks)`` of a Zarr v2 ``.zarray``, or ``None`` when it is not one this module can read."""
+    if not isinstance(zarray, dict):
+        return None
+    try:
+        return np.dtype(zarray["dtype"]), tuple(int(s) for s in zarray["shape"]), tuple(int(c) for c in zarray["chunks"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _plan(zf: zipfile.ZipFile, name: str, metadata: dict):
     """What decoding ``name`` takes, or ``None`` when it is xarray's to read."""
     zarray = metadata.get(f"{name}/.zarray")
     zattrs = metadata.get(f"{name}/.zattrs", {})
+    spec = array_spec(zarray)
     # "coordinates" only tells xarray which variables are coordinates: it changes no value
-    if not isinstance(zarray, dict) or not isinstance(zattrs, dict) or set(zattrs) - _VALUELESS_ATTRIBUTES:
+    if spec is None or not isinstance(zattrs, dict) or set(zattrs) - _VALUELESS_ATTRIBUTES:
         return None
-    try:
-        dtype = np.dtype(zarray["dtype"])
-        shape = tuple(int(s) for s in zarray["shape"])
-        chunks = tuple(int(c) for c in zarray["chunks"])
-    except (KeyError, TypeError, ValueError):
-        return None
+    dtype, shape, chunks = spec
     compressor = zarray.get("compressor") or {}
     fill_value = zarray.get("fill_value")
     if (

@@ -116,14 +116,10 @@ def _group_attrs(metadata: dict) -> dict:
 
 def _simple(zarray, dims: tuple[str, ...]):
     """``(dtype, shape, chunks, fill_value)`` of an array in the simple case, else ``None``."""
-    if not isinstance(zarray, dict):
+    spec = fastzip.array_spec(zarray)
+    if spec is None:
         return None
-    try:
-        dtype = np.dtype(zarray["dtype"])
-        shape = tuple(int(s) for s in zarray["shape"])
-        chunks = tuple(int(c) for c in zarray["chunks"])
-    except (KeyError, TypeError, ValueError):
-        return None
+    dtype, shape, chunks = spec
     fill_value = zarray.get("fill_value")
     if (
         zarray.get("zarr_format") != 2
