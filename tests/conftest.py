@@ -96,3 +96,16 @@ def arrow_rows(dataset) -> list[dict]:
         table = dataset.with_format("arrow")[:]
     columns = arrow_to_numpy(table)
     return [{name: values[i] for name, values in columns.items()} for i in range(table.num_rows)]
+
+
+def traced_peak(examples) -> int:
+    """Peak bytes Python allocates while ``examples`` is iterated to the end (tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        for _ in examples:
+            pass
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

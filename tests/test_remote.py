@@ -15,6 +15,7 @@ from datasets import load_dataset
 from datasets.distributed import split_dataset_by_node
 
 import ssl4eos12
+from conftest import traced_peak
 from nginx import NginxServer, nginx_binary
 from reference import assert_example_equal, split_files
 from servers import HubServer, RangeHTTPServer, use_hub
@@ -190,19 +191,12 @@ def test_cancelled_iterations_leave_no_threads_or_connections(data_dir):
 
 def test_peak_memory_is_flat_in_the_number_of_files(tmp_path):
     """Streaming 6 files peaks no higher than streaming 2: memory holds about one file per modality."""
-    import tracemalloc
 
     root = ssl4eos12.synth.synthesize(tmp_path / "many", splits=("train",), files=6, samples=4, size=48)
     one_file = sum(p.stat().st_size for p in root.rglob("*_000001.zarr.zip"))
 
     def peak(files: int) -> int:
-        ds = local_stream(root, "all").take(files * 4)
-        tracemalloc.start()
-        for _ in ds:
-            pass
-        peak_bytes = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        return peak_bytes
+        return traced_peak(local_stream(root, "all").take(files * 4))
 
     two, six = peak(2), peak(6)
     assert six <= 1.15 * two, (two, six)

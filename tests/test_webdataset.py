@@ -20,10 +20,10 @@ from datasets import load_dataset
 from datasets.distributed import split_dataset_by_node
 
 import ssl4eos12
-from conftest import arrow_rows, open_with_xarray
+from conftest import arrow_rows, open_with_xarray, traced_peak
 from reference import assert_example_equal
 from servers import HubServer, RangeHTTPServer, use_hub
-from ssl4eos12.synth.webdataset import location_zip, synthesize_webdataset, write_tar
+from ssl4eos12.synth.webdataset import synthesize_webdataset, write_tar
 
 CLASSIC = ["S2L1C", "S2L2A", "S2RGB", "S1GRD"]
 SEVEN = CLASSIC + ["NDVI", "LULC", "DEM"]
@@ -366,19 +366,12 @@ def test_cli_synth_convert_verify(tmp_path, capsys):
 
 def test_peak_memory_is_flat_in_the_number_of_shards(tmp_path):
     """Streaming 6 tars peaks no higher than streaming 2: memory holds a few locations per modality."""
-    import tracemalloc
 
     root = synthesize_webdataset(tmp_path / "many", splits=("train",), files=6, samples=4, size=32,
                                  modalities=("S2L1C", "S1GRD"), metadata=False)
 
     def peak(shards: int) -> int:
-        ds = stream(root, modalities=["S2L1C", "S1GRD"]).take(shards * 4)
-        tracemalloc.start()
-        for _ in ds:
-            pass
-        peak_bytes = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        return peak_bytes
+        return traced_peak(stream(root, modalities=["S2L1C", "S1GRD"]).take(shards * 4))
 
     two, six = peak(2), peak(6)
     one_tar = sum(p.stat().st_size for p in root.rglob("ssl4eos12_shard_000001.tar"))

@@ -7,9 +7,7 @@ left to xarray and still read the same.
 
 from __future__ import annotations
 
-import io
 import tarfile
-import zipfile
 
 import numcodecs
 import numpy as np
@@ -20,8 +18,7 @@ import zarr
 from conftest import assert_identical, open_with_xarray
 from ssl4eos12.sources import zipmember
 from ssl4eos12.sources.webdataset import _read_member, _read_member_xarray, member_layout
-from ssl4eos12.synth import COMPRESSOR
-from ssl4eos12.synth.webdataset import synthesize_webdataset
+from ssl4eos12.synth.webdataset import synthesize_webdataset, zarr_zip_bytes
 
 SEVEN = ["S2L1C", "S2L2A", "S2RGB", "S1GRD", "NDVI", "LULC", "DEM"]
 
@@ -109,24 +106,9 @@ def location(bands_dtype="float16") -> xr.Dataset:
     )
 
 
-def member_bytes(ds: xr.Dataset, encoding=None) -> bytes:
-    """A Zarr v2 zip as the release writes members: one chunk per timestamp, Blosc, stored entries."""
-    encoding = {name: {"compressors": [COMPRESSOR], **(encoding or {}).get(name, {})} for name in ds.variables}
-    for name, variable in ds.variables.items():
-        if "time" in variable.dims:
-            encoding[name]["chunks"] = tuple(1 if d == "time" else n for d, n in zip(variable.dims, variable.shape))
-    entries: dict = {}
-    ds.to_zarr(zarr.storage.MemoryStore(entries), mode="w", zarr_format=2, consolidated=True, encoding=encoding)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
-        for key in sorted(entries):
-            zf.writestr(key, entries[key].to_bytes())
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize("bands_dtype", ["float16", "float32", "int16"])
 def test_direct_decoding_of_nan_floats_and_times(bands_dtype, tmp_path):
-    data = member_bytes(location(bands_dtype))
+    data = zarr_zip_bytes(location(bands_dtype))
     assert zipmember.open_member(data) is not None
     layout, values = read_both("member", "TEST", data, tmp_path)
     assert {"half", "single"} <= {name for name, _, _ in layout.statics}
@@ -145,7 +127,7 @@ def test_direct_decoding_of_nan_floats_and_times(bands_dtype, tmp_path):
 def test_other_members_fall_back_to_xarray(encoding, tmp_path):
     ds = location("int16")
     ds["bands"][0, 0, 0, 0] = -9999  # read as NaN where -9999 is the fill value
-    data = member_bytes(ds, encoding)
+    data = zarr_zip_bytes(ds, encoding)
     assert zipmember.open_member(data) is None
     _, values = read_both("member", "TEST", data, tmp_path)
     if "_FillValue" in encoding.get("bands", {}):

@@ -117,20 +117,24 @@ def _modality_datasets(modalities, locations, times: int, size: int, seed: int) 
 
 
 def location_zip(location: xr.Dataset) -> bytes:
-    """One location's dataset as a member: timestamps in the ``time`` coordinate, then a Zarr v2 zip.
-
-    As :func:`ssl4eos12.synth.write_zarr_zip` writes a file (one chunk per timestamp, Blosc-LZ4, entries
-    stored and sorted), through an in-memory store: members are small and many.
-    """
+    """One location's dataset as a member: timestamps in the ``time`` coordinate, then a Zarr v2 zip."""
     times = location["time_"].values
-    location = location.drop_vars(["time_", "sample_id"]).assign_coords(time=times)
-    encoding = {}
-    for name, variable in location.variables.items():
-        encoding[name] = {"compressors": [COMPRESSOR]}
+    return zarr_zip_bytes(location.drop_vars(["time_", "sample_id"]).assign_coords(time=times))
+
+
+def zarr_zip_bytes(ds: xr.Dataset, encoding: dict | None = None) -> bytes:
+    """``ds`` as a member's bytes: a consolidated Zarr v2 zip, one chunk per timestamp, Blosc-LZ4, entries
+    stored and sorted.
+
+    As :func:`ssl4eos12.synth.write_zarr_zip` writes a file, through an in-memory store: members are small and
+    many. ``encoding``: per-variable settings on top of those (filters, fill values, ...).
+    """
+    encoding = {name: {"compressors": [COMPRESSOR], **(encoding or {}).get(name, {})} for name in ds.variables}
+    for name, variable in ds.variables.items():
         if "time" in variable.dims:
             encoding[name]["chunks"] = tuple(1 if d == "time" else n for d, n in zip(variable.dims, variable.shape))
     entries: dict = {}
-    location.to_zarr(zarr.storage.MemoryStore(entries), mode="w", zarr_format=2, consolidated=True, encoding=encoding)
+    ds.to_zarr(zarr.storage.MemoryStore(entries), mode="w", zarr_format=2, consolidated=True, encoding=encoding)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
         for key in sorted(entries):
