@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ from ..constants import BANDS, CLOUD_MASKED, MODALITIES, SPLIT_FOLDERS, file_nam
 
 #: The compressor of the real files (xarray's default for zarr v2 at the time they were written).
 COMPRESSOR = Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE)
+#: Date of every zip entry synth writes (the zip format's epoch), so the same data gives the same bytes.
+ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+ZIP_MTIME = time.mktime(ZIP_DATE_TIME + (0, 0, -1))
 
 #: Modalities beyond the four that the generator can also write, to exercise feature inference.
 EXTRA_MODALITIES: dict[str, tuple[str, tuple[str, ...]]] = {"NDVI": ("float32", ("NDVI",))}
@@ -373,6 +377,8 @@ def write_zarr_zip(ds: xr.Dataset, path: str | os.PathLike) -> None:
         partial = Path(tmp) / "partial.zip"
         with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for member in sorted(p for p in store_dir.rglob("*") if p.is_file()):
+                # zipfile stamps an entry with its file's mtime: a fixed one makes the same data the same bytes
+                os.utime(member, (ZIP_MTIME, ZIP_MTIME))
                 zf.write(member, member.relative_to(store_dir).as_posix())
         os.replace(partial, path)
 

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import xarray as xr
 import zarr
 
-from . import COMPRESSOR, make_dataset, make_locations
+from . import COMPRESSOR, ZIP_DATE_TIME, make_dataset, make_locations
 from ..constants import (S2_OFFSET, SPLIT_FOLDERS, WEBDATASET_MODALITIES, ZARR_ZIP_SUFFIX, shard_name,
                          webdataset_metadata_path)
 
@@ -138,7 +138,7 @@ def zarr_zip_bytes(ds: xr.Dataset, encoding: dict | None = None) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
         for key in sorted(entries):
-            zf.writestr(key, entries[key].to_bytes())
+            zf.writestr(zipfile.ZipInfo(key, date_time=ZIP_DATE_TIME), entries[key].to_bytes(), zipfile.ZIP_STORED)
     return buffer.getvalue()
 
 
