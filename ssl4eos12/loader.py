@@ -27,7 +27,9 @@ being gathered draw from (none once their gather ends; a few at most, as a batch
 milliseconds), plus ``batches_ahead + 2`` batch buffers and the batches the consumer keeps. One S2L2A file of
 64 locations is 446 MB decoded, one file of all four modalities 1.07 GB: with 16 threads and the defaults,
 streaming ``S2L2A`` holds at most about (16 + 4 + 1) x 446 MB ~ 9.4 GB. Lower ``prefetch`` to bound it further
-(decoding then runs on at most ``prefetch`` threads).
+(decoding then runs on at most ``prefetch`` threads). The decoded files' big arrays are decoded into again once
+nothing refers to them (a fresh file-sized array costs the kernel more than decoding it: see :class:`_DecodeMemory`);
+they are kept across epochs within that bound, and dropped by a ``break`` or an exception.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ from .builder import SSL4EOS12
 from .constants import standardization
 from .errors import SSL4EOS12BadFileWarning, SSL4EOS12FileError
 from .index import selected_times
-from .sources import Block, Layout, Source
+from .sources import Block, Layout, Source, fastzip
+from .timeorder import by_season, season_selection
 from .torch import timestamps_to_int64
 
 #: How often waiting threads look at the stop event (seconds): the longest a ``break`` waits for a wait.
@@ -88,6 +91,7 @@ class SplitPlan:
     features: Any  # datasets.Features: the fields and their order
     single_timestamp: bool
     on_bad_file: str
+    time_order: str = "file"
 
 
 def shard_reads(gen_kwargs: Mapping) -> list[ShardRead]:
@@ -119,6 +123,7 @@ def plan_split(builder: SSL4EOS12, split: str) -> SplitPlan:
         source=builder._source(download_config), split_folder=kwargs["split_folder"],
         layouts=tuple(kwargs["layouts"]), reads=tuple(shard_reads(kwargs)), features=builder.info.features,
         single_timestamp=bool(builder.config.single_timestamp), on_bad_file=builder.config.on_bad_file,
+        time_order=builder.config.time_order,
     )
 
 
@@ -258,6 +263,46 @@ class _BatchMemory:
             self.retired.append(buffers)
 
 
+class _DecodeMemory:
+    """The arrays the decode threads decode files into (:func:`ssl4eos12.sources.fastzip.allocating`), reused.
+
+    A fresh file-sized array costs the kernel a page fault and a page of zeroes for every page the decoder
+    writes, and finding free huge pages with several files in memory costs it compaction too: measured on 2
+    cores, 3-9 ms of system time per S2L2A example, more than the Blosc decoding itself (2.8 ms); with reused
+    arrays 0.3 ms. An array is reused only once this pool holds the last reference to it (every view of it
+    refers to it), so a block still in the shuffle window or a batch still being gathered from it is never
+    overwritten. At most ``keep`` arrays are kept; small ones (under ``MIN_BYTES``) are left to numpy.
+    """
+
+    MIN_BYTES = 16 << 20
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.arrays: list[np.ndarray] = []
+        self.lock = threading.Lock()
+        self.reuse = getattr(sys, "_is_gil_enabled", lambda: True)()  # refcounts are approximate without the GIL
+
+    def empty(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        shape, dtype = tuple(shape), np.dtype(dtype)
+        if not self.reuse or dtype.itemsize * int(np.prod(shape)) < self.MIN_BYTES:
+            return np.empty(shape, dtype)
+        with self.lock:
+            idle = [i for i in range(len(self.arrays)) if sys.getrefcount(self.arrays[i]) == 2]  # list + argument
+            for i in idle:
+                if self.arrays[i].shape == shape and self.arrays[i].dtype == dtype:
+                    return self.arrays[i]
+            if len(self.arrays) >= self.keep and idle:  # full: an idle array of another shape makes room
+                self.arrays.pop(idle[0])
+            array = np.empty(shape, dtype)
+            if len(self.arrays) < self.keep:
+                self.arrays.append(array)
+            return array
+
+    def clear(self) -> None:
+        with self.lock:
+            self.arrays.clear()
+
+
 def _torch_dtype(dtype: np.dtype):
     import torch
 
@@ -300,17 +345,22 @@ class _Unit:
         return self.count - self.taken
 
 
-def _units(block_list: list[Block], read: ShardRead, num_times: int, fields) -> list[_Unit]:
+def _units(block_list: list[Block], read: ShardRead, num_times: int, fields, time_order: str = "file") -> list[_Unit]:
     """The blocks of a shard as units of the examples ``read`` asks for (its rows index the shard's locations
-    across its blocks; its selection names samples and their time indices)."""
+    across its blocks; its selection names samples and their time indices), timestamps in ``time_order``."""
     units, offset = [], 0
     for block in block_list:
+        selection = read.selection
+        if time_order == "season":  # as the builder does: the selection's time indices follow the new order
+            if selection is not None and selected_times(selection) is not None:
+                selection = season_selection(block, selection)
+            block = by_season(block)
         size = len(block)
         rows = np.arange(size)
         if read.rows is not None:
             rows = read.rows[(read.rows >= offset) & (read.rows < offset + size)] - offset
         offset += size
-        examples = _examples(block.samples, rows, read.selection, num_times)
+        examples = _examples(block.samples, rows, selection, num_times)
         if len(examples):
             units.append(_Unit(block, examples, num_times, fields))
     return units
@@ -505,7 +555,7 @@ class Loader:
         shuffle_window: decoded blocks whose examples are mixed (default 4).
         batches_ahead: batches gathered ahead of the consumer (default 4).
         **builder_keywords: any ``SSL4EOS12Config`` keyword (``modalities``, ``single_timestamp``,
-            ``on_bad_file``, ...) and the builder's ``token`` / ``storage_options``.
+            ``time_order``, ``on_bad_file``, the filters, ...) and the builder's ``token`` / ``storage_options``.
 
     Each batch is a dict like :func:`ssl4eos12.collate`'s: arrays ``(B, ...)`` in the files' dtypes (int16,
     uint8, float16; float32 where standardized), timestamps as int64 nanoseconds since the epoch, strings as
@@ -573,6 +623,9 @@ class Loader:
         self._epoch = 0
         # kept across epochs: the next epoch gathers into the buffers the last one handed out and got back
         self._memory = _BatchMemory(self._memory_specs, self.pin_memory, keep=batches_ahead + 2)
+        # the arrays of every shard that may be in memory at once (the prefetched, the window's, one draining):
+        # a big array per modality for the bands and one for the cloud masks
+        self._decode_memory = _DecodeMemory((self.prefetch + self.shuffle_window + 2) * 2 * len(self.plan.layouts))
 
     # -- epochs and sizes --------------------------------------------------------------------------------------
 
@@ -665,6 +718,7 @@ class Loader:
             run.close()
             if not finished:  # a break or an exception: keep no buffer for an epoch that may never come
                 self._memory.retired.clear()
+                self._decode_memory.clear()
 
     def __repr__(self) -> str:
         return (f"Loader(config={self.builder.config.name!r}, split={self.split!r}, batch_size={self.batch_size}, "
@@ -903,8 +957,9 @@ class _EpochRun:
         plan = self.plan
         try:
             times = selected_times(read.selection)  # a remote file then sends only those timestamps' chunks
-            blocks = list(plan.source.blocks(plan.split_folder, read.shard, plan.layouts) if times is None else
-                          plan.source.blocks_at(plan.split_folder, read.shard, plan.layouts, times))
+            with fastzip.allocating(self.loader._decode_memory.empty):
+                blocks = list(plan.source.blocks(plan.split_folder, read.shard, plan.layouts) if times is None else
+                              plan.source.blocks_at(plan.split_folder, read.shard, plan.layouts, times))
         except SSL4EOS12FileError as err:
             if plan.on_bad_file != "skip":
                 raise
@@ -912,7 +967,8 @@ class _EpochRun:
             warnings.warn(f"skipping {err} ({self.skipped} file(s) skipped in this epoch so far)",
                           SSL4EOS12BadFileWarning, stacklevel=2)
             return []
-        return _units(blocks, read, plan.layouts[0].num_times if plan.single_timestamp else 1, self.fields)
+        return _units(blocks, read, plan.layouts[0].num_times if plan.single_timestamp else 1, self.fields,
+                      plan.time_order)
 
     def _emit(self, picks: _Picks) -> None:
         """Start gathering a batch (in parts, so that one batch spreads over the gather threads) and queue it."""

@@ -347,6 +347,8 @@ def indexed_dir(tmp_path_factory):
 @pytest.mark.parametrize("filters", [
     {"samples": ["0000001", "0000006", "0000011"]},
     {"single_timestamp": True, "time_range": ("2020-03-01", "2020-10-01")},
+    {"time_order": "season"},
+    {"single_timestamp": True, "time_range": ("2020-03-01", "2020-10-01"), "time_order": "season"},
 ])
 def test_filters_select_what_the_builder_selects(indexed_dir, filters):
     """The index's filters reach the Loader through the builder: the same examples, value for value."""
@@ -358,10 +360,44 @@ def test_filters_select_what_the_builder_selects(indexed_dir, filters):
     loader = ssl4eos12.Loader("all", data_dir=str(indexed_dir), batch_size=3, shuffle=False, numpy=True, **kwargs)
     batches = list(loader)
     actual = examples_of(batches)
-    assert 0 < len(actual) == len(streamed) == loader.num_examples < 12 * (4 if "single_timestamp" in filters else 1)
+    assert 0 < len(actual) == len(streamed) == loader.num_examples <= 12 * (4 if "single_timestamp" in filters else 1)
+    if set(filters) - {"time_order", "single_timestamp"}:  # a filter leaves some out
+        assert len(actual) < 12 * (4 if "single_timestamp" in filters else 1)
     for i, (a, e) in enumerate(zip(actual, streamed)):
         e = {k: np.asarray(v) if isinstance(v, list) and v and not isinstance(v[0], str) else v for k, v in e.items()}
         assert_example_equal(a, e, f"example {i}")
+    if filters.get("time_order") == "season" and "single_timestamp" not in filters:  # the order did change
+        in_file_order = examples_of(ssl4eos12.Loader("all", data_dir=str(indexed_dir), batch_size=3, shuffle=False,
+                                                     numpy=True, modalities=["S2L2A", "S1GRD"]))
+        assert any(not np.array_equal(a["S2L2A_time"], f["S2L2A_time"]) for a, f in zip(actual, in_file_order))
+
+
+def test_decode_arrays_are_reused_never_while_in_use(many_files, monkeypatch):
+    """Decoded files' arrays are decoded into again once every example drawn from them is gathered: across
+    epochs every batch (all kept) still holds the values xarray reads."""
+    import ssl4eos12.loader
+
+    monkeypatch.setattr(ssl4eos12.loader._DecodeMemory, "MIN_BYTES", 0)  # the fixture's arrays are small
+    reused = []  # per array handed to a decoder: was it one the pool had handed out before
+    empty = ssl4eos12.loader._DecodeMemory.empty
+
+    def counted(self, shape, dtype):
+        before = {id(old) for old in self.arrays}  # ids: holding the arrays would keep them from being reused
+        array = empty(self, shape, dtype)
+        reused.append(id(array) in before)
+        return array
+
+    monkeypatch.setattr(ssl4eos12.loader._DecodeMemory, "empty", counted)
+    loader = ssl4eos12.Loader("all", data_dir=str(many_files), modalities=["S2L2A", "S1GRD"], batch_size=2,
+                              num_threads=3, prefetch=2, shuffle_window=2, numpy=True)
+    expected = {e["sample"]: e for e in expected_examples(many_files, "train", ["S2L2A", "S1GRD"])}
+    for epoch in range(3):
+        actual = examples_of(list(loader))
+        assert sorted(a["sample"] for a in actual) == sorted(expected)
+        for a in actual:
+            assert_example_equal(a, expected[a["sample"]], f"epoch {epoch}, sample {a['sample']}")
+    # 7 files x (S2L2A bands and cloud mask, S1GRD bands) per epoch; after the first, most into old arrays
+    assert len(reused) == 3 * 21 and sum(reused[21:]) > 21
 
 
 def test_webdataset_release_gives_the_builders_examples(tmp_path):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import contextvars
 import json
 import math
 import mmap
@@ -40,6 +41,23 @@ _LOCAL_HEADER = zipfile.sizeFileHeader  # 30 bytes
 _LOCAL_SIGNATURE = b"PK\x03\x04"
 #: Array attributes that change no value xarray reads.
 _VALUELESS_ATTRIBUTES = {"_ARRAY_DIMENSIONS", "coordinates"}
+#: Where the decoded arrays are allocated (``allocate(shape, dtype)``): fresh ``np.empty`` unless a caller that
+#: can reuse its arrays says otherwise (:func:`allocating`).
+_ALLOCATE: contextvars.ContextVar = contextvars.ContextVar("ssl4eos12_fastzip_allocate", default=np.empty)
+
+
+@contextlib.contextmanager
+def allocating(allocate):
+    """In this context (this thread), decode into arrays from ``allocate(shape, dtype)`` instead of fresh ones.
+
+    A fresh file-sized array costs the kernel a page fault and a page of zeroes for every page written; a caller
+    that knows when an array is free again (``ssl4eos12.Loader``) hands out reused ones and saves that.
+    """
+    token = _ALLOCATE.set(allocate)
+    try:
+        yield
+    finally:
+        _ALLOCATE.reset(token)
 
 
 def read_arrays(source, names) -> dict[str, np.ndarray]:
@@ -164,11 +182,12 @@ def _plan(zf: zipfile.ZipFile, name: str, metadata: dict):
 
 
 def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, axis: int, chunk_len: int):
+    allocate = _ALLOCATE.get()
     if axis == 0:
-        result = np.empty(shape, dtype)
+        result = allocate(shape, dtype)
         blocks = [result[i * chunk_len:(i + 1) * chunk_len] for i in range(len(members))]
     else:  # one chunk per index of ``axis``: decode time-major, hand out the file's axis order
-        result = np.empty((shape[axis], *shape[:axis], *shape[axis + 1:]), dtype)
+        result = allocate((shape[axis], *shape[:axis], *shape[axis + 1:]), dtype)
         blocks = list(result)
     codec = numcodecs.Blosc()
     with contextlib.ExitStack() as views:
