@@ -231,9 +231,15 @@ def row_blosc(data: Path, group: str, repeat: int) -> dict:
 
 def loader_repeat(data: Path) -> int:
     """How many times the training-loader rows read each file per pass: a training epoch reads thousands of
-    files, so a pass must keep the pipeline full rather than measure its start and drain (at least 4 times,
-    and at least two files per core)."""
-    return max(4, -(-2 * _cores() // len(file_names(data))))
+    files, so a pass must measure the pipeline full rather than its start and drain. The loader draws its first
+    batch once its shuffle window (4 files) is decoded and drains the last 4 files with its decoders idle: with
+    8 files a pass, that start and drain were most of it (8 times, and at least four files per core)."""
+    return max(8, -(-4 * _cores() // len(file_names(data))))
+
+
+#: How many times the DataLoader rows read each file per pass: enough for every worker to read several files in
+#: a pass (with the 2 files themselves, each of 2 workers read one and started afresh every pass).
+DATALOADER_REPEAT = 4
 
 
 def repeated_split(data: Path, repeat: int) -> str:
@@ -401,7 +407,8 @@ def _load(config: str, **kwargs):
     import ssl4eos12  # noqa: F401  (registers the builder)
     from datasets import load_dataset
 
-    return load_dataset("ssl4eos12", config, split="validation", streaming=True, **kwargs)
+    kwargs.setdefault("split", "validation")
+    return load_dataset("ssl4eos12", config, streaming=True, **kwargs)
 
 
 def _iterate(dataset, group: str) -> callable:
@@ -428,9 +435,10 @@ def row_torch(data: Path, group: str, repeat: int, workers: int = 0) -> dict:
 
     import ssl4eos12
 
-    loader = DataLoader(_load(group, data_dir=str(data)), batch_size=8, collate_fn=ssl4eos12.collate,
+    split = repeated_split(data, DATALOADER_REPEAT)
+    loader = DataLoader(_load(group, data_dir=str(data), split=split), batch_size=8, collate_fn=ssl4eos12.collate,
                         num_workers=workers)
-    info = {}
+    info = {"note": f"files read {DATALOADER_REPEAT}x per pass"}
 
     return passes(batch_pass(loader, group, info), repeat)
 

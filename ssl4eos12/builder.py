@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -48,7 +49,7 @@ from .index import Filters, count_examples, select_split, selected_times
 from .prefetch import prefetch
 from .schema import example_features, location_examples
 from .sources.failures import diagnose_root, remote_failure_message
-from .sources import ON_BAD_FILE_CHOICES, SOURCES, Layout, Source, normalize_root, open_source
+from .sources import ON_BAD_FILE_CHOICES, SOURCES, Layout, Source, fastzip, normalize_root, open_source
 from .sources.remote import READ_TIMEOUT, FetchOptions, is_remote
 from .streaming import PrefetchingExamplesIterable
 from .timeorder import TIME_ORDERS, by_season, season_selection
@@ -230,6 +231,23 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         gen_kwargs["files"] = files
         return [selection[name] for name in files]
 
+    def _array_pool(self, arrays: int) -> fastzip.ArrayPool:
+        """Arrays to decode files into, kept for the next file and the next shard (one shard is one file).
+
+        A block is let go before the next is decoded, so once nothing refers to the last file's arrays (examples
+        are copies; in a DataLoader worker, views gone once collated) they take the next one's: a fresh
+        file-sized array costs the kernel about as much as decoding into it. The pool keeps ``arrays`` of them
+        (one or two decoded files' worth of memory) while the dataset lives.
+        """
+        pool = self.__dict__.get("_decode_arrays")
+        if pool is None or pool.keep < arrays:
+            pool = self.__dict__["_decode_arrays"] = fastzip.ArrayPool(arrays)
+        return pool
+
+    def __getstate__(self):
+        # a DataLoader worker gets its own arrays (and a lock cannot be pickled)
+        return {name: value for name, value in super().__getstate__().items() if name != "_decode_arrays"}
+
     def _source(self, download_config=None, layout: Optional[str] = None) -> Source:
         return open_source(data_root(self.config), self.config.modalities or MODALITIES,
                            download_config or self._download_config(), layout or self.config.layout,
@@ -300,6 +318,11 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         """Examples of ``files``; ``fetched``: an iterator giving each file's ``Source.fetch`` result, one per file
         (streaming hands one over, fetching ahead across shards); without it the files are prefetched here."""
         skipped = 0
+        # in a DataLoader worker every example goes to the collate function, which copies it into the batch at
+        # once (and the DataLoader hands the user nothing else): views save a copy of every example there
+        copies = not _in_dataloader_worker()
+        # bands and cloud masks of every modality of a file; with views, of two (a batch may span two files)
+        pool = self._array_pool(2 * len(layouts) * (1 if copies else 2))
         with contextlib.ExitStack() as stack:
             if fetched is None:
                 thunks = self._fetch_thunks(files, split_folder, layouts, sample_ranges, selections, layout)
@@ -307,14 +330,14 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
             for file_index, (name, sample_range, selection) in enumerate(zip(files, sample_ranges, selections)):
                 try:
                     decode = next(fetched)
-                    for block in decode():
+                    for block in fastzip.into(pool, decode()):
                         chosen = selection
                         if self.config.time_order == "season":
                             if selection is not None and selected_times(selection) is not None:
                                 chosen = season_selection(block, selection)  # time indices of the files' order
                             block = by_season(block)
                         for key, example in location_examples(block, self.config.single_timestamp, sample_range,
-                                                              chosen):
+                                                              chosen, copy=copies):
                             yield Key(file_index, key), example
                         # before the next block is read: memory holds one decoded block per modality
                         del block
@@ -326,6 +349,11 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
                                   SSL4EOS12BadFileWarning, stacklevel=2)
                 finally:
                     decode = None  # its fetched bytes go now, not when the next file's arrive
+
+
+def _in_dataloader_worker() -> bool:
+    torch = sys.modules.get("torch")  # a DataLoader worker has imported torch; do not import it for numpy users
+    return torch is not None and torch.utils.data.get_worker_info() is not None
 
 
 def _deferred(read, *args):

@@ -28,8 +28,9 @@ milliseconds), plus ``batches_ahead + 2`` batch buffers and the batches the cons
 64 locations is 446 MB decoded, one file of all four modalities 1.07 GB: with 16 threads and the defaults,
 streaming ``S2L2A`` holds at most about (16 + 4 + 1) x 446 MB ~ 9.4 GB. Lower ``prefetch`` to bound it further
 (decoding then runs on at most ``prefetch`` threads). The decoded files' big arrays are decoded into again once
-nothing refers to them (a fresh file-sized array costs the kernel more than decoding it: see :class:`_DecodeMemory`);
-they are kept across epochs within that bound, and dropped by a ``break`` or an exception.
+nothing refers to them (a fresh file-sized array costs the kernel more than decoding it: see
+:class:`~ssl4eos12.sources.fastzip.ArrayPool`); they are kept across epochs within that bound, and dropped by a
+``break`` or an exception.
 """
 
 from __future__ import annotations
@@ -261,46 +262,6 @@ class _BatchMemory:
         """``buffers`` went to the consumer: reusable once it lets go of them (the oldest are forgotten)."""
         if self.reuse:
             self.retired.append(buffers)
-
-
-class _DecodeMemory:
-    """The arrays the decode threads decode files into (:func:`ssl4eos12.sources.fastzip.allocating`), reused.
-
-    A fresh file-sized array costs the kernel a page fault and a page of zeroes for every page the decoder
-    writes, and finding free huge pages with several files in memory costs it compaction too: measured on 2
-    cores, 3-9 ms of system time per S2L2A example, more than the Blosc decoding itself (2.8 ms); with reused
-    arrays 0.3 ms. An array is reused only once this pool holds the last reference to it (every view of it
-    refers to it), so a block still in the shuffle window or a batch still being gathered from it is never
-    overwritten. At most ``keep`` arrays are kept; small ones (under ``MIN_BYTES``) are left to numpy.
-    """
-
-    MIN_BYTES = 16 << 20
-
-    def __init__(self, keep: int):
-        self.keep = keep
-        self.arrays: list[np.ndarray] = []
-        self.lock = threading.Lock()
-        self.reuse = getattr(sys, "_is_gil_enabled", lambda: True)()  # refcounts are approximate without the GIL
-
-    def empty(self, shape: tuple[int, ...], dtype) -> np.ndarray:
-        shape, dtype = tuple(shape), np.dtype(dtype)
-        if not self.reuse or dtype.itemsize * int(np.prod(shape)) < self.MIN_BYTES:
-            return np.empty(shape, dtype)
-        with self.lock:
-            idle = [i for i in range(len(self.arrays)) if sys.getrefcount(self.arrays[i]) == 2]  # list + argument
-            for i in idle:
-                if self.arrays[i].shape == shape and self.arrays[i].dtype == dtype:
-                    return self.arrays[i]
-            if len(self.arrays) >= self.keep and idle:  # full: an idle array of another shape makes room
-                self.arrays.pop(idle[0])
-            array = np.empty(shape, dtype)
-            if len(self.arrays) < self.keep:
-                self.arrays.append(array)
-            return array
-
-    def clear(self) -> None:
-        with self.lock:
-            self.arrays.clear()
 
 
 def _torch_dtype(dtype: np.dtype):
@@ -625,7 +586,7 @@ class Loader:
         self._memory = _BatchMemory(self._memory_specs, self.pin_memory, keep=batches_ahead + 2)
         # the arrays of every shard that may be in memory at once (the prefetched, the window's, one draining):
         # a big array per modality for the bands and one for the cloud masks
-        self._decode_memory = _DecodeMemory((self.prefetch + self.shuffle_window + 2) * 2 * len(self.plan.layouts))
+        self._decode_memory = fastzip.ArrayPool((self.prefetch + self.shuffle_window + 2) * 2 * len(self.plan.layouts))
 
     # -- epochs and sizes --------------------------------------------------------------------------------------
 
@@ -957,9 +918,9 @@ class _EpochRun:
         plan = self.plan
         try:
             times = selected_times(read.selection)  # a remote file then sends only those timestamps' chunks
-            with fastzip.allocating(self.loader._decode_memory.empty):
-                blocks = list(plan.source.blocks(plan.split_folder, read.shard, plan.layouts) if times is None else
-                              plan.source.blocks_at(plan.split_folder, read.shard, plan.layouts, times))
+            blocks = list(fastzip.into(self.loader._decode_memory,
+                                       plan.source.blocks(plan.split_folder, read.shard, plan.layouts) if times is None
+                                       else plan.source.blocks_at(plan.split_folder, read.shard, plan.layouts, times)))
         except SSL4EOS12FileError as err:
             if plan.on_bad_file != "skip":
                 raise

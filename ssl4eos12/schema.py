@@ -66,13 +66,13 @@ def example_features(layouts: Sequence[Layout], single_timestamp: bool = False, 
 
 
 def location_examples(block: Block, single_timestamp: bool, sample_range: tuple[int, int] | None = None,
-                      selection: dict | None = None):
+                      selection: dict | None = None, copy: bool = True):
     """``(key, example)`` of a block: one per location, or per (location, timestamp).
 
     Keys are positions in the shard (the block's ``offset`` added), so they stay unique across its blocks;
     ``sample_range`` selects locations by their position in the shard. ``selection``: only these locations
     (``{sample: None or time indices}``, see :func:`ssl4eos12.index.select`); keys stay those of the
-    unfiltered examples.
+    unfiltered examples. ``copy=False``: arrays are views of the block's (see :func:`modality_fields`).
     """
     name, parts, orders = block.file, block.parts, block.orders
     reference = block.reference
@@ -97,7 +97,7 @@ def location_examples(block: Block, single_timestamp: bool, sample_range: tuple[
         if not single_timestamp:
             example = dict(base)
             for modality, part in parts.items():
-                example.update(modality_fields(modality, part, orders[modality][i], slice(None)))
+                example.update(modality_fields(modality, part, orders[modality][i], slice(None), copy))
             yield position, example
             continue
         for t in range(num_times):
@@ -105,21 +105,31 @@ def location_examples(block: Block, single_timestamp: bool, sample_range: tuple[
                 continue
             example = dict(base, time_index=t)
             for modality, part in parts.items():
-                example.update(modality_fields(modality, part, orders[modality][i], t))
+                example.update(modality_fields(modality, part, orders[modality][i], t, copy))
             yield position * num_times + t, example
 
 
-def modality_fields(modality: str, part: ModalityFile, row: int, time) -> dict:
+def _copied(array):
+    return array.copy()
+
+
+def _as_is(array):
+    return array
+
+
+def modality_fields(modality: str, part: ModalityFile, row: int, time, copy: bool = True) -> dict:
     """One location's fields of one modality; ``time`` is a timestamp index or ``slice(None)`` for all.
 
     Arrays are copies, not views: a view would keep the whole decoded file alive for as long as the
-    consumer (or a shuffle buffer) holds one example of it.
+    consumer (or a shuffle buffer) holds one example of it. ``copy=False`` gives the big arrays (bands, cloud
+    mask) as views, for a consumer that copies them at once (a DataLoader worker's collate).
     """
     v = part.variables
     layout = part.layout
-    fields = {modality: v["bands"][row, time].copy()}
+    big = _copied if copy else _as_is
+    fields = {modality: big(v["bands"][row, time])}
     if layout.has_cloud_mask:
-        fields[f"{modality}_cloud_mask"] = v["cloud_mask"][row, time].copy()
+        fields[f"{modality}_cloud_mask"] = big(v["cloud_mask"][row, time])
     if layout.has("time_"):
         fields[f"{modality}_time"] = v["time_"][row, time].copy()
     if layout.has("file_id"):

@@ -375,11 +375,11 @@ def test_filters_select_what_the_builder_selects(indexed_dir, filters):
 def test_decode_arrays_are_reused_never_while_in_use(many_files, monkeypatch):
     """Decoded files' arrays are decoded into again once every example drawn from them is gathered: across
     epochs every batch (all kept) still holds the values xarray reads."""
-    import ssl4eos12.loader
+    from ssl4eos12.sources.fastzip import ArrayPool
 
-    monkeypatch.setattr(ssl4eos12.loader._DecodeMemory, "MIN_BYTES", 0)  # the fixture's arrays are small
+    monkeypatch.setattr(ArrayPool, "MIN_BYTES", 0)  # the fixture's arrays are small
     reused = []  # per array handed to a decoder: was it one the pool had handed out before
-    empty = ssl4eos12.loader._DecodeMemory.empty
+    empty = ArrayPool.empty
 
     def counted(self, shape, dtype):
         before = {id(old) for old in self.arrays}  # ids: holding the arrays would keep them from being reused
@@ -387,7 +387,7 @@ def test_decode_arrays_are_reused_never_while_in_use(many_files, monkeypatch):
         reused.append(id(array) in before)
         return array
 
-    monkeypatch.setattr(ssl4eos12.loader._DecodeMemory, "empty", counted)
+    monkeypatch.setattr(ArrayPool, "empty", counted)
     loader = ssl4eos12.Loader("all", data_dir=str(many_files), modalities=["S2L2A", "S1GRD"], batch_size=2,
                               num_threads=3, prefetch=2, shuffle_window=2, numpy=True)
     expected = {e["sample"]: e for e in expected_examples(many_files, "train", ["S2L2A", "S1GRD"])}
