@@ -15,9 +15,10 @@ batches whatever the thread timing):
   (:func:`shard_reads` is the seam); shards are shuffled per epoch and dealt to the ranks, so every example
   is read by exactly one rank once per epoch;
 - **decode**: up to ``prefetch`` shards at a time, by ``num_threads`` threads (``Source.blocks``);
-- **shuffle**: a window of ``shuffle_window`` decoded blocks (a block is one source file of the Zarr release);
-  each example is drawn uniformly from the examples left in the window; a drained block leaves it, the next
-  decoded one enters (so examples mix across ``shuffle_window`` files; without shuffling they come in order);
+- **shuffle**: a window of ``shuffle_window`` decoded shards (a source file of the Zarr release, a tar of the
+  webdataset release); each example is drawn uniformly from the examples left in the window; a drained shard
+  leaves it, the next decoded one enters (so examples mix across ``shuffle_window`` files; without shuffling
+  they come in order);
 - **gather**: each batch is copied (cropped, and standardized when asked) into its buffers by gather threads;
 - **hand-over**: batches in order; with ``device=``, copied to the device one batch ahead (CUDA: on a side
   stream, non-blocking, from pinned memory).
@@ -279,8 +280,9 @@ class _Unit:
     """A decoded block, the examples of it to read, which of them the window still holds, and its arrays
     resolved per field. An example is ``row * num_times + t`` (``num_times`` 1 unless single_timestamp)."""
 
-    def __init__(self, block: Block, examples: np.ndarray, num_times: int, fields: Sequence[_Field]):
+    def __init__(self, block: Block, examples: np.ndarray, num_times: int, fields: Sequence[_Field], shard: int = 0):
         self.block = block
+        self.shard = shard  # the shard's place in the epoch's reading order
         self.examples = examples
         self.num_times = num_times
         self.count = len(examples)
@@ -306,7 +308,8 @@ class _Unit:
         return self.count - self.taken
 
 
-def _units(block_list: list[Block], read: ShardRead, num_times: int, fields, time_order: str = "file") -> list[_Unit]:
+def _units(block_list: list[Block], read: ShardRead, num_times: int, fields, time_order: str = "file",
+           shard: int = 0) -> list[_Unit]:
     """The blocks of a shard as units of the examples ``read`` asks for (its rows index the shard's locations
     across its blocks; its selection names samples and their time indices), timestamps in ``time_order``."""
     units, offset = [], 0
@@ -323,7 +326,7 @@ def _units(block_list: list[Block], read: ShardRead, num_times: int, fields, tim
         offset += size
         examples = _examples(block.samples, rows, selection, num_times)
         if len(examples):
-            units.append(_Unit(block, examples, num_times, fields))
+            units.append(_Unit(block, examples, num_times, fields, shard))
     return units
 
 
@@ -378,15 +381,19 @@ class _Picks:
 
 
 class _Window:
-    """The shuffle window: up to ``size`` units; each example is drawn uniformly from those left in it.
+    """The shuffle window: the units of up to ``size`` shards; each example is drawn uniformly from those left.
 
-    A drained unit leaves, the next decoded one enters. ``rng=None``: no shuffling, one unit, in order.
-    Iterating gives ``(unit, example)`` until every unit is drained.
+    A shard (a source file, or a tar of the webdataset release, whose blocks are a few locations each) enters
+    whole and leaves once drained, and the next decoded one enters: examples mix across ``size`` shards whatever
+    the release. ``rng=None``: no shuffling, one shard, in order. Iterating gives ``(unit, example)`` until
+    every unit is drained.
     """
 
-    def __init__(self, units: Iterator[_Unit], size: int, rng: Optional[np.random.Generator], draws: _Uniforms):
-        self.units, self.size, self.rng, self.draws = units, size, rng, draws
+    def __init__(self, shards: Iterator[list[_Unit]], size: int, rng: Optional[np.random.Generator],
+                 draws: _Uniforms):
+        self.shards, self.size, self.rng, self.draws = shards, size, rng, draws
         self.open: list[_Unit] = []
+        self.left: dict[int, int] = {}  # units left in the window per shard (by the shard's place in the epoch)
 
     def __iter__(self):
         while True:
@@ -399,15 +406,20 @@ class _Window:
             unit.taken += 1
             if unit.taken == unit.count:
                 self.open.pop(k)
+                self.left[unit.shard] -= 1
+                if not self.left[unit.shard]:
+                    del self.left[unit.shard]
             yield unit, example
 
     def _fill(self) -> None:
-        while len(self.open) < self.size and (unit := next(self.units, None)) is not None:
-            unit.order = self.rng.permutation(unit.count) if self.rng is not None else np.arange(unit.count)
-            self.open.append(unit)
+        while len(self.left) < self.size and (units := next(self.shards, None)) is not None:
+            for unit in units:
+                unit.order = self.rng.permutation(unit.count) if self.rng is not None else np.arange(unit.count)
+                self.open.append(unit)
+                self.left[unit.shard] = self.left.get(unit.shard, 0) + 1
 
     def _pick(self) -> int:
-        if len(self.open) == 1:
+        if len(self.open) == 1 or self.rng is None:
             return 0
         x = int(self.draws.next() * sum(u.left for u in self.open))
         k = 0
@@ -491,7 +503,7 @@ class Loader:
         data_dir, root: the data root (local path, ``http(s)://``, ``hf://``); neither: the hosted copy.
         split: ``"train"`` or ``"validation"``.
         batch_size: examples per batch.
-        shuffle: shuffle shards per epoch and examples within a window of ``shuffle_window`` decoded blocks.
+        shuffle: shuffle shards per epoch and examples within a window of ``shuffle_window`` decoded shards.
         seed: with the epoch, fixes the order, the crops and the rank's shards: same seed and epoch, same batches.
         num_threads: decoding threads (default: the CPUs this process may use); ``max(1, num_threads // 4)``
             more threads gather the batches.
@@ -513,7 +525,7 @@ class Loader:
             ``datetime64[ns]``.
         pin_memory: page-locked batch buffers (default: when CUDA is available and ``numpy`` is off).
         prefetch: shards decoded ahead (default ``num_threads``); the main term of the memory bound.
-        shuffle_window: decoded blocks whose examples are mixed (default 4).
+        shuffle_window: decoded shards (source files, or tars) whose examples are mixed (default 4).
         batches_ahead: batches gathered ahead of the consumer (default 4).
         **builder_keywords: any ``SSL4EOS12Config`` keyword (``modalities``, ``single_timestamp``,
             ``time_order``, ``on_bad_file``, the filters, ...) and the builder's ``token`` / ``storage_options``.
@@ -884,7 +896,7 @@ class _EpochRun:
     def _run(self) -> None:
         loader = self.loader
         draws = _Uniforms(self.rng)
-        window = _Window(self._decoded_units(), loader.shuffle_window, self.rng if loader.shuffle else None, draws)
+        window = _Window(self._decoded_shards(), loader.shuffle_window, self.rng if loader.shuffle else None, draws)
         corner = _Corners(self.plan.layouts[0], loader.crop, loader.crop_mode, draws)
         picks = _Picks()
         for unit, example in window:
@@ -896,22 +908,22 @@ class _EpochRun:
         if len(picks) and not loader.drop_last:
             self._emit(picks)
 
-    def _decoded_units(self) -> Iterator[_Unit]:
-        """This rank's units in reading order, with ``prefetch`` more shards being decoded meanwhile."""
-        reads = iter(self.reads)
+    def _decoded_shards(self) -> Iterator[list[_Unit]]:
+        """This rank's shards in reading order, each as its units, with ``prefetch`` more being decoded meanwhile."""
+        reads = enumerate(self.reads)
         decodes: collections.deque = collections.deque()
 
         def top_up():
             while len(decodes) < self.loader.prefetch and (read := next(reads, None)) is not None:
-                decodes.append(self.decoders.submit(self._decode, read))
+                decodes.append(self.decoders.submit(self._decode, *read))
 
         top_up()
         while decodes:
             done = decodes.popleft()
             top_up()  # before this shard's units wait for room in the window
-            yield from _wait(done, self.stop)
+            yield _wait(done, self.stop)
 
-    def _decode(self, read: ShardRead) -> list[_Unit]:
+    def _decode(self, place: int, read: ShardRead) -> list[_Unit]:
         """Decode one shard (a decode thread): its blocks, as units of the examples asked for."""
         if self.stop.is_set():
             return []
@@ -929,7 +941,7 @@ class _EpochRun:
                           SSL4EOS12BadFileWarning, stacklevel=2)
             return []
         return _units(blocks, read, plan.layouts[0].num_times if plan.single_timestamp else 1, self.fields,
-                      plan.time_order)
+                      plan.time_order, place)
 
     def _emit(self, picks: _Picks) -> None:
         """Start gathering a batch (in parts, so that one batch spreads over the gather threads) and queue it."""

@@ -421,3 +421,24 @@ def test_webdataset_release_gives_the_builders_examples(tmp_path):
         for m, (mean, std) in values.items():
             assert_identical(a.pop(m), (e.pop(m).astype(np.float32) - mean) / std, f"example {i}: {m} standardized")
         assert_example_equal(a, e, f"example {i}")
+
+
+def test_shuffle_window_counts_tars_not_blocks(tmp_path):
+    """A tar's blocks are 4 locations each; its examples enter the window together: with a window of one tar
+    every tar's examples come before the next tar's, mixed across the tar's blocks."""
+    from ssl4eos12.sources.webdataset import BLOCK_LOCATIONS
+    from ssl4eos12.synth.webdataset import synthesize_webdataset
+
+    root = synthesize_webdataset(tmp_path / "wds", splits=("train",), files=3, samples=2 * BLOCK_LOCATIONS, size=8,
+                                 modalities=("S2L2A",))
+    loader = ssl4eos12.Loader("S2L2A", data_dir=str(root), batch_size=4, shuffle_window=1, numpy=True)
+    mixed = 0
+    for _ in range(4):
+        examples = examples_of(loader)
+        files = [e["file"] for e in examples]
+        runs = [f for i, f in enumerate(files) if i == 0 or f != files[i - 1]]
+        assert len(runs) == 3 and len(examples) == 3 * 2 * BLOCK_LOCATIONS  # one tar after the other
+        first = [int(e["key"].rsplit("_", 1)[-1]) for e in examples[:2 * BLOCK_LOCATIONS]]
+        blocks = [(key - min(first)) // BLOCK_LOCATIONS for key in first]
+        mixed += blocks != sorted(blocks)  # a later block's example before an earlier one's
+    assert mixed
