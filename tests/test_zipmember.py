@@ -132,3 +132,20 @@ def test_other_members_fall_back_to_xarray(encoding, tmp_path):
     _, values = read_both("member", "TEST", data, tmp_path)
     if "_FillValue" in encoding.get("bands", {}):
         assert values["bands"].dtype == np.float32 and np.isnan(values["bands"][0, 0, 0, 0])
+
+
+def test_members_decode_side_by_side_into_one_array(tmp_path):
+    """A block's members (one the simple case, one read through xarray) decode into one (members, ...) array
+    per big variable, equal to xarray's values of each member, stacked."""
+    from ssl4eos12.sources.webdataset import _read_members
+
+    simple = zarr_zip_bytes(location("int16"))
+    other = zarr_zip_bytes(location("int16"), {"crs": {"filters": [numcodecs.Delta(dtype="<i8")]}})
+    assert zipmember.open_member(simple) is not None and zipmember.open_member(other) is None
+    layout, _ = read_both("member", "TEST", simple, tmp_path)
+    part = _read_members(["a", "b"], layout, [simple, other])
+    names = [n for n in part.variables if n != "sample"]
+    expected = [xarray_values(data, names, tmp_path) for data in (simple, other)]
+    for name in names:
+        assert_identical(part.variables[name], np.stack([e[name] for e in expected]), name)
+    assert part.variables["bands"].flags.c_contiguous and part.variables["bands"].dtype == np.int16

@@ -31,6 +31,9 @@ import mmap
 import sys
 import threading
 import zipfile
+from collections.abc import Mapping
+from typing import Optional
+
 import numcodecs
 import numpy as np
 
@@ -103,6 +106,11 @@ class ArrayPool:
             self.arrays.clear()
 
 
+def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An array to decode into: from the allocator in force (:func:`allocating`), else a fresh ``np.empty``."""
+    return _ALLOCATE.get()(tuple(shape), np.dtype(dtype))
+
+
 def into(pool: ArrayPool, blocks):
     """``blocks`` (an iterator of decoded blocks), each decoded into arrays from ``pool``.
 
@@ -150,24 +158,26 @@ def plannable(zf: zipfile.ZipFile, name: str, metadata: dict) -> bool:
     return _plan(zf, name, metadata) is not None
 
 
-def decode_arrays(zf: zipfile.ZipFile, mapped, metadata: dict, names, crc_thread: bool = True) -> dict[str, np.ndarray]:
+def decode_arrays(zf: zipfile.ZipFile, mapped, metadata: dict, names, crc_thread: bool = True,
+                  out: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
     """As :func:`read_arrays`, for a zip already open: ``mapped`` is its bytes (a buffer, ``bytes`` or mmap),
-    ``metadata`` its parsed consolidated metadata.
+    ``metadata`` its parsed consolidated metadata. ``out``: arrays to decode some of ``names`` into (of their
+    shape and dtype; straight into them where the chunks are laid out as they are, else copied in), returned.
 
     ``crc_thread=False`` checks the CRC-32s in this thread: for a small zip (a tar member of a few MB) starting
     a thread and handing results back costs more than it saves (measured: ~4 ms per 5 MB member, under load).
     """
-    out: dict[str, np.ndarray] = {}
+    decoded: dict[str, np.ndarray] = {}
     plans = {name: plan for name in names if (plan := _plan(zf, name, metadata)) is not None}
     if not plans:
-        return out
+        return decoded
     # One thread checks CRC-32s ahead while Blosc decodes (both release the GIL). It lives for this call
     # only: a pool kept across calls would be dead in a forked DataLoader worker.
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ssl4eos12-crc") if crc_thread else _Inline()
     with pool as crc_pool:
         for name, (dtype, shape, members, axis, chunk_len) in plans.items():
-            out[name] = _decode(mapped, crc_pool, dtype, shape, members, axis, chunk_len)
-    return out
+            decoded[name] = _decode(mapped, crc_pool, dtype, shape, members, axis, chunk_len, (out or {}).get(name))
+    return decoded
 
 
 class _Inline(contextlib.AbstractContextManager):
@@ -238,10 +248,13 @@ def _plan(zf: zipfile.ZipFile, name: str, metadata: dict):
     return dtype, shape, members, axis, chunks[axis]
 
 
-def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, axis: int, chunk_len: int):
+def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, axis: int, chunk_len: int,
+            out: Optional[np.ndarray] = None):
+    if out is not None and (out.shape != shape or out.dtype != dtype):
+        raise ValueError(f"cannot decode a {dtype} array of shape {shape} into a {out.dtype} one of {out.shape}")
     allocate = _ALLOCATE.get()
     if axis == 0:
-        result = allocate(shape, dtype)
+        result = out if out is not None and out.flags.c_contiguous else allocate(shape, dtype)
         blocks = [result[i * chunk_len:(i + 1) * chunk_len] for i in range(len(members))]
     else:  # one chunk per index of ``axis``: decode time-major, hand out the file's axis order
         result = allocate((shape[axis], *shape[:axis], *shape[axis + 1:]), dtype)
@@ -265,7 +278,11 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
                 _drop_pages(mapped, *span)
         finally:  # no view may be released while the CRC thread still reads it
             concurrent.futures.wait(crcs)
-    return result if axis == 0 else np.moveaxis(result, 0, axis)
+    result = result if axis == 0 else np.moveaxis(result, 0, axis)
+    if out is not None and result is not out:
+        out[...] = result
+        return out
+    return result
 
 
 def _member_span(mapped, info: zipfile.ZipInfo) -> tuple[int, int]:

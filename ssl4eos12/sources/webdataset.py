@@ -120,10 +120,9 @@ class WebDatasetSource(Source):
             offset = 0
             for keys, rows in _batched(_joined(streams, urls), BLOCK_LOCATIONS):
                 parts = {
-                    layout.modality: _stack(
-                        layout, [_read_member(f"{urls[layout.modality]}:{key}{ZARR_ZIP_SUFFIX}", layout, row[i],
-                                              None if variables is None else variables.get(layout.modality))
-                                 for key, row in zip(keys, rows)])
+                    layout.modality: _read_members(
+                        [f"{urls[layout.modality]}:{key}{ZARR_ZIP_SUFFIX}" for key in keys], layout,
+                        [row[i] for row in rows], None if variables is None else variables.get(layout.modality))
                     for i, layout in enumerate(layouts)
                 }
                 orders = join_on_sample(self.url(split_folder, "*", shard), parts)
@@ -330,8 +329,24 @@ def _time_coordinate(variables: Mapping) -> Optional[xr.Variable]:
     return None
 
 
-def _read_member(where: str, expected: Layout, data: bytes, variables=None) -> dict[str, np.ndarray]:
-    """Decode the variables of one member (default: all its layout has), checked against ``expected``.
+def _read_members(wheres: list[str], layout: Layout, datas: list[bytes], variables=None) -> ModalityFile:
+    """Members of one modality, side by side: their big arrays decoded straight into one ``(members, ...)``
+    array each (allocated as :func:`.fastzip.empty` says: a reader that reuses its arrays gets them here too),
+    the small ones stacked."""
+    shapes = {"bands": ((layout.num_times, *layout.bands_shape), layout.bands_dtype),
+              "cloud_mask": ((layout.num_times, layout.height, layout.width), np.uint8)}
+    wanted = [n for n in _names(layout, variables) if n in zipmember.BIG_ARRAYS]
+    stacked = {name: fastzip.empty((len(datas), *shapes[name][0]), shapes[name][1]) for name in wanted}
+    members = [_read_member(where, layout, data, variables, {name: array[i] for name, array in stacked.items()})
+               for i, (where, data) in enumerate(zip(wheres, datas))]
+    return ModalityFile(layout, {name: stacked[name] if name in stacked else np.stack([m[name] for m in members])
+                                 for name in members[0]})
+
+
+def _read_member(where: str, expected: Layout, data: bytes, variables=None,
+                 out: Optional[dict[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
+    """Decode the variables of one member (default: all its layout has), checked against ``expected``; the big
+    ones into the arrays of ``out`` where it has them.
 
     The member is decoded directly (:mod:`.zipmember`) where it is the simple case, else through xarray;
     the values are what xarray reads either way.
@@ -341,20 +356,21 @@ def _read_member(where: str, expected: Layout, data: bytes, variables=None) -> d
     except Exception:  # a corrupt member: xarray's reading below names the problem
         member = None
     if member is None:
-        return _read_member_xarray(where, expected, data, variables)
+        return _read_member_xarray(where, expected, data, variables, out)
     names = _names(_checked_layout(where, expected, member.variables, member.coords), variables)
     try:
-        values = member.read_big([n for n in zipmember.BIG_ARRAYS if n in names])
+        values = member.read_big([n for n in zipmember.BIG_ARRAYS if n in names], out)
         for name in names:
             if name not in values:
                 values[name] = _variable(member.variables, name).values
     except Exception:  # a chunk that does not decompress, a CRC error: xarray names it
-        return _read_member_xarray(where, expected, data, variables)
+        return _read_member_xarray(where, expected, data, variables, out)
     values["sample"] = _sample(where, member.variables)
     return values
 
 
-def _read_member_xarray(where: str, expected: Layout, data: bytes, variables=None) -> dict[str, np.ndarray]:
+def _read_member_xarray(where: str, expected: Layout, data: bytes, variables=None,
+                        out: Optional[dict[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
     """:func:`_read_member` through ``xarray.open_zarr``: the reference, and the way for any other member."""
     with open_zarr_zip(where, data=data) as dataset:
         names = _names(_checked_layout(where, expected, dataset.variables, set(dataset.coords)), variables)
@@ -363,6 +379,10 @@ def _read_member_xarray(where: str, expected: Layout, data: bytes, variables=Non
             direct = fastzip.read_arrays(dataset.encoding[ZIP_SOURCE], big)
             values = {name: direct[name] if name in direct else _variable(dataset.variables, name).values
                       for name in names}
+            for name, array in (out or {}).items():
+                if name in values:
+                    array[...] = values[name]
+                    values[name] = array
         except Exception as err:  # a chunk that does not decompress, a CRC error
             raise SSL4EOS12FileError(where, f"cannot read data ({type(err).__name__}: {err})") from err
         values["sample"] = _sample(where, dataset.variables)
@@ -394,8 +414,3 @@ def _sample(where: str, variables: Mapping) -> np.ndarray:
     # no sample id in the member: the key is the location's only name
     return np.asarray(variables["sample"].values if "sample" in variables
                       else where.rsplit(":", 1)[-1].removesuffix(ZARR_ZIP_SUFFIX)).astype(str)
-
-
-def _stack(layout: Layout, members: list[dict[str, np.ndarray]]) -> ModalityFile:
-    """Per-location variables stacked on a leading sample axis, as the Zarr release's files hold them."""
-    return ModalityFile(layout, {name: np.stack([m[name] for m in members]) for name in members[0]})

@@ -60,9 +60,10 @@ class Member:
     _data: bytes
     _metadata: dict
 
-    def read_big(self, names) -> dict[str, np.ndarray]:
-        """Decode the big arrays ``names`` (:func:`open_member` made sure that :mod:`.fastzip` takes each)."""
-        return fastzip.decode_arrays(self._zip, self._data, self._metadata, names, crc_thread=False)
+    def read_big(self, names, out=None) -> dict[str, np.ndarray]:
+        """Decode the big arrays ``names`` (:func:`open_member` made sure that :mod:`.fastzip` takes each), into
+        the arrays of ``out`` where it has them."""
+        return fastzip.decode_arrays(self._zip, self._data, self._metadata, names, crc_thread=False, out=out)
 
 
 def open_member(data: bytes) -> Optional[Member]:
