@@ -16,6 +16,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pytest
+import xxhash
 from datasets import load_dataset
 from PIL import Image
 
@@ -150,7 +151,7 @@ def test_manifest_records_every_shard(converted_dir, data_dir):
         rows = sum(table.num_rows for table in iter_tables(converted_dir / path))
         assert record["rows"] == rows == 3 * len(record["files"]) * ROWS_PER_LOCATION.get(record["config"], 1)
         assert record["size"] == (converted_dir / path).stat().st_size
-        assert len(record["sha256"]) == 64
+        assert record["xxh3_128"] == xxhash.xxh3_128((converted_dir / path).read_bytes()).hexdigest()
     for config, info in manifest["configs"].items():
         rows = 6 * ROWS_PER_LOCATION.get(config, 1)
         assert {s: v["num_rows"] for s, v in info["splits"].items()} == {"train": rows, "validation": rows}
@@ -223,7 +224,7 @@ def test_parallel_runs_are_byte_identical(converted_dir, data_dir, tmp_path, run
 
 
 def test_verify_passes_then_catches_tampering(converted_dir, data_dir, tmp_path):
-    from ssl4eos12.publish.manifest import file_sha256
+    from ssl4eos12.publish.manifest import file_checksum
 
     out = tmp_path / "out"
     shutil.copytree(converted_dir, out)
@@ -241,7 +242,7 @@ def test_verify_passes_then_catches_tampering(converted_dir, data_dir, tmp_path)
     data = bytearray(bands.read_bytes())
     data[len(data) // 2] ^= 0x01
     bands.write_bytes(bytes(data))
-    records["S2L1C/validation-00000-of-00002.arrow"].update(sha256=file_sha256(bands))
+    records["S2L1C/validation-00000-of-00002.arrow"].update(xxh3_128=file_checksum(bands))
     # a consistent forgery: a valid shard, its manifest entry updated, one value changed
     forged = out / "S1GRD" / "validation-00000-of-00001.arrow"
     table = pa.Table.from_batches(list(pa.ipc.open_stream(forged.read_bytes())))
@@ -250,7 +251,7 @@ def test_verify_passes_then_catches_tampering(converted_dir, data_dir, tmp_path)
                              [[lat[0] + 1.0, *lat[1:]]])
     with pa.ipc.new_stream(str(forged), table.schema) as writer:
         writer.write_table(table)
-    records["S1GRD/validation-00000-of-00001.arrow"].update(sha256=file_sha256(forged), size=forged.stat().st_size)
+    records["S1GRD/validation-00000-of-00001.arrow"].update(xxh3_128=file_checksum(forged), size=forged.stat().st_size)
     # the same in the index config: one cloud fraction
     index_shard = "index/validation-00000-of-00001.arrow"
     table = pa.Table.from_batches(list(pa.ipc.open_stream((out / index_shard).read_bytes())))
@@ -259,19 +260,19 @@ def test_verify_passes_then_catches_tampering(converted_dir, data_dir, tmp_path)
     table = table.set_column(column, table.field(column), pa.array([fractions[0] + 0.5, *fractions[1:]], pa.float32()))
     with pa.ipc.new_stream(str(out / index_shard), table.schema) as writer:
         writer.write_table(table)
-    records[index_shard].update(sha256=file_sha256(out / index_shard), size=(out / index_shard).stat().st_size)
+    records[index_shard].update(xxh3_128=file_checksum(out / index_shard), size=(out / index_shard).stat().st_size)
     (out / MANIFEST_FILE).write_text(json.dumps(manifest))
     # a missing shard and a stray one
     (out / "S2RGB" / "train-00000-of-00001.arrow").rename(out / "S2RGB" / "train-00000-of-00009.arrow")
 
     problems = verify(out, data_dir, workers=1)
     text = "\n".join(problems)
-    assert "S2L2A/train-00001-of-00002.arrow: sha256 differs from the manifest" in text
-    assert "S2L1C/validation-00000-of-00002.arrow: sha256" not in text
+    assert "S2L2A/train-00001-of-00002.arrow: checksum (xxh3_128) differs from the manifest" in text
+    assert "S2L1C/validation-00000-of-00002.arrow: checksum" not in text
     assert [p for p in problems if p.startswith("S2L1C/")] and \
         all("S2L1C differs from the source" in p for p in problems if p.startswith("S2L1C/")), problems
     assert "S1GRD/validation-00000-of-00001.arrow: row 0 (0000006), center_lat differs from the source" in text
-    assert "S1GRD/validation-00000-of-00001.arrow: sha256" not in text
+    assert "S1GRD/validation-00000-of-00001.arrow: checksum" not in text
     assert "index/validation-00000-of-00001.arrow: row 0 (0000006), S2L2A_cloud_fraction differs from the source" in text
     assert "S2RGB/train-00000-of-00001.arrow: missing" in text
     assert "S2RGB/train-00000-of-00009.arrow: not in the manifest" in text
@@ -328,8 +329,6 @@ def test_shard_writer_hashes_what_it_writes_and_leaves_no_thread(tmp_path):
     import threading
 
     from ssl4eos12.publish.formats import ShardWriter
-    from ssl4eos12.publish.manifest import file_sha256
-
     features = datasets.Features({"x": datasets.Array2D(shape=(3, 4), dtype="int16"), "s": datasets.Value("string")})
     values = np.arange(10 * 12, dtype=np.int16).reshape(10, 3, 4)
     tables = [datasets.Dataset.from_dict({"x": values[i:i + 5], "s": [str(j) for j in range(i, i + 5)]},
@@ -337,7 +336,7 @@ def test_shard_writer_hashes_what_it_writes_and_leaves_no_thread(tmp_path):
     with ShardWriter(tmp_path / "a.arrow", features) as writer:
         for table in tables:
             writer.write_table(table)
-    assert writer.sha256 == file_sha256(tmp_path / "a.arrow")
+    assert writer.checksum == xxhash.xxh3_128((tmp_path / "a.arrow").read_bytes()).hexdigest()
     assert [t.num_rows for t in iter_tables(tmp_path / "a.arrow")] == [5, 5]
     read = load_dataset(str(tmp_path), split="train").with_format("numpy")
     assert read.features == features and np.array_equal(read["x"], values)

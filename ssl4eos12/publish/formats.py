@@ -24,7 +24,6 @@ Fixed settings and nothing that depends on time or paths: the same tables always
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,8 @@ from typing import Optional
 
 import datasets
 import pyarrow as pa
+
+from .manifest import new_checksum
 
 FORMAT = "arrow"
 #: File name extension of the shards (what the Hub and ``datasets`` infer the format from).
@@ -47,16 +48,17 @@ _MAX_PENDING = 2 * RECORD_BATCH_BYTES
 
 
 class ShardWriter:
-    """Writes a shard's record batches to ``path``, hashing the bytes on the way (SHA-256, no second read).
+    """Writes a shard's record batches to ``path``, hashing the bytes on the way (no second read).
 
     pyarrow hands the stream's buffers (the tables' own memory, not copies) to :meth:`write`; a helper thread
     hashes and writes them in order while the caller decodes the next batch, at most :data:`_MAX_PENDING` bytes
-    behind. Use as a context manager; :attr:`sha256` is the file's digest once it is closed, after an ``fsync``.
+    behind. Use as a context manager; :attr:`checksum` is the file's digest (:data:`~.manifest.CHECKSUM`) once it
+    is closed, after an ``fsync``.
     """
 
     def __init__(self, path: Path, features: datasets.Features, metadata: Optional[dict] = None):
         self._file = open(path, "wb", buffering=0)
-        self._digest = hashlib.sha256()
+        self._digest = new_checksum()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="ssl4eos12-shard-writer")
         self._pending: collections.deque = collections.deque()
         self._pending_bytes = 0
@@ -116,7 +118,7 @@ class ShardWriter:
             self._file.close()
 
     @property
-    def sha256(self) -> str:
+    def checksum(self) -> str:
         return self._digest.hexdigest()
 
     def __enter__(self) -> ShardWriter:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..torch import arrow_to_numpy
 from .formats import EXTENSION, FORMAT, OLD_EXTENSIONS, iter_tables, read_schema
-from .manifest import MANIFEST_FILE, alignment_problems, file_sha256, read_manifest, samples_digest, skipped_files
+from .manifest import CHECKSUM, MANIFEST_FILE, alignment_problems, file_checksum, read_manifest, samples_digest, skipped_files
 from .plan import ShardTask, plan, run_tasks
 from .shards import task_examples
 
@@ -21,7 +21,7 @@ _MAX_VALUE_PROBLEMS = 5
 
 
 def verify(out_dir, data_dir, workers=None, scheduler=None) -> list[str]:
-    """Check every shard against the manifest (sha256, rows, samples) and every value against its source files.
+    """Check every shard against the manifest (checksum, rows, samples) and every value against its source files.
 
     Returns human-readable problems, each naming the shard (or file) concerned; ``[]`` means all is well.
     """
@@ -83,8 +83,8 @@ def verify_shard(check: tuple[ShardTask, dict], out_dir: str) -> list[str]:
     if not path.is_file():
         return [f"{task.path}: missing"]
     problems = []
-    if path.stat().st_size != record["size"] or file_sha256(path) != record["sha256"]:
-        problems.append(f"{task.path}: sha256 differs from the manifest (modified or corrupt)")
+    if path.stat().st_size != record["size"] or file_checksum(path) != record.get(CHECKSUM):
+        problems.append(f"{task.path}: checksum ({CHECKSUM}) differs from the manifest (modified or corrupt)")
     try:
         features = datasets.Features.from_arrow_schema(read_schema(path))
     except Exception as err:
