@@ -19,11 +19,19 @@ Chosen by measurement (``benchmarks/formats.py``; figures in ``benchmarks/README
   mapped and page-faulted afresh each time.
 
 Fixed settings and nothing that depends on time or paths: the same tables always give the same bytes.
+
+Gathered columns: the big arrays of a source file are decoded time-major, while a record batch holds each
+example's time series contiguously, so a batch would need a copy of them in example order. Instead a column is
+given to pyarrow as a placeholder (an untouched buffer of zeros of the right size, :meth:`ShardWriter.gather`) and
+the writer writes the source's own contiguous blocks in its place when pyarrow hands it that buffer: the same
+bytes, with no copy, no page faults for a fresh batch and half the memory traffic (measured on the generated
+full-size files: the per-batch copy took ~20% of the conversion's time).
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +39,7 @@ from pathlib import Path
 from typing import Optional
 
 import datasets
+import numpy as np
 import pyarrow as pa
 
 from .manifest import new_checksum
@@ -45,6 +54,11 @@ OLD_EXTENSIONS = (".parquet",)
 RECORD_BATCH_BYTES = 32_000_000
 #: Bytes handed to the writer's helper thread and not yet written: about two record batches.
 _MAX_PENDING = 2 * RECORD_BATCH_BYTES
+#: Bytes written between two starts of their writeback (see ``ShardWriter._hash_and_write``).
+_WRITEBACK_STEP = 1 << 24
+_START_WRITEBACK = hasattr(os, "posix_fadvise") and os.environ.get("NOKICK") is None
+#: Smallest average contiguous block a column is gathered from (smaller ones are copied: fewer, larger writes).
+GATHER_MIN_BLOCK = 1 << 16
 
 
 class ShardWriter:
@@ -63,6 +77,10 @@ class ShardWriter:
         self._pending: collections.deque = collections.deque()
         self._pending_bytes = 0
         self._size = 0
+        self._gathered: dict[tuple[int, int], list[np.ndarray]] = {}
+        self._written = self._flushed = 0  # bytes written, and handed to the disk's writeback (helper thread)
+        self._arena = np.zeros(0, np.uint8)
+        self._arena_used = 0
         options = pa.ipc.IpcWriteOptions(compression=None)
         # the schema carries the features as ``huggingface`` metadata (and ``metadata``, if given)
         schema = features.arrow_schema
@@ -71,15 +89,43 @@ class ShardWriter:
         self._stream = pa.ipc.new_stream(pa.PythonFile(self, mode="w"), schema, options=options)
 
     def write_table(self, table: pa.Table) -> None:
-        """Append ``table`` as one record batch."""
-        self._stream.write_table(table)
+        """Append ``table`` as one record batch (its gathered columns written from their sources' blocks)."""
+        try:
+            self._stream.write_table(table)
+            if self._gathered:  # pyarrow did not hand a placeholder over whole: its zeros would be in the file
+                raise RuntimeError("a gathered column was not written as one buffer")
+        finally:
+            self._gathered.clear()
+            self._arena_used = 0
+
+    def gather(self, array: np.ndarray) -> np.ndarray:
+        """A placeholder for ``array`` (same shape and dtype, C order) to build the next table's column from.
+
+        When the table is written, ``array``'s bytes go to the file in its place, block by contiguous block,
+        in C order: what ``np.ascontiguousarray(array)`` would hold. ``array`` must stay unchanged until the
+        writer is closed or :meth:`drain`-ed.
+        """
+        blocks = contiguous_blocks(array)
+        start = -(-self._arena_used // 64) * 64  # aligned as numpy and Arrow align buffers
+        if start + array.nbytes > self._arena.nbytes:  # a new arena; placeholders in use keep the old one alive
+            self._arena = np.zeros(max(2 * self._arena.nbytes, start + array.nbytes), np.uint8)  # never touched
+        placeholder = self._arena[start:start + array.nbytes]
+        self._arena_used = start + array.nbytes
+        self._gathered[(placeholder.ctypes.data, array.nbytes)] = blocks
+        return placeholder.view(array.dtype).reshape(array.shape)
+
+    def drain(self) -> None:
+        """Wait until everything handed to the writer is written (and so no longer referenced)."""
+        while self._pending:
+            self._wait_oldest()
 
     # the file-like side pyarrow writes to
     closed = False
 
     def write(self, data) -> int:
         size = memoryview(data).nbytes
-        self._pending.append((self._thread.submit(self._hash_and_write, data), size))
+        blocks = self._gathered.pop((data.address, size), None) if isinstance(data, pa.Buffer) else None
+        self._pending.append((self._thread.submit(self._hash_and_write, [data] if blocks is None else blocks), size))
         self._pending_bytes += size
         while self._pending_bytes > _MAX_PENDING:
             self._wait_oldest()
@@ -92,9 +138,19 @@ class ShardWriter:
     def flush(self) -> None:
         pass
 
-    def _hash_and_write(self, data) -> None:
-        self._digest.update(data)  # both release the GIL for large buffers
-        self._file.write(data)
+    def _hash_and_write(self, blocks) -> None:
+        for block in blocks:
+            self._digest.update(block)  # both release the GIL for large buffers
+            view = memoryview(block).cast("B")
+            while view:  # a raw file may write less than asked
+                written = self._file.write(view)
+                view = view[written:]
+                self._written += written
+        if self._written - self._flushed >= _WRITEBACK_STEP and _START_WRITEBACK:
+            # start writing the bytes so far to disk now, while the next batches are made, rather than all at once
+            # in the fsync at the end: on Linux this advice on dirty pages queues their writeback and returns
+            os.posix_fadvise(self._file.fileno(), self._flushed, self._written - self._flushed, os.POSIX_FADV_DONTNEED)
+            self._flushed = self._written
 
     def _wait_oldest(self) -> None:
         future, size = self._pending.popleft()
@@ -108,8 +164,7 @@ class ShardWriter:
         self.closed = True
         try:
             self._stream.close()
-            while self._pending:
-                self._wait_oldest()
+            self.drain()
             os.fsync(self._file.fileno())  # on disk before the caller renames it into place
         finally:
             for future, _ in self._pending:
@@ -126,6 +181,28 @@ class ShardWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def contiguous_blocks(array: np.ndarray) -> list[np.ndarray]:
+    """``array``'s values in C order as few contiguous pieces (views) as its strides allow."""
+    outer = _outer_axes(array)
+    return [array[index] for index in np.ndindex(*array.shape[:outer])] if outer else [array]
+
+
+def gatherable(array: np.ndarray) -> bool:
+    """Whether writing ``array`` block by block beats copying it first (not contiguous, and large blocks)."""
+    if array.flags.c_contiguous or not array.size:
+        return False
+    return array.nbytes >= GATHER_MIN_BLOCK * math.prod(array.shape[:_outer_axes(array)])
+
+
+def _outer_axes(array: np.ndarray) -> int:
+    """How many leading axes are left once the trailing axes that are contiguous together are taken off."""
+    outer, expected = array.ndim, array.itemsize
+    while outer > 0 and (array.shape[outer - 1] == 1 or array.strides[outer - 1] == expected):
+        expected *= array.shape[outer - 1]
+        outer -= 1
+    return outer
 
 
 def read_schema(path: Path) -> pa.Schema:

@@ -27,6 +27,7 @@ import math
 import os
 import uuid
 import warnings
+import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
@@ -40,7 +41,7 @@ from ..errors import SSL4EOS12BadFileWarning, SSL4EOS12FileError
 from ..index import block_rows, cloud_fraction, geo_metadata, index_variables, is_cloudy
 from ..schema import location_examples, modality_fields
 from ..sources import ON_BAD_FILE_CHOICES, Block, ModalityFile
-from .formats import EXTENSION, OLD_EXTENSIONS, ShardWriter
+from .formats import EXTENSION, OLD_EXTENSIONS, ShardWriter, gatherable
 from .manifest import CHECKSUM, MANIFEST_DIR, RECORDS_DIR, alignment_problems, samples_digest, write_json_atomic, write_manifest
 from .plan import DEFAULT_CONFIG, INDEX_CONFIG, ShardTask, is_done, plan, run_tasks
 
@@ -52,7 +53,10 @@ THUMBNAIL_STRETCH = (2.0, 98.0)
 
 
 def task_batches(task: ShardTask, name: str, stats: dict) -> Iterator[dict]:
-    """The columns of one source shard of ``task``, ``task.rows_per_group`` rows at a time; adds to ``stats``."""
+    """The columns of one source shard of ``task``, ``task.rows_per_group`` rows at a time; adds to ``stats``.
+
+    The big arrays are views of the decoded file (see :meth:`~.formats.ShardWriter.gather`); ``None`` after the
+    last batch of a decoded file."""
     if task.config == DEFAULT_CONFIG:
         _, examples = task_examples(task, name)
         for batch in _batches(examples, task.rows_per_group):  # small: thumbnails and metadata
@@ -70,11 +74,12 @@ def task_batches(task: ShardTask, name: str, stats: dict) -> Iterator[dict]:
             statistics = pool.submit(_add_statistics, stats, block.reference)
             yield from modality_batches(block.file, block.reference, task.rows_per_group, block.keys)
             statistics.result()
-        del block  # before the next block is read
+        del block
+        yield None  # the end of a block: its arrays must be written (and so freed) before the next one is read
 
 
 def modality_batches(name: str, part: ModalityFile, size: int, keys=None) -> Iterator[dict]:
-    """The builder's examples of a file as columns of ``size`` rows: row slices, not one copy per example.
+    """The builder's examples of a file as columns of ``size`` rows: row slices (views), not one copy per example.
 
     The fields are the builder's own (:func:`~ssl4eos12.schema.location_examples` and ``modality_fields``,
     indexed with a slice of rows), so a config's rows are the builder's examples by construction.
@@ -87,7 +92,7 @@ def modality_batches(name: str, part: ModalityFile, size: int, keys=None) -> Ite
         yield {"sample": samples, "file": [name] * len(samples),
                **({} if keys is None else {"key": keys[rows].tolist()}), "center_lat": shared["center_lat"][rows],
                "center_lon": shared["center_lon"][rows], "crs": shared["crs"][rows],
-               **modality_fields(part.layout.modality, part, rows, slice(None))}
+               **modality_fields(part.layout.modality, part, rows, slice(None), copy=False)}
 
 
 def task_examples(task: ShardTask, name: str) -> tuple[list[str], Iterator[dict]]:
@@ -158,15 +163,47 @@ def thumbnail_png(rgb: np.ndarray) -> bytes:
     """
     from PIL import Image
 
-    values = rgb.astype(np.float32)
-    finite = values[np.isfinite(values)]
-    low, high = np.percentile(finite, THUMBNAIL_STRETCH) if finite.size else (0.0, 1.0)
-    scaled = (values - low) * (255.0 / max(float(high - low), 1e-6))
-    pixels = np.nan_to_num(np.clip(scaled, 0, 255), nan=0).round().astype(np.uint8)
+    if rgb.dtype.kind in "iu" and rgb.dtype.itemsize <= 2:  # every band of the release: through a lookup table
+        pixels = _stretch_integers(rgb)
+    else:
+        values = rgb.astype(np.float32)
+        finite = values[np.isfinite(values)]
+        low, high = np.percentile(finite, THUMBNAIL_STRETCH) if finite.size else (0.0, 1.0)
+        pixels = _stretch(values, low, high)
     buffer = BytesIO()
-    # level 1: twice as fast to encode as level 6, ~13% larger (measured on the generated 264 px patches)
-    Image.fromarray(np.moveaxis(pixels, 0, -1)).save(buffer, format="PNG", compress_level=1)
+    # level 1 with run-length matching (zlib's Z_RLE): ~40% faster to encode than level 6 with the default
+    # strategy and 12% smaller than level 1 with it, measured on the generated full-size S2RGB patches
+    Image.fromarray(np.moveaxis(pixels, 0, -1)).save(buffer, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
     return buffer.getvalue()
+
+
+def _stretch(values: np.ndarray, low, high) -> np.ndarray:
+    """float32 ``values`` from ``low``-``high`` to 0-255 (uint8); NaN to 0."""
+    scaled = (values - np.float32(low)) * np.float32(255.0 / max(float(high - low), 1e-6))
+    return np.nan_to_num(np.clip(scaled, 0, 255), nan=0).round().astype(np.uint8)
+
+
+def _stretch_integers(rgb: np.ndarray) -> np.ndarray:
+    """:func:`_stretch` of integer values: percentiles from a histogram, each possible value stretched once.
+
+    ~5x faster than sorting and stretching every pixel; the percentiles are ``np.percentile``'s (linear).
+    """
+    smallest = int(rgb.min())
+    offsets = (rgb if smallest == 0 and rgb.dtype.kind == "u" else rgb.astype(np.int32) - smallest).reshape(-1)
+    counts = np.bincount(offsets)
+    ranks = np.cumsum(counts)
+    low, high = (_percentile_of_counts(ranks, q) + smallest for q in THUMBNAIL_STRETCH)
+    table = _stretch(np.arange(smallest, smallest + len(counts), dtype=np.float32), low, high)
+    return table[offsets].reshape(rgb.shape)
+
+
+def _percentile_of_counts(ranks: np.ndarray, q: float) -> float:
+    """The ``q``-th percentile (``np.percentile``'s linear method) of the values ``0..`` whose cumulative counts
+    are ``ranks``."""
+    position = (int(ranks[-1]) - 1) * q / 100
+    below = math.floor(position)
+    first, second = np.searchsorted(ranks, [below, min(below + 1, int(ranks[-1]) - 1)], side="right")
+    return float(first) + (float(second) - float(first)) * (position - below)
 
 
 def _add_statistics(stats: dict, part: ModalityFile) -> None:
@@ -237,14 +274,16 @@ def _add_float_statistics(per_band: list[dict], bands: np.ndarray) -> None:
                 entry["nan"] = entry.get("nan", 0) + block.shape[0] * pixels - int(count)
 
 
-def arrow_column(values, pa_type: pa.DataType) -> pa.Array:
+def arrow_column(values, pa_type: pa.DataType, gather=None) -> pa.Array:
     """One column from a ``(rows, ...)`` numpy array (shared, not copied), an Arrow array, or a list of per-row
-    values."""
+    values. ``gather``: a writer's :meth:`~.formats.ShardWriter.gather`, for arrays worth writing block by block."""
     if isinstance(values, pa.Array):
         return values if values.type == pa_type else values.cast(pa_type)
     if isinstance(pa_type, pa.ExtensionType) or pa.types.is_list(pa_type) or pa.types.is_fixed_size_list(pa_type):
         if not isinstance(values, np.ndarray):
             values = np.stack([np.asarray(value) for value in values])
+        elif gather is not None and gatherable(values):
+            values = gather(values)
         return _nested_array(values, pa_type)
     return pa.array(values, type=pa_type)
 
@@ -293,8 +332,11 @@ def convert_shard(task: ShardTask, out_dir: str, on_bad_file: str = "error", _sk
                     if _skip and name in _skip:  # found bad after rows of it were written: see below
                         raise _skip[name]
                     for batch in task_batches(task, name, stats):
-                        table = pa.Table.from_arrays([arrow_column(batch[f.name], f.type) for f in schema],
-                                                     schema=schema)
+                        if batch is None:
+                            writer.drain()
+                            continue
+                        table = pa.Table.from_arrays([arrow_column(batch[f.name], f.type, writer.gather)
+                                                      for f in schema], schema=schema)
                         writer.write_table(table)  # one record batch per batch
                         num_bytes += table.nbytes
                         file_rows += table.num_rows
