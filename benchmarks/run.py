@@ -479,13 +479,14 @@ def row_prepare(data: Path, group: str, repeat: int) -> dict:
 
 
 def row_convert(data: Path, group: str, repeat: int) -> dict:
-    """``ssl4eos12.publish.convert(data_dir, out_dir, workers=1)``: every config; kept for the "published" rows."""
+    """``ssl4eos12.publish.convert(data_dir, out_dir, splits=["validation"], workers=1)``: every config; kept for the
+    "published" rows. The validation split only: the training-loader rows add a ``train`` split of the same files."""
     from ssl4eos12.publish import convert
 
     out = Path(os.environ["BENCH_WORK"]) / "published"
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    manifest = convert(str(data), str(out), workers=1)
+    manifest = convert(str(data), str(out), splits=["validation"], workers=1)
     elapsed = time.perf_counter() - start
     shards = manifest["shards"]  # what it delivers: the Arrow bytes of every table written, every config
     modality_bytes = sum(s["num_bytes"] for s in shards if s["config"] in MODALITIES)
