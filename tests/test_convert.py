@@ -345,3 +345,53 @@ def test_shard_writer_hashes_what_it_writes_and_leaves_no_thread(tmp_path):
         with ShardWriter(tmp_path / "b.arrow", features) as writer:
             writer.write_table(pa.table({"y": [1]}))
     assert not [t for t in threading.enumerate() if t.name.startswith("ssl4eos12-")]  # its helper thread
+
+
+def test_gathered_columns_write_the_bytes_of_a_copy(converted_dir, data_dir, tmp_path, monkeypatch):
+    """The big arrays written block by block from the decoded (time-major) file, with no per-batch copy, give the
+    bytes the copying path gives (the small fixture's blocks are below the size that is gathered by default)."""
+    from ssl4eos12.publish import formats
+
+    monkeypatch.setattr(formats, "GATHER_MIN_BLOCK", 1)
+    gathered = []
+    gather = formats.ShardWriter.gather
+    monkeypatch.setattr(formats.ShardWriter, "gather", lambda self, array: gathered.append(array.shape) or gather(self, array))
+    out = tmp_path / "out"
+    convert(data_dir, out, configs=["S2L2A", "S1GRD"], workers=1, max_shard_size=SMALL_SHARD_SIZE)
+    assert (3, 4, 12, 16, 16) in gathered and (3, 4, 16, 16) in gathered  # bands and cloud masks of 3 rows
+    written = shard_paths(out)
+    assert {p.parent.name for p in written} == {"S2L2A", "S1GRD"}
+    for path in written:
+        assert path.read_bytes() == (converted_dir / path.relative_to(out)).read_bytes(), path
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.int8, np.uint8])
+def test_integer_band_statistics_are_exact(dtype):
+    from ssl4eos12.publish.shards import _integer_sums
+
+    info = np.iinfo(dtype)
+    # decoded time-major, handed out as (sample, time, band, y, x), as the sources do
+    time_major = np.random.default_rng(0).integers(info.min, info.max, (3, 5, 4, 7, 6), dtype=dtype, endpoint=True)
+    time_major[0, 0], time_major[1, 1] = info.min, info.max  # the largest squares
+    bands = np.moveaxis(time_major, 0, 1)
+    sums, squares = _integer_sums(bands)
+    per_band = [[int(v) for v in bands[:, :, b].reshape(-1)] for b in range(bands.shape[2])]
+    assert sums.tolist() == [sum(values) for values in per_band]
+    assert squares.tolist() == [sum(v * v for v in values) for values in per_band]
+
+
+def test_cloud_classes_and_thumbnail_percentiles():
+    from ssl4eos12.index import is_cloudy
+    from ssl4eos12.publish.shards import THUMBNAIL_STRETCH, _percentile_of_counts
+
+    every = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(is_cloudy(every), np.isin(every, (3, 4, 5)))
+    for dtype in (np.uint16, np.int16):
+        values = np.arange(-300, 300).astype(dtype)
+        assert np.array_equal(is_cloudy(values), np.isin(values, (3, 4, 5)))
+    rng = np.random.default_rng(1)
+    for size in (1, 2, 3, 101, 5000):
+        values = rng.integers(0, 40, size)
+        ranks = np.cumsum(np.bincount(values))
+        for q in THUMBNAIL_STRETCH:
+            assert _percentile_of_counts(ranks, q) == pytest.approx(np.percentile(values, q), abs=1e-9)
