@@ -13,8 +13,10 @@ Shard plan: a shard holds whole source files. Before anything is read, each (con
 ``datasets.config.MAX_SHARD_SIZE`` (500 MB, what ``Dataset.push_to_hub`` uses) and the samples per file of the
 first file. At full size that is one file per S2L1C/S2L2A shard (464/428 MB), seven per S1GRD/S2RGB shard
 and ~37 per ``default`` shard. Record batches hold at most 32 MB of uncompressed data
-(:data:`~.formats.RECORD_BATCH_BYTES`) and never span two source files; a task keeps one decoded source file per
-modality, and one record batch, in memory.
+(:data:`~.formats.RECORD_BATCH_BYTES`) and never span two source files. Memory: a task keeps one decoded source
+file per modality (S2L1C at full size: 464 MB) and at most two record batches of it being written (the big columns
+are written from the decoded file itself; a file is written out before the next is read), plus the small columns
+of one record batch.
 
 Parallel: tasks are (config, split, shard); they run in a local process pool (spawned, ``workers``) or, with
 ``scheduler``, on a Dask distributed cluster whose workers see ``DATA_DIR`` and ``OUT_DIR`` at the same paths.

@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 THUMBNAIL_BANDS = ("B04", "B03", "B02")
 #: Percentiles of a thumbnail's values mapped to black and white.
 THUMBNAIL_STRETCH = (2.0, 98.0)
+_THUMBNAIL_THREADS = min(4, os.cpu_count() or 1)
 
 
 def task_batches(task: ShardTask, name: str, stats: dict) -> Iterator[dict]:
@@ -134,14 +135,18 @@ def overview_examples(block: Block, thumbnail: Optional[str]) -> Iterator[tuple[
     }
     if thumbnail is not None:
         rgb = [parts[thumbnail].layout.band_names.index(b) for b in THUMBNAIL_BANDS]
+        rows = orders[thumbnail][:len(reference.samples)]
+        # the least cloudy timestamp (the first of equals); without a cloud mask, the first one
+        times = [int(np.argmin(fractions[thumbnail][row])) if thumbnail in fractions else 0 for row in rows]
+        bands = parts[thumbnail].variables["bands"]
+        # PNG encoding is most of this config's time and releases the GIL (as numpy does): on every core
+        with ThreadPoolExecutor(_THUMBNAIL_THREADS, thread_name_prefix="ssl4eos12-thumbnails") as pool:
+            pngs = list(pool.map(lambda row, t: thumbnail_png(bands[row, t, rgb]), rows, times))
     for i, sample in enumerate(reference.samples):
         example = {}
         if thumbnail is not None:
-            row = orders[thumbnail][i]
-            # the least cloudy timestamp (the first of equals); without a cloud mask, the first one
-            t = int(np.argmin(fractions[thumbnail][row])) if thumbnail in fractions else 0
-            png = thumbnail_png(parts[thumbnail].variables["bands"][row, t, rgb])
-            example["thumbnail"] = {"bytes": png, "path": None}
+            t = times[i]
+            example["thumbnail"] = {"bytes": pngs[i], "path": None}
         example.update(sample=str(sample), file=name)
         if block.keys is not None:
             example["key"] = str(block.keys[i])
