@@ -54,9 +54,10 @@ OLD_EXTENSIONS = (".parquet",)
 RECORD_BATCH_BYTES = 32_000_000
 #: Bytes handed to the writer's helper thread and not yet written: about two record batches.
 _MAX_PENDING = 2 * RECORD_BATCH_BYTES
-#: Bytes written between two starts of their writeback (see ``ShardWriter._hash_and_write``).
+#: Bytes written between two starts of their writeback (see ``ShardWriter._hash_and_write``; where there is no
+#: ``posix_fadvise`` the ``fsync`` at the end writes everything).
 _WRITEBACK_STEP = 1 << 24
-_START_WRITEBACK = hasattr(os, "posix_fadvise") and os.environ.get("NOKICK") is None
+_START_WRITEBACK = hasattr(os, "posix_fadvise")
 #: Smallest average contiguous block a column is gathered from (smaller ones are copied: fewer, larger writes).
 GATHER_MIN_BLOCK = 1 << 16
 
