@@ -49,6 +49,7 @@ MIN_PIECE = 8 << 20
 #: At most this many bytes per socket read.
 _STEP = 8 << 20
 _REDIRECTS = 5
+_HUGE_PAGE = 2 << 20
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
@@ -252,8 +253,16 @@ class FetchedFile(io.RawIOBase):
 
 
 def _allocate(size: int) -> mmap.mmap:
-    # anonymous mapping: pages are zero on first touch, so nothing is written twice (bytearray(n) memsets)
-    return mmap.mmap(-1, max(size, 1))
+    # anonymous mapping: pages are zero on first touch, so nothing is written twice (bytearray(n) memsets).
+    # Transparent huge pages where the kernel gives them on request ("madvise" mode, a common default): one
+    # fault per 2 MB instead of per 4 kB; measured here, a first write of 344 MB took 0.07 s instead of 0.17 s,
+    # and unmapping 1 ms instead of 12 ms.
+    # (private: a shared anonymous map is shmem, which gets no huge pages in that mode)
+    buffer = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if size >= _HUGE_PAGE and hasattr(mmap, "MADV_HUGEPAGE"):
+        with contextlib.suppress(OSError):  # a kernel without THP: 4 kB pages, as before
+            buffer.madvise(mmap.MADV_HUGEPAGE)
+    return buffer
 
 
 # ------------------------------------------------------------------------------------------------------------
