@@ -19,6 +19,8 @@ understand go through fsspec, with the same retries.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import http.client
 import io
 import ipaddress
@@ -28,13 +30,14 @@ import socket
 import ssl
 import threading
 import urllib.request
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import urljoin, urlsplit
 
 import fsspec
 
-from ..prefetch import Cancelled, CancelScope, current_scope
+from ..prefetch import Cancelled, CancelScope, current_scope, prefetch
 
 #: Parallel connections per file for hosts that are not on this machine: one connection to a WAN host is
 #: usually limited well below the link (TCP window x round trip, per-connection CDN limits). Measured: see
@@ -278,11 +281,29 @@ def fetch(url: str, download_config=None, options: FetchOptions | None = None) -
     running it is closed.
     """
     options = options or FetchOptions()
+    target = _http_target(url, download_config)
+    if target is None:
+        return _fetch_fsspec(url, download_config)
+    return _fetch_http(target.url, target.headers, options, size=target.size, name=url)
+
+
+@dataclass(frozen=True)
+class _HttpTarget:
+    """Where ``http.client`` reads a file: the URL (``hf://`` resolved), its headers and, if known, its size."""
+
+    url: str
+    headers: dict
+    size: Optional[int]
+
+
+def _http_target(url: str, download_config) -> _HttpTarget | None:
+    """``url`` as this module's HTTP client reads it, or ``None`` when fsspec must (other protocols, proxies,
+    storage options that are more than headers)."""
     protocol = url.split("://", 1)[0].lower()
     if protocol in ("http", "https"):
         headers = _plain_http_headers(_storage_options(protocol, download_config))
         if headers is not None and _proxy_for(url) is None:
-            return _fetch_http(url, headers, options, size=None)
+            return _HttpTarget(url, headers, None)
     elif protocol == "hf":
         fs, path = url_to_fs(url, download_config)
         info = fs.info(path)  # FileNotFoundError for a missing file, with the Hub's own message
@@ -295,8 +316,237 @@ def fetch(url: str, download_config=None, options: FetchOptions | None = None) -
         http_url = hf_hub_url(resolved.repo_id, resolved.path_in_repo, repo_type=resolved.repo_type,
                               revision=resolved.revision, endpoint=fs.endpoint)
         if _proxy_for(http_url) is None:
-            return _fetch_http(http_url, headers, options, size=info["size"], name=url)
-    return _fetch_fsspec(url, download_config)
+            return _HttpTarget(http_url, headers, info["size"])
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A file read front to back (the webdataset tars)
+# ------------------------------------------------------------------------------------------------------------
+
+#: Bytes per window of a file read front to back: big enough that a window costs few calls, small enough that
+#: a few per stream stay cheap in memory.
+WINDOW = 16 << 20
+#: Windows fetched beyond the one being read.
+WINDOWS_AHEAD = 2
+
+
+def open_sequential(url: str, download_config=None, options: FetchOptions | None = None, *, window: int = WINDOW,
+                    ahead: int = WINDOWS_AHEAD, streamed: bool = True) -> SequentialFile:
+    """Open the remote file ``url`` to be read once, front to back (a tar), at the speed of the link.
+
+    The file comes in windows of ``window`` bytes, fetched into pooled buffers up to ``ahead`` windows beyond
+    the one being read, by a background thread (:func:`~ssl4eos12.prefetch.prefetch`). ``streamed``: one
+    request for the whole file, read window by window (resumed by range where it breaks; each byte is sent
+    once); else one range request per window (for reading only the start of a file: nothing more is sent).
+    The first window is fetched before this returns, so opening the next file ahead of its use (in a
+    prefetch) has its first bytes ready. Memory: at most ``ahead + 2`` windows. Closing the file, or the
+    prefetch that opened it, stops its fetches at once.
+
+    Raises what :func:`fetch` raises.
+    """
+    return SequentialFile(url, download_config, options or FetchOptions(), window, ahead, streamed)
+
+
+class SequentialFile(io.RawIOBase):
+    """A remote file read front to back, window by window; see :func:`open_sequential`."""
+
+    def __init__(self, url, download_config, options: FetchOptions, window: int, ahead: int, streamed: bool):
+        super().__init__()
+        if window < 1:
+            raise ValueError(f"window must be >= 1 byte, got {window!r}")
+        self.name = url
+        self._window: FetchedFile | None = None
+        self._view: memoryview | None = None
+        self._used = 0  # bytes of the current window already read
+        self._position = 0
+        self._windows = None
+        self._reader = _window_reader(url, download_config, options, streamed)
+        size = self._reader.size
+        if size is None:  # no byte ranges: the whole file is one window
+            thunks = [self._reader.read_all]
+        else:
+            thunks = (functools.partial(self._reader.read, min(start + window, size))
+                      for start in range(0, size, window))
+        self._windows = prefetch(thunks, ahead)
+        opened = current_scope().shared("ssl4eos12.remote.sequential", _OpenFiles, _OpenFiles.close)
+        if opened is not None:  # the prefetch that opens this file closes it when it ends (even if not yet used)
+            opened.add(self)
+        try:
+            with current_scope().closing(self.close):
+                self._next_window()
+            current_scope().check()
+        except BaseException:
+            self.close()
+            current_scope().check()  # closed by a cancellation: say so, not what the closed file raised
+            raise
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def _next_window(self) -> bool:
+        """Move to the next window; ``False`` at the end of the file."""
+        self._release(self._detach())
+        if self.closed:
+            raise ValueError(f"{self.name}: I/O operation on a closed file")
+        window = next(self._windows, None)
+        if window is None:
+            return False
+        self._window, self._view, self._used = window, window.getbuffer(), 0
+        return True
+
+    def _detach(self) -> tuple:
+        window, view, self._window, self._view = self._window, self._view, None, None
+        return window, view
+
+    @staticmethod
+    def _release(detached: tuple) -> None:
+        window, view = detached
+        if view is not None:
+            view.release()
+        if window is not None:
+            window.close()  # its buffer goes back to the pool, for a later window
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all the rest for ``-1``); fewer only at the end of the file."""
+        parts: list[memoryview] = []
+        passed = []  # windows read to their end: released after the copy below (their buffers get reused)
+        wanted = float("inf") if size is None or size < 0 else size
+        have = 0
+        try:
+            while have < wanted:
+                if self._view is None or self._used == len(self._view):
+                    passed.append(self._detach())
+                    if not self._next_window():
+                        break
+                take = int(min(wanted - have, len(self._view) - self._used))
+                parts.append(self._view[self._used:self._used + take])
+                self._used += take
+                have += take
+            # the one copy, out of the pooled buffers (also where the bytes span windows)
+            data = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+        finally:
+            for part in parts:
+                part.release()
+            for detached in passed:
+                self._release(detached)
+        self._position += have
+        return data
+
+    def readinto(self, target) -> int:
+        target = memoryview(target).cast("B")
+        data = self.read(len(target))
+        target[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            if self._windows is not None:
+                self._windows.close()  # stops the fetch of the next windows (and joins its thread)
+            self._release(self._detach())
+            self._reader.close()
+        super().close()
+
+
+class _OpenFiles:
+    """The :class:`SequentialFile` objects a prefetch opened, closed when it ends."""
+
+    def __init__(self):
+        self._files = weakref.WeakSet()
+
+    def add(self, file) -> None:
+        self._files.add(file)
+
+    def close(self) -> None:
+        for file in list(self._files):
+            file.close()
+
+
+def _window_reader(url: str, download_config, options: FetchOptions, streamed: bool):
+    target = _http_target(url, download_config)
+    if target is None:
+        return _FsspecWindows(url, download_config)
+    if target.size is None:
+        target = dataclasses.replace(target, size=_probe(target.url, target.headers, options, current_scope()))
+    return _HttpWindows(url, target, options, streamed)
+
+
+class _HttpWindows:
+    """Windows of a file, each read into a pooled buffer: through one request for the whole file
+    (``streamed``), else one range request each."""
+
+    def __init__(self, name: str, target: _HttpTarget, options: FetchOptions, streamed: bool):
+        self.name, self.target, self.options, self.streamed = name, target, options, streamed
+        self.size = target.size
+        self._piece: _Piece | None = None
+        self._offset = 0
+
+    def read(self, stop: int) -> FetchedFile:
+        """The next window, up to byte ``stop`` (in the prefetch's thread)."""
+        start, size, pool = self._offset, self.size, _pool()
+        buffer = _take(stop - start, pool)
+        view = memoryview(buffer)[:stop - start]
+        try:
+            if self.streamed:
+                if self._piece is None:
+                    self._piece = _Piece(self.target.url, self.target.headers, self.options, current_scope(),
+                                         0, size, size, None, None)
+                piece = self._piece
+                piece.scope, piece.view, piece.base = current_scope(), view, start
+                piece.run(until=stop)
+            else:
+                _Piece(self.target.url, self.target.headers, self.options, current_scope(), start, stop, size,
+                       view, None).run()
+        except BaseException:
+            view.release()
+            _close_buffer(buffer)
+            raise
+        finally:
+            if self._piece is not None:
+                self._piece.view = None
+        view.release()
+        self._offset = stop
+        return FetchedFile(buffer, stop - start, self.name, pool)
+
+    def read_all(self) -> FetchedFile:
+        return _fetch_single(self.target.url, self.target.headers, self.options, current_scope(), None, self.name)
+
+    def close(self) -> None:
+        if self._piece is not None:
+            self._piece.close()
+
+
+class _FsspecWindows:
+    """Windows of a file that fsspec reads (other protocols, proxies): consecutive reads of one open file."""
+
+    def __init__(self, url: str, download_config):
+        self.name = url
+        self._file = open_remote(url, download_config)
+        self.size = self._file.size
+        self._lock = threading.Lock()
+
+    def read(self, stop: int) -> FetchedFile:
+        with self._lock:
+            data = self._file.read(stop - self._file.tell())
+        if not data:
+            raise RemoteFileError(f"{self.name}: the file ends before byte {stop}")
+        buffer = _allocate(len(data))
+        buffer[:len(data)] = data
+        return FetchedFile(buffer, len(data), self.name)
+
+    def read_all(self) -> FetchedFile:
+        with self._lock:
+            data = self._file.read()
+        buffer = _allocate(len(data))
+        buffer[:len(data)] = data
+        return FetchedFile(buffer, len(data), self.name)
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
 
 
 def _plain_http_headers(storage_options: dict) -> dict[str, str] | None:
@@ -516,7 +766,9 @@ class _Piece:
 
     ``stop=size=None``: the whole file, whose size the first response tells (``allocate`` then makes
     ``view``). Attempts that make progress reset the retry count, so only a server that stops giving bytes
-    exhausts ``datasets``' retries.
+    exhausts ``datasets``' retries. :meth:`run` with ``until`` reads only up to there and keeps the response
+    open for the next call (a file read front to back in windows, :class:`SequentialFile`, one request for
+    all of them); then ``view``/``base`` are the next window's, and :meth:`close` ends the request.
     """
 
     def __init__(self, url, headers, options, scope, start, stop, size, view, allocate):
@@ -528,75 +780,105 @@ class _Piece:
         self.allocate = allocate
         self.offset = start  # the next byte to read, in file coordinates
         self.base = start  # file offset of view[0]
+        self._request: contextlib.ExitStack | None = None  # the open request, while one is
+        self._response = None
+        self._drain = False
 
-    def run(self) -> None:
+    def run(self, until: int | None = None) -> None:
+        keep_open = until is not None
         failures = 0
-        while self.stop is None or self.offset < self.stop:
-            self.scope.check()
-            before = self.offset
-            try:
-                self._attempt()
-            except (_Retryable, OSError, http.client.HTTPException) as err:
-                if isinstance(err, (FileNotFoundError, PermissionError)) or self.scope.cancelled:
-                    self.scope.check()
-                    raise
-                if self.offset > before:
-                    failures = 0
-                failures = _wait_retry(self.url, failures, err, self.scope)
+        try:
+            while self.stop is None or self.offset < (until if keep_open else self.stop):
+                self.scope.check()
+                before = self.offset
+                try:
+                    if self._response is None:
+                        self._open()
+                    self._read_body(until if keep_open else self.stop)
+                except (_Retryable, OSError, http.client.HTTPException) as err:
+                    self.close()
+                    if isinstance(err, (FileNotFoundError, PermissionError)) or self.scope.cancelled:
+                        self.scope.check()
+                        raise
+                    if self.offset > before:
+                        failures = 0
+                    failures = _wait_retry(self.url, failures, err, self.scope)
+        except BaseException:
+            self.close()
+            raise
+        if not keep_open:
+            self.close()
 
-    def _attempt(self) -> None:
+    def close(self) -> None:
+        """End the open request, if any (its connection is closed)."""
+        request, self._request, self._response = self._request, None, None
+        if request is not None:
+            request.close()
+
+    def _open(self) -> None:
         whole = self.offset == 0 and self.stop == self.size  # the whole file (also when its size is not known)
         byte_range = None if whole else f"bytes={self.offset}-{'' if self.stop is None else self.stop - 1}"
-        with _request("GET", self.url, self.headers, self.options, self.scope, byte_range) as response:
-            status = response.status
-            if status in (404, 410):
-                raise FileNotFoundError(f"{self.url}: HTTP {status}")
-            if status in (401, 403):
-                raise _denied(self.url, status)
-            if status in _RETRY_STATUSES:
-                raise _Retryable(f"HTTP {status}")
-            if status == 200:
-                if self.offset != 0 and self.base != 0:
-                    raise RemoteFileError(f"{self.url}: the server ignores byte ranges (HTTP 200 to {byte_range})")
-                self.offset = 0  # the whole file again: its first bytes overwrite the same bytes
-                total = response.length
-                if self.stop is None:
-                    if total is None:
-                        raise RemoteFileError(f"{self.url}: the server sends no Content-Length")
-                    self.view = self.allocate(total)
-                    self.stop = self.size = total
-                elif total is not None and total != self.stop:
-                    raise RemoteFileError(f"{self.url}: the file has {total} bytes, expected {self.stop} "
-                                          "(changed on the server?)")
-            elif status == 206:
-                first = _content_range_start(response.getheader("Content-Range"))
-                if first != self.offset:
-                    got = response.getheader("Content-Range")
-                    raise RemoteFileError(f"{self.url}: asked for {byte_range}, got {got}")
-            else:
-                raise RemoteFileError(f"{self.url}: HTTP {status} {response.reason}")
-            self._read_body(response)
+        request = contextlib.ExitStack()
+        try:
+            response = request.enter_context(
+                _request("GET", self.url, self.headers, self.options, self.scope, byte_range))
+            self._check(response, byte_range)
+        except BaseException:
+            request.close()
+            raise
+        self._request, self._response = request, response
+        # Body bytes that came with the headers sit in the reader's buffer, and readinto1 would copy them and
+        # then still block on the socket (losing their count if that times out): read1 hands them over alone,
+        # first. http.client's readinto is left for chunked bodies (its framing), which static file servers
+        # do not send.
+        self._drain = not response.chunked
 
-    def _read_body(self, response) -> None:
-        view, stop = self.view, self.stop
-        if response.length is not None and response.length != stop - self.offset:
-            raise RemoteFileError(f"{self.url}: the server sends {response.length} bytes for {stop - self.offset}")
+    def _check(self, response, byte_range) -> None:
+        status = response.status
+        if status in (404, 410):
+            raise FileNotFoundError(f"{self.url}: HTTP {status}")
+        if status in (401, 403):
+            raise _denied(self.url, status)
+        if status in _RETRY_STATUSES:
+            raise _Retryable(f"HTTP {status}")
+        if status == 200:
+            if self.offset != 0 and self.base != 0:
+                raise RemoteFileError(f"{self.url}: the server ignores byte ranges (HTTP 200 to {byte_range})")
+            self.offset = 0  # the whole file again: its first bytes overwrite the same bytes
+            total = response.length
+            if self.stop is None:
+                if total is None:
+                    raise RemoteFileError(f"{self.url}: the server sends no Content-Length")
+                self.view = self.allocate(total)
+                self.stop = self.size = total
+            elif total is not None and total != self.stop:
+                raise RemoteFileError(f"{self.url}: the file has {total} bytes, expected {self.stop} "
+                                      "(changed on the server?)")
+        elif status == 206:
+            first = _content_range_start(response.getheader("Content-Range"))
+            if first != self.offset:
+                got = response.getheader("Content-Range")
+                raise RemoteFileError(f"{self.url}: asked for {byte_range}, got {got}")
+        else:
+            raise RemoteFileError(f"{self.url}: HTTP {status} {response.reason}")
+        if response.length is not None and response.length != self.stop - self.offset:
+            raise RemoteFileError(f"{self.url}: the server sends {response.length} bytes for "
+                                  f"{self.stop - self.offset}")
+
+    def _read_body(self, until: int) -> None:
         # One socket read per call, straight into the buffer (BufferedReader.readinto1): a read that times out
-        # loses nothing already received, so the retry resumes at the exact byte. Body bytes that came with
-        # the headers sit in the reader's buffer, and readinto1 would copy them and then still block on the
-        # socket (losing their count if that times out): read1 hands them over alone, first. http.client's
-        # readinto is left for chunked bodies (its framing), which static file servers do not send.
+        # loses nothing already received, so the retry resumes at the exact byte.
+        response, view = self._response, self.view
         read = response.readinto if response.chunked else response.fp.readinto1
-        drain = not response.chunked
-        while self.offset < stop:
+        while self.offset < until:
             self.scope.check()
-            target = view[self.offset - self.base:min(self.offset + _STEP, stop) - self.base]
+            target = view[self.offset - self.base:min(self.offset + _STEP, until) - self.base]
             try:
-                if drain:  # what the reader buffered with the headers, or one socket read
+                if self._drain:  # what the reader buffered with the headers, or one socket read
                     data = response.fp.read1(min(len(target), 1 << 16))
                     n = len(data)
                     target[:n] = data
-                    drain = False
+                    self._drain = False
                 else:
                     n = read(target)
             except socket.timeout as err:
@@ -605,7 +887,7 @@ class _Piece:
                 with contextlib.suppress(BufferError):  # a failed read's traceback may still hold it
                     target.release()
             if not n:
-                raise _Retryable(f"connection closed after byte {self.offset} of {stop}")
+                raise _Retryable(f"connection closed after byte {self.offset} of {self.stop}")
             self.offset += n
 
 

@@ -26,7 +26,7 @@ import functools
 import io
 import posixpath
 import tarfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Optional
 
 import numpy as np
@@ -38,13 +38,16 @@ from ..constants import BANDS_DTYPE, TAR_SUFFIX, ZARR_ZIP_SUFFIX, webdataset_met
 from ..errors import SSL4EOS12DataError, SSL4EOS12FileError
 from .base import Block, Layout, ModalityFile, Source
 from .chunked import join_on_sample
-from .remote import is_remote, url_to_fs
+from ..prefetch import Cancelled
+from .remote import is_remote, open_sequential, url_to_fs
 from .zarrzip import EXPECTED_DTYPES, ZIP_SOURCE, _describe, _dtype_matches, open_zarr_zip
 
 #: Locations per block: a full-size location of all seven modalities decodes to ~20 MB.
 BLOCK_LOCATIONS = 4
 #: Read size of the tar stream: large reads keep per-call overhead low; the stream itself is one request.
 STREAM_READ_SIZE = 1 << 20
+#: Window of the remote reads that look at a tar's first member only (a full-size member is ~1-7 MB).
+PROBE_WINDOW = 1 << 20
 #: The optional per-location variables, with their dims in a member (the time coordinate may hold the
 #: timestamps instead of ``time_``).
 OPTIONAL_VARIABLES: dict[str, tuple[str, ...]] = {
@@ -80,7 +83,7 @@ class WebDatasetSource(Source):
         if metadata is not None and shard in metadata:
             return layout, sum(1 for name in metadata if name == shard)
         url = self.url(split_folder, modality, shard)
-        return layout, sum(1 for _ in iter_members(url, self.download_config))
+        return layout, sum(1 for _ in iter_members(url, self.download_config, options=self.fetch_options))
 
     def layouts(self, split_folder: str, shard: str) -> tuple[Layout, ...]:
         """Every modality's layout from the first member of its tar: one short read per modality."""
@@ -88,7 +91,8 @@ class WebDatasetSource(Source):
 
     def _first_layout(self, split_folder: str, shard: str, modality: str) -> Layout:
         url = self.url(split_folder, modality, shard)
-        with contextlib.closing(iter_members(url, self.download_config)) as members:
+        with contextlib.closing(iter_members(url, self.download_config, probe=True,
+                                             options=self.fetch_options)) as members:
             for key, data in members:
                 where = f"{url}:{key}{ZARR_ZIP_SUFFIX}"
                 with open_zarr_zip(where, data=data) as dataset:
@@ -109,14 +113,38 @@ class WebDatasetSource(Source):
             raise SSL4EOS12FileError(path, f"cannot read the tar column of the metadata ({err})") from err
         return tuple(posixpath.basename(str(name)) for name in table.column("tar").to_pylist())
 
-    def blocks(
+    def fetch(
         self, split_folder: str, shard: str, layouts: Sequence[Layout],
         variables: Optional[dict[str, Sequence[str]]] = None,
+    ) -> Callable[[], Iterator[Block]]:
+        """For a remote root, open the shard's tars now (their first windows fetched, the next ones on their
+        way: :func:`open_tar`), so the builder's prefetch starts the next shard while this one is decoded."""
+        if not is_remote(self.root):
+            return super().fetch(split_folder, shard, layouts, variables)
+        files = {}
+        try:
+            for layout in layouts:
+                url = self.url(split_folder, layout.modality, shard)
+                with _tar_errors(url):
+                    files[layout.modality] = open_tar(url, self.download_config, self.fetch_options)
+        except BaseException:
+            for file in files.values():
+                file.close()
+            raise
+        return functools.partial(self.blocks, split_folder, shard, layouts, variables, files)
+
+    def blocks(
+        self, split_folder: str, shard: str, layouts: Sequence[Layout],
+        variables: Optional[dict[str, Sequence[str]]] = None, files: Optional[dict] = None,
     ) -> Iterator[Block]:
+        """As :meth:`Source.blocks`; ``files``: the tars already opened by :meth:`fetch` (closed here)."""
         urls = {layout.modality: self.url(split_folder, layout.modality, shard) for layout in layouts}
         with contextlib.ExitStack() as stack:
-            streams = {m: stack.enter_context(contextlib.closing(iter_members(url, self.download_config)))
-                       for m, url in urls.items()}
+            for file in (files or {}).values():
+                stack.callback(file.close)
+            streams = {m: stack.enter_context(contextlib.closing(
+                iter_members(url, self.download_config, (files or {}).get(m), options=self.fetch_options)))
+                for m, url in urls.items()}
             offset = 0
             for keys, rows in _batched(_joined(streams, urls), BLOCK_LOCATIONS):
                 parts = {
@@ -142,36 +170,45 @@ def list_tars(fs, folder: str) -> list[str]:
     return sorted(posixpath.basename(p) for p in names if p.endswith(TAR_SUFFIX))
 
 
-def iter_members(url: str, download_config=None) -> Iterator[tuple[str, bytes]]:
-    """``(key, bytes)`` of each member of a tar, read front to back in one streaming request.
+def iter_members(url: str, download_config=None, file=None, *, probe: bool = False,
+                 options=None) -> Iterator[tuple[str, bytes]]:
+    """``(key, bytes)`` of each member of a tar, read front to back.
 
-    Every problem (a truncated tar, a member that is not ``<key>.zarr.zip``, a lost connection) raises
-    :class:`SSL4EOS12FileError` naming the tar.
+    ``file``: the tar already opened (:func:`open_tar`; the caller closes it); else it is opened here, for
+    reading its first members only where ``probe``. Every problem (a truncated tar, a member that is not
+    ``<key>.zarr.zip``, a lost connection) raises :class:`SSL4EOS12FileError` naming the tar.
     """
-    try:
+    with _tar_errors(url), contextlib.ExitStack() as stack:
+        if file is None:
+            file = stack.enter_context(open_tar(url, download_config, options, probe=probe))
         # "r:" over a forward-only reader, not tarfile's stream mode "r|": the stream mode copies each member
         # several times over in small reads (~18 ms per 5 MB member, measured; ~2.5 ms this way)
-        with _open_stream(url, download_config) as f, tarfile.open(fileobj=_ForwardReader(f), mode="r:") as tar:
-            for info in tar:
-                # a TarFile keeps every TarInfo, each pointing back at it: a cycle that kept
-                # each finished tar's read buffer alive until a full garbage collection (measured)
-                tar.members = []
-                if not info.isfile():
-                    continue
-                name = posixpath.basename(info.name)
-                key, _, extension = name.partition(".")
-                if "." + extension != ZARR_ZIP_SUFFIX or not key:
-                    raise SSL4EOS12FileError(url, f"member {info.name!r} is not a <key>{ZARR_ZIP_SUFFIX} member")
-                yield key, tar.extractfile(info).read()
-    except SSL4EOS12FileError:
+        tar = stack.enter_context(tarfile.open(fileobj=_ForwardReader(file), mode="r:"))
+        for info in tar:
+            # a TarFile keeps every TarInfo, each pointing back at it: a cycle that kept
+            # each finished tar's read buffer alive until a full garbage collection (measured)
+            tar.members = []
+            if not info.isfile():
+                continue
+            name = posixpath.basename(info.name)
+            key, _, extension = name.partition(".")
+            if "." + extension != ZARR_ZIP_SUFFIX or not key:
+                raise SSL4EOS12FileError(url, f"member {info.name!r} is not a <key>{ZARR_ZIP_SUFFIX} member")
+            yield key, tar.extractfile(info).read()
+
+
+@contextlib.contextmanager
+def _tar_errors(url: str) -> Iterator[None]:
+    """Any failure to read the tar ``url`` as :class:`SSL4EOS12FileError` naming it (a cancellation passes)."""
+    try:
+        yield
+    except (SSL4EOS12FileError, Cancelled):
         raise
     except FileNotFoundError as err:
         raise SSL4EOS12FileError(url, "file not found") from err
     except tarfile.TarError as err:
         raise SSL4EOS12FileError(url, f"not a readable tar file, truncated or corrupt ({err})") from err
-    except (OSError, ConnectionError) as err:
-        raise SSL4EOS12FileError(url, f"could not be read to the end ({type(err).__name__}: {err})") from err
-    except Exception as err:  # aiohttp and huggingface_hub raise their own types for a lost connection
+    except Exception as err:  # OSError, ConnectionError; aiohttp and huggingface_hub raise their own types too
         raise SSL4EOS12FileError(url, f"could not be read to the end ({type(err).__name__}: {err})") from err
 
 
@@ -220,17 +257,17 @@ class _ForwardReader(io.RawIOBase):
         return len(data)
 
 
-def _open_stream(url: str, download_config):
-    """The tar as a file read once, front to back: local as is; HTTP and the Hub as one streaming GET."""
-    fs, path = url_to_fs(url, download_config)
-    protocol = url.split("://", 1)[0] if "://" in url else "file"
-    if protocol in ("http", "https", "hf"):
-        # block_size=0: fsspec's and huggingface_hub's streaming files, one request with no Range header
-        return fs.open(path, "rb", block_size=0)
-    if protocol == "file":
+def open_tar(url: str, download_config=None, options=None, *, probe: bool = False):
+    """The tar as a file read once, front to back: a local one as is; a remote one through
+    :func:`~ssl4eos12.sources.remote.open_sequential` (its next windows fetched while this one is read; one
+    request per tar; ``probe``: small windows, each its own range request, none ahead, so reading the first
+    member sends little more than it)."""
+    if not is_remote(url):
+        fs, path = url_to_fs(url, download_config)
         return fs.open(path, "rb")
-    # any other file system: sequential reads of STREAM_READ_SIZE, each byte fetched once
-    return fs.open(path, "rb", cache_type="readahead", block_size=STREAM_READ_SIZE)
+    if probe:
+        return open_sequential(url, download_config, options, window=PROBE_WINDOW, ahead=0, streamed=False)
+    return open_sequential(url, download_config, options)
 
 
 def _joined(streams: dict[str, Iterator], urls: dict[str, str]) -> Iterator[tuple[str, list[bytes]]]:
