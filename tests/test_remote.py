@@ -343,16 +343,18 @@ def test_a_cancelled_iteration_stops_its_fetch_and_leaves_nothing_behind(data_di
 
 
 @pytest.mark.timeout(180)
-def test_a_killed_dataloader_worker_leaves_no_connection_or_thread(data_dir):
+@pytest.mark.parametrize("layout", ["zarr", "webdataset"])
+def test_a_killed_dataloader_worker_leaves_no_connection_or_thread(data_dir, wds_dir, layout):
     torch = pytest.importorskip("torch")
     import signal
 
-    files = split_files(data_dir, "train")
+    root = data_dir if layout == "zarr" else wds_dir
+    second = sorted(p.name for p in (Path(root) / "train" / "S2L2A").iterdir())[1]
     threads_before = {t.ident for t in threading.enumerate()}
-    with RangeHTTPServer(data_dir) as srv:
+    with RangeHTTPServer(root) as srv:
         ds = load_dataset("ssl4eos12", "S2L2A", root=srv.url, split="train", streaming=True)
         before = {c.laddr for c in client_connections(srv.port)}  # load_dataset's metadata read (fsspec's pool)
-        srv.stall_next(1, after_bytes=500, path=f"/train/S2L2A/{files[1]}")  # the worker's prefetch hangs there
+        srv.stall_next(1, after_bytes=500, path=f"/train/S2L2A/{second}")  # the worker's prefetch hangs there
         loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=ssl4eos12.collate)
         iterator = iter(loader)
         next(iterator)
@@ -421,3 +423,117 @@ def test_http_access_denied_is_named_and_not_retried(data_dir, fast_retries):
             next(iter(ds))
         assert f"{srv.url}/train/S2L2A/{split_files(data_dir, 'train')[0]}" in str(info.value)
         assert len([r for r in srv.requests if r[0] == "GET" and r[1].endswith(".zarr.zip")]) == 1
+
+
+# -- files read front to back (the webdataset tars) ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def wds_dir(tmp_path_factory):
+    """Tars of the webdataset release: 2 per split and modality, 3 locations of 16 px each (~0.1 MB per tar)."""
+    from ssl4eos12.synth.webdataset import synthesize_webdataset
+
+    return synthesize_webdataset(tmp_path_factory.mktemp("wds"), splits=("train",), files=2, samples=3, size=16,
+                                 modalities=("S2L2A", "S1GRD"))
+
+
+@pytest.fixture
+def small_windows(monkeypatch):
+    """Windows of a few kB, so the ~0.1 MB tars take many, as 16 MB windows split the real ones."""
+    monkeypatch.setattr(remote, "WINDOW", 8 << 10)
+
+
+def tar_sizes(wds_dir: Path) -> dict[str, int]:
+    return {f"/{p.relative_to(wds_dir).as_posix()}": p.stat().st_size for p in Path(wds_dir).rglob("*.tar")}
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_open_sequential_reads_every_byte_once_in_order(tmp_path, streamed):
+    payload = np.random.default_rng(1).integers(0, 256, 100_001, dtype=np.uint8).tobytes()
+    (tmp_path / "f.bin").write_bytes(payload)
+    with RangeHTTPServer(tmp_path) as srv:
+        with remote.open_sequential(srv.url + "/f.bin", window=7_000, ahead=2, streamed=streamed) as f:
+            parts = [f.read(n) for n in (1, 6_998, 7_002, 30_000, 1)]  # within, to the end of, across windows
+            parts.append(f.read())
+            assert f.read(10) == b"" and f.tell() == len(payload)
+        assert b"".join(parts) == payload
+        gets = [r for r in srv.requests if r[0] == "GET"]
+        assert srv.bytes_served["/f.bin"] == len(payload)
+    if streamed:  # one request, no Range
+        assert [r[2] for r in gets] == [None]
+    else:  # one range request per window
+        assert [r[2] for r in gets] == [f"bytes={a}-{min(a + 7_000, len(payload)) - 1}"
+                                        for a in range(0, len(payload), 7_000)]
+    assert not ssl4eos12_threads()
+
+
+@needs_nginx
+def test_tars_over_nginx_equal_local_tars_and_serve_each_byte_once(wds_dir, small_windows):
+    with NginxServer(wds_dir) as srv:
+        ds = load_dataset("ssl4eos12", "S2L2A", modalities=["S2L2A", "S1GRD"], root=srv.url, split="train",
+                          streaming=True)
+        before, probed = srv.bytes_served(), len(srv.requests())  # the features' probe: the first tars' start
+        local = load_dataset("ssl4eos12", "S2L2A", modalities=["S2L2A", "S1GRD"], data_dir=str(wds_dir),
+                             split="train", streaming=True)
+        assert_same_examples(ds, local)
+        served = srv.bytes_served()
+        gets = [r for r in srv.requests()[probed:] if r[0] == "GET"]
+    for path, size in tar_sizes(wds_dir).items():
+        assert served.get(path, 0) - before.get(path, 0) == size, (path, served.get(path), before.get(path), size)
+    assert sorted((path, status) for _, path, status in gets) == sorted((p, 200) for p in tar_sizes(wds_dir))
+
+
+def test_a_tar_that_stalls_mid_file_is_resumed_where_it_stopped(wds_dir, small_windows, fast_retries):
+    with RangeHTTPServer(wds_dir) as srv:
+        ds = load_dataset("ssl4eos12", "S2L2A", root=srv.url, split="train", streaming=True, remote_timeout=0.5)
+        srv.reset_log()
+        tar = "/train/S2L2A/" + sorted(p.name for p in (Path(wds_dir) / "train" / "S2L2A").glob("*.tar"))[1]
+        srv.stall_next(1, after_bytes=20_000, path=tar)  # the second tar, while the first one is decoded
+        local = load_dataset("ssl4eos12", "S2L2A", data_dir=str(wds_dir), split="train", streaming=True)
+        assert_same_examples(ds, local)
+        gets = [r for r in srv.requests if r[0] == "GET" and r[1] == tar]
+        served = srv.bytes_served[tar]
+    # the whole tar, then the rest from where it stalled
+    assert [r[2] for r in gets] == [None, f"bytes=20000-{tar_sizes(wds_dir)[tar] - 1}"]
+    assert served == tar_sizes(wds_dir)[tar]
+    assert not ssl4eos12_threads()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["break", "exception", "close", "abandon"])
+def test_a_cancelled_tar_iteration_stops_its_fetches_and_leaves_nothing_behind(wds_dir, small_windows,
+                                                                                track_buffers, how):
+    """The next tar's stream is open and stalled mid-body when the consumer stops: no thread, connection or
+    buffer stays (the stall would hold the test otherwise)."""
+    with RangeHTTPServer(wds_dir) as srv:
+        ds = load_dataset("ssl4eos12", "S2L2A", root=srv.url, split="train", streaming=True)
+        before = {c.laddr for c in client_connections(srv.port)}  # fsspec's pool, from reading the metadata
+        second = "/train/S2L2A/" + sorted(p.name for p in (Path(wds_dir) / "train" / "S2L2A").glob("*.tar"))[1]
+        srv.stall_next(1, after_bytes=20_000, path=second)
+
+        def consume():
+            iterator = iter(ds)
+            next(iterator)
+            deadline = threading.Event()
+            while not any(r[1] == second for r in srv.requests) and not deadline.wait(0.01):
+                pass  # until the builder's prefetch opens the second tar
+            if how == "break":
+                for _ in iterator:
+                    break
+                iterator.close()
+            elif how == "exception":
+                with pytest.raises(KeyError):
+                    for example in iterator:
+                        raise KeyError(example["sample"])
+            elif how == "close":
+                iterator.close()
+            return iterator
+
+        iterator = consume()
+        if how == "abandon":
+            assert ssl4eos12_threads()  # the prefetch is still running
+        del iterator
+        gc.collect()
+        assert any(r[1] == second for r in srv.requests)
+        assert not ssl4eos12_threads()
+        assert {c.laddr for c in client_connections(srv.port)} <= before
+        assert track_buffers and all(buffer.closed for buffer in track_buffers)

@@ -331,11 +331,12 @@ WINDOW = 16 << 20
 WINDOWS_AHEAD = 2
 
 
-def open_sequential(url: str, download_config=None, options: FetchOptions | None = None, *, window: int = WINDOW,
-                    ahead: int = WINDOWS_AHEAD, streamed: bool = True) -> SequentialFile:
+def open_sequential(url: str, download_config=None, options: FetchOptions | None = None, *,
+                    window: int | None = None, ahead: int | None = None, streamed: bool = True) -> SequentialFile:
     """Open the remote file ``url`` to be read once, front to back (a tar), at the speed of the link.
 
-    The file comes in windows of ``window`` bytes, fetched into pooled buffers up to ``ahead`` windows beyond
+    The file comes in windows of ``window`` bytes (default :data:`WINDOW`), fetched into pooled buffers up to
+    ``ahead`` (default :data:`WINDOWS_AHEAD`) windows beyond
     the one being read, by a background thread (:func:`~ssl4eos12.prefetch.prefetch`). ``streamed``: one
     request for the whole file, read window by window (resumed by range where it breaks; each byte is sent
     once); else one range request per window (for reading only the start of a file: nothing more is sent).
@@ -345,7 +346,8 @@ def open_sequential(url: str, download_config=None, options: FetchOptions | None
 
     Raises what :func:`fetch` raises.
     """
-    return SequentialFile(url, download_config, options or FetchOptions(), window, ahead, streamed)
+    return SequentialFile(url, download_config, options or FetchOptions(), WINDOW if window is None else window,
+                          WINDOWS_AHEAD if ahead is None else ahead, streamed)
 
 
 class SequentialFile(io.RawIOBase):
