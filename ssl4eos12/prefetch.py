@@ -21,6 +21,10 @@ blocking read registers a closer with :meth:`CancelScope.closing` (e.g. shutting
 interrupted at once; :func:`ssl4eos12.sources.remote.fetch` does. A thunk that ignores the scope is
 waited for.
 
+A thunk may hand its result over before all its work is done: what it registers with
+:meth:`CancelScope.defer` runs in the same thread right after the result is handed over, before the next
+thunk (a file whose first bytes are enough to start with, and whose body keeps arriving).
+
 The thread lives as long as the iteration: a fork (a DataLoader worker) never inherits a running one
 unless it forks in the middle of an iteration, which DataLoader does not.
 """
@@ -52,6 +56,7 @@ class CancelScope:
         self._closers: dict[int, Callable[[], None]] = {}
         self._next_id = 0
         self._shared: dict[str, tuple[object, Callable[[object], None]]] = {}
+        self._deferred: list[Callable[[], None]] = []
 
     @property
     def cancelled(self) -> bool:
@@ -90,6 +95,27 @@ class CancelScope:
             if key not in self._shared:
                 self._shared[key] = (factory(), close)
             return self._shared[key][0]  # type: ignore[return-value]
+
+    @property
+    def deferrable(self) -> bool:
+        """Whether :meth:`defer` works: inside a prefetch."""
+        return self is not _NEVER
+
+    def defer(self, rest: Callable[[], None]) -> bool:
+        """Run ``rest`` (the rest of the running thunk's work, e.g. the body of a file whose result is handed
+        over before all its bytes are in) right after the thunk's result is handed to the consumer, in the
+        prefetch's thread and scope, before the next thunk starts. ``False`` outside a prefetch: the caller
+        then does the rest itself. ``rest`` must not raise; it also runs when the prefetch is cancelled (then
+        :attr:`cancelled` is set), so whoever waits for it is told."""
+        if self is _NEVER:
+            return False
+        self._deferred.append(rest)
+        return True
+
+    def run_deferred(self) -> None:
+        """Run what the last thunk deferred (:meth:`defer`), in order."""
+        while self._deferred:
+            self._deferred.pop(0)()
 
     @contextlib.contextmanager
     def closing(self, closer: Callable[[], None]) -> Iterator[None]:
@@ -170,6 +196,8 @@ def _work(shared: _Shared) -> None:
                 break  # nobody will take it: drop it here
             _deliver(shared, *item)
             del item
+            shared.scope.run_deferred()  # the rest of that item's work, while the consumer already uses it
+        shared.scope.run_deferred()  # cancelled: deferred work learns it (and tells whoever waits for it)
     with shared.condition:
         shared.finished = True
         shared.condition.notify_all()
@@ -204,7 +232,10 @@ class Prefetch(Iterator[T], Generic[T]):
         shared = self._shared
         if shared.ahead == 0:
             with _in_scope(shared.scope):
-                return next(shared.thunks)()
+                try:
+                    return next(shared.thunks)()
+                finally:
+                    shared.scope.run_deferred()  # nothing to overlap with: the rest of its work, now
         if self._thread is None:
             self._thread = threading.Thread(target=_work, args=(shared,), name=self._name, daemon=True)
             self._thread.start()

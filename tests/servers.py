@@ -1230,7 +1230,7 @@ class HubServer(_BackgroundServer):
         if rng is None:
             return h.send_bytes(200, data, headers)
         headers["Content-Range"] = f"bytes {rng[0]}-{rng[1]}/{len(data)}"
-        h.send_bytes(206, data[rng[0] : rng[1] + 1], headers)
+        h.send_bytes(206, memoryview(data)[rng[0] : rng[1] + 1], headers)  # no copy of a big file per range
 
     # -- endpoints: uploads ---------------------------------------------------------------
 

@@ -384,7 +384,8 @@ def test_a_killed_dataloader_worker_leaves_no_connection_or_thread(data_dir, wds
 
 @needs_nginx
 @pytest.mark.parametrize("connections", [1, 3])
-def test_nginx_streaming_equals_local_and_serves_each_byte_once(tmp_path, small_pieces, connections):
+def test_nginx_streaming_equals_local_and_serves_each_byte_once(tmp_path, small_pieces, small_tail, connections):
+    # one connection: each file handed over with its tail, its body arriving while it is decoded
     data_dir = ssl4eos12.synth.synthesize(tmp_path / "d", splits=("train",), files=2, samples=8, size=64)
     with NginxServer(data_dir) as srv:
         ds = load_dataset("ssl4eos12", "all", root=srv.url, split="train", streaming=True,
@@ -537,3 +538,84 @@ def test_a_cancelled_tar_iteration_stops_its_fetches_and_leaves_nothing_behind(w
         assert not ssl4eos12_threads()
         assert {c.laddr for c in client_connections(srv.port)} <= before
         assert track_buffers and all(buffer.closed for buffer in track_buffers)
+
+
+# -- a file handed over before its body is in (inside a prefetch) ---------------------------------------------------
+
+@pytest.fixture
+def small_tail(monkeypatch):
+    """A tail of 16 kB, so files of a few hundred kB are handed over before their body arrives, as 8 MB tails
+    do with the real files."""
+    monkeypatch.setattr(remote, "TAIL", 16 << 10)
+
+
+def test_a_file_is_handed_over_with_its_tail_and_its_body_follows(tmp_path, small_tail):
+    payload = np.random.default_rng(2).integers(0, 256, 200_003, dtype=np.uint8).tobytes()
+    (tmp_path / "f.bin").write_bytes(payload)
+    missing = len(payload) - remote.TAIL
+    with RangeHTTPServer(tmp_path) as srv:
+        srv.stall_next(2, after_bytes=50_000, seconds=0.5, path="/f.bin")  # the tail whole, the body stalls
+        with ssl4eos12.prefetch.prefetch([lambda: remote.fetch(srv.url + "/f.bin")], ahead=1) as files:
+            fetched = next(files)
+            assert fetched.wait(missing, len(payload), block=False)  # the tail is in
+            assert not fetched.wait(0, missing, block=False)  # the body is still on its way (stalled)
+            fetched.seek(missing)
+            assert fetched.read() == payload[missing:]
+            fetched.seek(0)
+            assert fetched.read() == payload  # waits for the body (resumed after the stall)
+            with fetched.getbuffer() as view:
+                assert bytes(view) == payload
+            fetched.close()
+        gets = [r[2] for r in srv.requests if r[0] == "GET"]
+        assert srv.bytes_served["/f.bin"] == len(payload)
+    assert gets[:2] == [f"bytes={missing}-{len(payload) - 1}", f"bytes=0-{missing - 1}"]
+    assert gets[2:] == [f"bytes=50000-{missing - 1}"]  # resumed where it stalled
+    assert not ssl4eos12_threads()
+
+
+@pytest.mark.timeout(60)
+def test_closing_a_file_whose_body_is_arriving_stops_its_fetch(tmp_path, small_tail, track_buffers):
+    payload = np.random.default_rng(3).integers(0, 256, 200_003, dtype=np.uint8).tobytes()
+    (tmp_path / "f.bin").write_bytes(payload)
+    with RangeHTTPServer(tmp_path) as srv:
+        before = {c.laddr for c in client_connections(srv.port)}
+        srv.stall_next(2, after_bytes=50_000, path="/f.bin")  # the body stalls for good
+        with ssl4eos12.prefetch.prefetch([lambda: remote.fetch(srv.url + "/f.bin")], ahead=1) as files:
+            fetched = next(files)
+            deadline = threading.Event()
+            while not fetched.wait(0, 40_000, block=False) and not deadline.wait(0.01):
+                pass  # until the body has started to arrive
+            fetched.close()  # at once: the stalled read is interrupted, not waited for
+            with pytest.raises(ValueError, match="closed"):
+                fetched.read()
+        assert {c.laddr for c in client_connections(srv.port)} <= before
+    assert not ssl4eos12_threads()
+    assert track_buffers and all(buffer.closed for buffer in track_buffers)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["break", "abandon"])
+def test_an_iteration_cancelled_while_a_body_arrives_leaves_nothing_behind(data_dir, track_buffers, monkeypatch,
+                                                                            how):
+    """The second file was handed over with its tail; its body stalls mid-way when the consumer stops."""
+    monkeypatch.setattr(remote, "TAIL", 1 << 10)  # these files are ~10-20 kB
+    files = split_files(data_dir, "train")
+    with RangeHTTPServer(data_dir) as srv:
+        ds = load_dataset("ssl4eos12", "S2L2A", root=srv.url, split="train", streaming=True)
+        before = {c.laddr for c in client_connections(srv.port)}
+        second = f"/train/S2L2A/{files[1]}"
+        srv.stall_next(2, after_bytes=remote.TAIL + 100, path=second)  # the tail whole, the body stalls for good
+        iterator = iter(ds)
+        next(iterator)
+        deadline = threading.Event()
+        while len([r for r in srv.requests if r[1] == second and r[0] == "GET"]) < 2 and not deadline.wait(0.01):
+            pass  # until the body is asked for
+        if how == "break":
+            for _ in iterator:
+                break
+            iterator.close()
+        del iterator
+        gc.collect()
+        assert not ssl4eos12_threads()
+        assert {c.laddr for c in client_connections(srv.port)} <= before
+    assert track_buffers and all(buffer.closed for buffer in track_buffers)

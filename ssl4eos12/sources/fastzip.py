@@ -136,8 +136,11 @@ def read_arrays(source, names) -> dict[str, np.ndarray]:
     if hasattr(source, "getbuffer"):  # io.BytesIO, remote.FetchedFile
         position = source.tell()
         try:
-            with zipfile.ZipFile(source) as zf, source.getbuffer() as buffer:
-                return _read(zf, buffer, names)
+            # a fetched file whose body may still be arriving: each member is decoded once it is in
+            wait = getattr(source, "wait", None)
+            with zipfile.ZipFile(source) as zf, (source.getbuffer() if wait is None else
+                                                 source.getbuffer(complete=False)) as buffer:
+                return _read(zf, buffer, names, wait)
         finally:
             source.seek(position)
     with open(source, "rb") as file, zipfile.ZipFile(file) as zf:
@@ -145,12 +148,12 @@ def read_arrays(source, names) -> dict[str, np.ndarray]:
             return _read(zf, mapped, names)
 
 
-def _read(zf: zipfile.ZipFile, mapped, names) -> dict[str, np.ndarray]:
+def _read(zf: zipfile.ZipFile, mapped, names, wait=None) -> dict[str, np.ndarray]:
     try:
         metadata = json.loads(zf.read(".zmetadata"))["metadata"]
     except (KeyError, ValueError, TypeError):
         return {}
-    return decode_arrays(zf, mapped, metadata, names)
+    return decode_arrays(zf, mapped, metadata, names, wait=wait)
 
 
 def plannable(zf: zipfile.ZipFile, name: str, metadata: dict) -> bool:
@@ -159,10 +162,12 @@ def plannable(zf: zipfile.ZipFile, name: str, metadata: dict) -> bool:
 
 
 def decode_arrays(zf: zipfile.ZipFile, mapped, metadata: dict, names, crc_thread: bool = True,
-                  out: Optional[Mapping[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
+                  out: Optional[Mapping[str, np.ndarray]] = None, wait=None) -> dict[str, np.ndarray]:
     """As :func:`read_arrays`, for a zip already open: ``mapped`` is its bytes (a buffer, ``bytes`` or mmap),
     ``metadata`` its parsed consolidated metadata. ``out``: arrays to decode some of ``names`` into (of their
     shape and dtype; straight into them where the chunks are laid out as they are, else copied in), returned.
+    ``wait(start, stop, block=True)``: for bytes still arriving (``remote.FetchedFile.wait``), called before a
+    member's bytes are read.
 
     ``crc_thread=False`` checks the CRC-32s in this thread: for a small zip (a tar member of a few MB) starting
     a thread and handing results back costs more than it saves (measured: ~4 ms per 5 MB member, under load).
@@ -176,7 +181,8 @@ def decode_arrays(zf: zipfile.ZipFile, mapped, metadata: dict, names, crc_thread
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ssl4eos12-crc") if crc_thread else _Inline()
     with pool as crc_pool:
         for name, (dtype, shape, members, axis, chunk_len) in plans.items():
-            decoded[name] = _decode(mapped, crc_pool, dtype, shape, members, axis, chunk_len, (out or {}).get(name))
+            decoded[name] = _decode(mapped, crc_pool, dtype, shape, members, axis, chunk_len, (out or {}).get(name),
+                                    wait)
     return decoded
 
 
@@ -249,7 +255,7 @@ def _plan(zf: zipfile.ZipFile, name: str, metadata: dict):
 
 
 def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, axis: int, chunk_len: int,
-            out: Optional[np.ndarray] = None):
+            out: Optional[np.ndarray] = None, wait=None):
     if out is not None and (out.shape != shape or out.dtype != dtype):
         raise ValueError(f"cannot decode a {dtype} array of shape {shape} into a {out.dtype} one of {out.shape}")
     allocate = _ALLOCATE.get()
@@ -261,12 +267,31 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
         blocks = list(result)
     codec = numcodecs.Blosc()
     with contextlib.ExitStack() as views:
-        spans = [_member_span(mapped, info) for info in members]
-        data = [views.enter_context(memoryview(mapped)[start:stop]) for start, stop in spans]
+        spans: list[tuple[int, int]] = []
+        data: list[memoryview] = []
+
+        def arrived(j: int, block: bool = True) -> bool:
+            """Members up to ``j`` have their views (their bytes are in: waited for where they arrive)."""
+            while len(spans) <= j:
+                info = members[len(spans)]
+                if wait is not None and not wait(info.header_offset, info.header_offset + _LOCAL_HEADER, block):
+                    return False
+                start, stop = _member_span(mapped, info)
+                if wait is not None and not wait(start, stop, block):
+                    return False
+                spans.append((start, stop))
+                data.append(views.enter_context(memoryview(mapped)[start:stop]))
+            return True
+
         crcs: list = []
         try:
-            for k, (info, block, view, span) in enumerate(zip(members, blocks, data, spans)):
-                # the CRC thread checks one member ahead, no further: mapped pages count in RSS until dropped
+            for k, (info, block) in enumerate(zip(members, blocks)):
+                arrived(k)
+                view, span = data[k], spans[k]
+                # the CRC thread checks one member ahead (if it is in), no further: mapped pages count in RSS
+                # until dropped
+                if k + 1 < len(members):
+                    arrived(k + 1, block=False)
                 crcs.extend(crc_pool.submit(crc32, v) for v in data[len(crcs):k + 2])
                 if crcs[k].result() != info.CRC:
                     raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")

@@ -51,6 +51,9 @@ READ_TIMEOUT = 60.0
 MIN_PIECE = 8 << 20
 #: At most this many bytes per socket read.
 _STEP = 8 << 20
+#: Inside a prefetch, a file is handed over once its last TAIL bytes are in (a zip's directory, and the small
+#: arrays and cloud masks of these files, ~5 MB of S2L2A's), its body arriving while it is decoded.
+TAIL = 8 << 20
 _REDIRECTS = 5
 _HUGE_PAGE = 2 << 20
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -191,7 +194,8 @@ class FetchedFile(io.RawIOBase):
     (as ``io.BytesIO.getbuffer`` does). Closing it hands the memory back: to the pool of the iteration
     that fetched it, else to the OS."""
 
-    def __init__(self, buffer: mmap.mmap, size: int, name: str, pool: BufferPool | None = None):
+    def __init__(self, buffer: mmap.mmap, size: int, name: str, pool: BufferPool | None = None,
+                 missing: int = 0):
         super().__init__()
         self._pool = pool
         self._buffer = buffer
@@ -200,6 +204,13 @@ class FetchedFile(io.RawIOBase):
         self._pos = 0
         self._handed_out: list[memoryview] = []
         self.name = name
+        # bytes [arrived, missing) are still on their way (:meth:`_fill`), the rest is here
+        self._arrived = 0 if missing else size
+        self._missing = missing
+        self._arrival = threading.Condition()
+        self._filling = "pending" if missing else "done"  # pending -> filling -> done; or closed while pending
+        self._error: BaseException | None = None
+        self._fill_scope: CancelScope | None = None
 
     def readable(self) -> bool:
         return True
@@ -207,16 +218,46 @@ class FetchedFile(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
-    def getbuffer(self) -> memoryview:
-        """The file's bytes, valid until the file is closed (closing releases the view)."""
+    def getbuffer(self, complete: bool = True) -> memoryview:
+        """The file's bytes, valid until the file is closed (closing releases the view).
+
+        ``complete=False``: at once, while bytes may still be arriving; read a range only after
+        :meth:`wait` for it. By default this waits for every byte.
+        """
         self._check_open()
+        if complete:
+            self.wait(0, self._size)
         view = self._view[:]
         self._handed_out.append(view)
         return view
 
+    def wait(self, start: int, stop: int, block: bool = True) -> bool:
+        """Wait until bytes ``start``..``stop`` have arrived (``block=False``: only say whether they have).
+
+        Raises what stopped their fetch (as :func:`fetch` would have raised it).
+        """
+        if self._has(start, stop):
+            return True
+        with self._arrival:
+            while not self._has(start, stop):
+                if self._error is not None:
+                    raise self._error
+                if not block:
+                    return False
+                if self._filling == "closed":
+                    raise ValueError(f"{self.name}: I/O operation on a closed fetched file")
+                self._arrival.wait()
+        return True
+
+    def _has(self, start: int, stop: int) -> bool:
+        # what is still on its way: bytes [arrived, missing)
+        return stop <= self._arrived or start >= self._missing or self._arrived >= self._missing
+
     def read(self, size: int = -1) -> bytes:
         self._check_open()
         end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
+        if end > self._pos:
+            self.wait(self._pos, end)
         out = bytes(self._view[self._pos:end]) if end > self._pos else b""
         self._pos = max(self._pos, end)
         return out
@@ -240,6 +281,7 @@ class FetchedFile(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
+            self._stop_filling()  # no write may land in a buffer that went back to the pool
             try:
                 for view in (*self._handed_out, self._view):
                     view.release()  # a buffer going back to the pool must not be visible through any view
@@ -253,6 +295,49 @@ class FetchedFile(io.RawIOBase):
     def _check_open(self) -> None:
         if self.closed:
             raise ValueError(f"{self.name}: I/O operation on a closed fetched file")
+
+    # -- the bytes that arrive after the file was handed over ---------------------------------------------
+
+    def _fill(self, url: str, headers: dict[str, str], options: FetchOptions) -> None:
+        """Fetch the missing bytes ``0..missing`` (deferred work of a prefetch: :func:`_fetch_arriving`)."""
+        parent = current_scope()
+        with self._arrival:
+            if self._filling != "pending":
+                return  # closed before its turn came
+            self._filling = "filling"
+            self._fill_scope = scope = CancelScope()
+        view = memoryview(self._buffer)[:self._missing]
+        error = None
+        try:
+            piece = _Piece(url, headers, options, scope, 0, self._missing, self._size, view, None)
+            piece.progress = self._arrive
+            with parent.closing(scope.cancel):  # the prefetch's end stops it too
+                piece.run()
+        except BaseException as err:  # the reader of the file gets it from wait()
+            error = err
+        finally:
+            with contextlib.suppress(BufferError):
+                view.release()
+        with self._arrival:
+            self._filling = "done"
+            self._error = error
+            self._arrival.notify_all()
+
+    def _arrive(self, offset: int) -> None:
+        with self._arrival:
+            self._arrived = offset
+            self._arrival.notify_all()
+
+    def _stop_filling(self) -> None:
+        with self._arrival:
+            if self._filling == "pending":
+                self._filling = "closed"
+            scope = self._fill_scope if self._filling == "filling" else None
+        if scope is not None:
+            scope.cancel()  # interrupts its read at once
+            with self._arrival:
+                while self._filling == "filling":
+                    self._arrival.wait()
 
 
 def _allocate(size: int) -> mmap.mmap:
@@ -600,8 +685,11 @@ def _fetch_http(url: str, headers: dict[str, str], options: FetchOptions, size: 
     name = name or url
     connections = options.connections or (LOOPBACK_CONNECTIONS if _is_loopback(url) else REMOTE_CONNECTIONS)
     scope = current_scope()
-    if connections > 1 and size is None:
+    arriving = connections == 1 and scope.deferrable  # inside a prefetch, which fetches the body after handing over
+    if (connections > 1 or arriving) and size is None:
         size = _probe(url, headers, options, scope)
+    if arriving and size is not None and size >= 2 * TAIL:
+        return _fetch_arriving(url, headers, options, scope, size, name)
     if size is None or connections == 1 or size < 2 * MIN_PIECE:
         return _fetch_single(url, headers, options, scope, size, name)
     pieces = min(connections, size // MIN_PIECE)
@@ -618,6 +706,25 @@ def _fetch_http(url: str, headers: dict[str, str], options: FetchOptions, size: 
     except BaseException:
         _close_buffer(buffer)
         raise
+
+
+def _fetch_arriving(url, headers, options, scope: CancelScope, size: int, name: str) -> FetchedFile:
+    """The last :data:`TAIL` bytes now, the rest after the file is handed over (:meth:`CancelScope.defer`):
+    a zip's directory and small arrays are at its end, so decoding starts while its body arrives."""
+    missing = size - TAIL
+    pool = _pool()
+    buffer = _take(size, pool)
+    view = memoryview(buffer)[:size]
+    try:
+        _Piece(url, headers, options, scope, missing, size, size, view[missing:], None).run()
+    except BaseException:
+        view.release()
+        _close_buffer(buffer)
+        raise
+    view.release()
+    file = FetchedFile(buffer, size, name, pool, missing=missing)
+    scope.defer(functools.partial(file._fill, url, headers, options))
+    return file
 
 
 def _close_buffer(buffer: mmap.mmap) -> None:
@@ -783,6 +890,7 @@ class _Piece:
         self.offset = start  # the next byte to read, in file coordinates
         self.base = start  # file offset of view[0]
         self._request: contextlib.ExitStack | None = None  # the open request, while one is
+        self.progress = None  # called with the offset reached after each read, if set
         self._response = None
         self._drain = False
 
@@ -891,6 +999,8 @@ class _Piece:
             if not n:
                 raise _Retryable(f"connection closed after byte {self.offset} of {self.stop}")
             self.offset += n
+            if self.progress is not None:
+                self.progress(self.offset)
 
 
 def _content_range_start(header: str | None) -> int | None:
