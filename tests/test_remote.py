@@ -619,3 +619,19 @@ def test_an_iteration_cancelled_while_a_body_arrives_leaves_nothing_behind(data_
         assert not ssl4eos12_threads()
         assert {c.laddr for c in client_connections(srv.port)} <= before
     assert track_buffers and all(buffer.closed for buffer in track_buffers)
+
+
+def test_a_body_that_stalls_for_good_gets_a_clear_error(data_dir, fast_retries, monkeypatch):
+    monkeypatch.setattr(datasets.config, "STREAMING_READ_MAX_RETRIES", 2)
+    monkeypatch.setattr(remote, "TAIL", 1 << 10)
+    first = f"/train/S2L2A/{split_files(data_dir, 'train')[0]}"
+    with RangeHTTPServer(data_dir) as srv:
+        ds = load_dataset("ssl4eos12", "S2L2A", root=srv.url, split="train", streaming=True, remote_timeout=0.2)
+        srv.reset_log()  # the metadata read to learn the features
+        srv.stall_next(1, after_bytes=remote.TAIL + 100, path=first)  # the tail, whole
+        srv.stall_next(100, after_bytes=0, path=first)  # the body: headers, then nothing
+        with pytest.raises(ssl4eos12.SSL4EOS12FileError, match=r"retries exhausted \(no data for 0.2 s") as info:
+            list(ds)
+        assert srv.url + first in str(info.value)
+        assert len([r for r in srv.requests if r[0] == "GET" and r[1] == first]) == 1 + 3  # the tail; the body 3x
+    assert not ssl4eos12_threads()
