@@ -5,15 +5,23 @@ the speed of the link.
 ``DownloadConfig.token``; the same conventions apply here, so ``load_dataset(..., token=...,
 storage_options=...)`` reaches every file this package opens.
 
-:func:`fetch` reads a whole file into one buffer allocated once (an anonymous memory map: no zero-filling,
-returned to the OS when the file is closed). ``http(s)://`` and ``hf://`` are read with ``http.client``
-straight into slices of that buffer (``readinto``: no per-chunk Python objects, no copies; fsspec's aiohttp
-client spent twice the CPU time of this on the same bytes), optionally as several byte ranges over parallel
-connections (:class:`FetchOptions`), each retried from where it stopped with ``datasets``' read-retry policy
-(``config.STREAMING_READ_MAX_RETRIES`` / ``STREAMING_READ_RETRY_INTERVAL``). A read that gets no byte for
-``timeout`` seconds counts as a failed attempt. Inside :func:`ssl4eos12.prefetch.prefetch` a fetch stops as
-soon as its prefetch is closed. Other protocols, proxied URLs and storage options this client does not
-understand go through fsspec, with the same retries.
+:func:`fetch` reads a whole file into one buffer allocated once (a private anonymous memory map with
+transparent huge pages: no zero-filling, one page fault per 2 MB, returned to the OS when the file is closed;
+inside a prefetch the buffers of closed files are reused). ``http(s)://`` and ``hf://`` are read with
+``http.client`` straight into slices of that buffer (``readinto``: no per-chunk Python objects, no copies;
+fsspec's aiohttp client spent twice the CPU time of this on the same bytes), optionally as several byte
+ranges over parallel connections (:class:`FetchOptions`), each retried from where it stopped with
+``datasets``' read-retry policy (``config.STREAMING_READ_MAX_RETRIES`` / ``STREAMING_READ_RETRY_INTERVAL``).
+A read that gets no byte for ``timeout`` seconds counts as a failed attempt. Inside
+:func:`ssl4eos12.prefetch.prefetch`, a file fetched over one connection is handed over as soon as its last
+:data:`TAIL` bytes are in (a zip's directory, and these files' small arrays and cloud masks), and its body
+is fetched right after, in the prefetch's thread, while the file is already being decoded
+(:meth:`FetchedFile.wait`; reads wait for their bytes); a fetch stops as soon as its prefetch is closed.
+Other protocols, proxied URLs and storage options this client does not understand go through fsspec, with
+the same retries.
+
+:func:`open_sequential` reads a file once, front to back (a webdataset tar), in windows fetched ahead into
+pooled buffers: one request per file, each byte sent once, memory bounded by a few windows.
 """
 
 from __future__ import annotations

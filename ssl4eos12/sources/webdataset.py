@@ -8,9 +8,12 @@ order. A member is a Zarr v2 zip of ONE location (``bands`` ``[time, band, y, x]
 ``time``, 0-d ``center_lat``/``center_lon``/``crs``/``sample``, ...); which optional variables it has is read
 from the files, never assumed (:func:`member_layout`).
 
-Each tar is read front to back in one sequential streaming request (python ``tarfile`` over a file opened
-without read-ahead that only ever reads forward), one member per modality at a time, so memory holds a few
-locations per modality, never a tar (a train S2L1C tar is ~1.9 GB). The per-modality streams are zipped
+Each tar is read front to back (python ``tarfile`` over a file that only ever reads forward), one member per
+modality at a time, so memory holds a few locations per modality, never a tar (a train S2L1C tar is ~1.9 GB).
+A remote tar is one streaming request read in 16 MB windows, the next two fetched while one is decoded
+(:func:`~ssl4eos12.sources.remote.open_sequential`), and for streaming the builder's prefetch opens the next
+shard's tars (their first windows fetched) while the current shard is decoded (:meth:`WebDatasetSource.fetch`):
+per modality at most ~4 windows (64 MB) per open tar, two tars open. The per-modality streams are zipped
 and every step checks that all modalities hold the same key: a missing, extra or reordered member raises
 :class:`SSL4EOS12FileError` naming both tars and the first differing keys (the authors' loader warns and
 drops the rest of the shard). With ``on_bad_file="skip"`` the builder then skips the rest of that shard.
