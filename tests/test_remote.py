@@ -635,3 +635,19 @@ def test_a_body_that_stalls_for_good_gets_a_clear_error(data_dir, fast_retries, 
         assert srv.url + first in str(info.value)
         assert len([r for r in srv.requests if r[0] == "GET" and r[1] == first]) == 1 + 3  # the tail; the body 3x
     assert not ssl4eos12_threads()
+
+
+def test_a_thunk_that_reads_the_file_it_fetched_gets_it_whole(tmp_path, small_tail):
+    """The body is fetched after the thunk returns; a thunk that reads it first gets it fetched there and then."""
+    payload = np.random.default_rng(4).integers(0, 256, 100_001, dtype=np.uint8).tobytes()
+    (tmp_path / "f.bin").write_bytes(payload)
+
+    def fetch_and_read(url):
+        with remote.fetch(url) as fetched:
+            return fetched.read()
+
+    with RangeHTTPServer(tmp_path) as srv:
+        for ahead in (0, 1):
+            with ssl4eos12.prefetch.prefetch([lambda: fetch_and_read(srv.url + "/f.bin")], ahead=ahead) as results:
+                assert next(results) == payload
+    assert not ssl4eos12_threads()

@@ -219,6 +219,8 @@ class FetchedFile(io.RawIOBase):
         self._filling = "pending" if missing else "done"  # pending -> filling -> done; or closed while pending
         self._error: BaseException | None = None
         self._fill_scope: CancelScope | None = None
+        self._filler: int | None = None  # the thread that runs _fill(*_fill_args) once the file is handed over
+        self._fill_args: tuple = ()
 
     def readable(self) -> bool:
         return True
@@ -246,6 +248,10 @@ class FetchedFile(io.RawIOBase):
         """
         if self._has(start, stop):
             return True
+        if self._filling == "pending" and threading.get_ident() == self._filler:
+            # the thread that is to fetch the body, reading the file before handing it over (a thunk that
+            # fetches and decodes at once): fetch the body now rather than wait for itself
+            self._fill(*self._fill_args)
         with self._arrival:
             while not self._has(start, stop):
                 if self._error is not None:
@@ -731,7 +737,8 @@ def _fetch_arriving(url, headers, options, scope: CancelScope, size: int, name: 
         raise
     view.release()
     file = FetchedFile(buffer, size, name, pool, missing=missing)
-    scope.defer(functools.partial(file._fill, url, headers, options))
+    file._filler, file._fill_args = threading.get_ident(), (url, headers, options)
+    scope.defer(functools.partial(file._fill, *file._fill_args))
     return file
 
 
