@@ -562,30 +562,6 @@ def row_published_rows(data: Path, group: str, repeat: int) -> dict:
     return result
 
 
-def row_http_python(data: Path, group: str, repeat: int, suffix: str = ".zarr.zip") -> dict:
-    """Stream from a range-capable HTTP server on 127.0.0.1 (tests/servers.py), run in its own process."""
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(data)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        url = server.stdout.readline().strip()
-        if not url.startswith("http"):
-            raise RuntimeError(f"server did not start: {url!r}")
-        dataset = _load(group, root=url)
-        result = passes(_iterate(dataset, group), repeat)
-        server.stdin.write("stats\n")
-        server.stdin.flush()
-        served = json.loads(server.stdout.readline())
-    finally:
-        with contextlib.suppress(Exception):
-            server.stdin.close()
-        server.wait(timeout=30)
-    file_bytes = sum(path.stat().st_size for m in GROUPS[group] for path in (data / SPLIT_FOLDER / m).glob(f"*{suffix}"))
-    passes_made = len(result["times"]) + 1  # and the warm-up
-    data_served = sum(v for k, v in served.items() if k.endswith(suffix))
-    result["bytes_served_per_file_byte"] = data_served / (file_bytes * passes_made)
-    return result
-
-
 def _servers_module(name: str):
     """A module of tests/ (servers.py, nginx.py), imported by path: the benchmark uses the tests' servers."""
     if name not in sys.modules:
@@ -705,20 +681,6 @@ def row_wdshttp(data: Path, group: str, repeat: int) -> dict:
     tar_bytes = sum(p.stat().st_size for m in GROUPS[group] for p in (root / SPLIT_FOLDER / m).glob("*.tar"))
     result["bytes_served_per_file_byte"] = served / (tar_bytes * (len(result["times"]) + 1))
     return result
-
-
-def serve(data: str) -> None:
-    """``--serve DIR``: tests/servers.py's RangeHTTPServer until stdin says ``stats`` (then print them) or closes."""
-    spec = importlib.util.spec_from_file_location("bench_servers", REPO / "tests" / "servers.py")
-    servers = importlib.util.module_from_spec(spec)
-    sys.modules["bench_servers"] = servers
-    spec.loader.exec_module(servers)
-    with servers.RangeHTTPServer(data) as srv:
-        print(srv.url, flush=True)
-        for line in sys.stdin:
-            if line.strip() == "stats":
-                print(json.dumps(srv.bytes_served), flush=True)
-                break
 
 
 ROW_FUNCTIONS = {
@@ -1002,15 +964,11 @@ def main(argv=None) -> int:
     parser.add_argument("--row", help=argparse.SUPPRESS)
     parser.add_argument("--profile", metavar="ROW", help="run one row in this process under pyinstrument (pip install "
                         "pyinstrument, or the [bench] extra) and print where its time goes")
-    parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--serve-hub", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.serve_hub:
         serve_hub(args.serve_hub, args.only)
-        return 0
-    if args.serve:
-        serve(args.serve)
         return 0
     if args.row:
         hf_environment(Path(os.environ["BENCH_WORK"]))
