@@ -651,3 +651,25 @@ def test_a_thunk_that_reads_the_file_it_fetched_gets_it_whole(tmp_path, small_ta
             with ssl4eos12.prefetch.prefetch([lambda: fetch_and_read(srv.url + "/f.bin")], ahead=ahead) as results:
                 assert next(results) == payload
     assert not ssl4eos12_threads()
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+def test_a_server_that_refuses_head_requests_still_serves_the_file(tmp_path, small_tail, small_pieces, connections):
+    """A URL signed for GET only answers HEAD with 403: the size is not known, so the file comes in one GET."""
+    import servers
+
+    class NoHead(servers._RangeHandler):
+        def do_HEAD(self) -> None:
+            self._send_simple(403, b"signed for GET only", head=True)
+
+    class NoHeadServer(RangeHTTPServer):
+        _handler_class = NoHead
+
+    payload = np.random.default_rng(5).integers(0, 256, 100_001, dtype=np.uint8).tobytes()
+    (tmp_path / "f.bin").write_bytes(payload)
+    options = remote.FetchOptions(connections=connections)
+    with NoHeadServer(tmp_path) as srv:
+        with ssl4eos12.prefetch.prefetch([lambda: remote.fetch(srv.url + "/f.bin", options=options)]) as files:
+            with next(files) as fetched:
+                assert fetched.read() == payload
+        assert [r[2] for r in srv.requests if r[0] == "GET"] == [None]

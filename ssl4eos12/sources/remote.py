@@ -701,7 +701,10 @@ def _fetch_http(url: str, headers: dict[str, str], options: FetchOptions, size: 
     scope = current_scope()
     arriving = connections == 1 and scope.deferrable  # inside a prefetch, which fetches the body after handing over
     if (connections > 1 or arriving) and size is None:
-        size = _probe(url, headers, options, scope)
+        try:
+            size = _probe(url, headers, options, scope)
+        except PermissionError:  # a HEAD refused (a URL signed for GET only): the GET below says what it gets
+            size = None
     if arriving and size is not None and size >= 2 * TAIL:
         return _fetch_arriving(url, headers, options, scope, size, name)
     if size is None or connections == 1 or size < 2 * MIN_PIECE:
