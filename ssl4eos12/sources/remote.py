@@ -435,8 +435,8 @@ def open_sequential(url: str, download_config=None, options: FetchOptions | None
     """Open the remote file ``url`` to be read once, front to back (a tar), at the speed of the link.
 
     The file comes in windows of ``window`` bytes (default :data:`WINDOW`), fetched into pooled buffers up to
-    ``ahead`` (default :data:`WINDOWS_AHEAD`) windows beyond
-    the one being read, by a background thread (:func:`~ssl4eos12.prefetch.prefetch`). ``streamed``: one
+    ``ahead`` (default :data:`WINDOWS_AHEAD`) windows beyond the one being read, by a background thread
+    (:func:`~ssl4eos12.prefetch.prefetch`). ``streamed``: one
     request for the whole file, read window by window (resumed by range where it breaks; each byte is sent
     once); else one range request per window (for reading only the start of a file: nothing more is sent).
     The first window is fetched before this returns, so opening the next file ahead of its use (in a
@@ -461,7 +461,7 @@ class SequentialFile(io.RawIOBase):
         self._view: memoryview | None = None
         self._used = 0  # bytes of the current window already read
         self._position = 0
-        self._windows = None
+        self._windows = self._reader = None  # for close(), should what follows fail
         self._reader = _window_reader(url, download_config, options, streamed)
         size = self._reader.size
         if size is None:  # no byte ranges: the whole file is one window
@@ -548,7 +548,8 @@ class SequentialFile(io.RawIOBase):
             if self._windows is not None:
                 self._windows.close()  # stops the fetch of the next windows (and joins its thread)
             self._release(self._detach())
-            self._reader.close()
+            if self._reader is not None:
+                self._reader.close()
         super().close()
 
 
