@@ -7,7 +7,9 @@ left to xarray and still read the same.
 
 from __future__ import annotations
 
+import io
 import tarfile
+import zipfile
 
 import numcodecs
 import numpy as np
@@ -149,3 +151,21 @@ def test_members_decode_side_by_side_into_one_array(tmp_path):
     for name in names:
         assert_identical(part.variables[name], np.stack([e[name] for e in expected]), name)
     assert part.variables["bands"].flags.c_contiguous and part.variables["bands"].dtype == np.int16
+
+
+@pytest.mark.parametrize("bands_dtype", ["int16", "float32"])
+def test_chunks_not_stored_read_as_xarray_reads_them(bands_dtype, tmp_path):
+    """A writer skips chunks that hold only the fill value (a clear cloud mask, a blank time step): such a member
+    still takes the direct path, and the missing chunks read as xarray reads them (0, or NaN for floats)."""
+    ds = location(bands_dtype)
+    ds["cloud_mask"][1] = 0
+    ds["bands"][2] = np.nan if bands_dtype == "float32" else 0
+    encoding = {"bands": {"_FillValue": np.nan}} if bands_dtype == "float32" else {}
+    data = zarr_zip_bytes(ds, encoding)
+    stored = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
+    assert "cloud_mask/1.0.0" not in stored and "cloud_mask/0.0.0" in stored  # the writer skipped it
+    assert zipmember.open_member(data) is not None
+    _, values = read_both("member", "TEST", data, tmp_path)
+    assert (values["cloud_mask"][1] == 0).all() and values["cloud_mask"].dtype == np.uint8
+    if bands_dtype == "float32":
+        assert "bands/2.0.0.0" not in stored and np.isnan(values["bands"][2]).all()

@@ -11,8 +11,9 @@ file does not add to the process's RSS. A remote file fetched whole into memory 
 
 Only arrays that xarray returns as stored take this path: Blosc with no filters, C order, a native
 numeric dtype, no attributes but ``_ARRAY_DIMENSIONS`` and ``coordinates`` (so no CF decoding) and no
-fill value (or NaN for floats, which xarray's masking leaves as is), every chunk present as a stored (not
-deflated) zip member, and chunked along at most one axis, with chunk size 1 along it unless it is the first.
+fill value (or NaN for floats, which xarray's masking leaves as is), every chunk a stored (not deflated) zip
+member or not stored at all (a writer skips a chunk of fill values; it reads as 0, or NaN for floats, as zarr
+gives it to xarray), and chunked along at most one axis, with chunk size 1 along it unless it is the first.
 Anything else is left to xarray, so values are what xarray reads from the file either way.
 
 An array chunked along its time axis (one chunk per timestamp, as SSL4EO-S12's files are) comes back as
@@ -246,11 +247,14 @@ def _plan(zf: zipfile.ZipFile, name: str, metadata: dict):
         key = separator.join(str(i if d == axis else 0) for d in range(len(shape)))
         try:
             info = zf.getinfo(f"{name}/{key}")
-        except KeyError:  # a missing chunk reads as the fill value: xarray's business
-            return None
+        except KeyError:  # not stored (a writer skips a chunk of fill values): None, filled when decoding
+            members.append(None)
+            continue
         if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
             return None
         members.append(info)
+    if not any(members):
+        return None
     return dtype, shape, members, axis, chunks[axis]
 
 
@@ -265,6 +269,10 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
     else:  # one chunk per index of ``axis``: decode time-major, hand out the file's axis order
         result = allocate((shape[axis], *shape[:axis], *shape[axis + 1:]), dtype)
         blocks = list(result)
+    # a chunk that is not stored reads as zarr reads it for xarray: the fill value (NaN), or 0 for a null one
+    for block in (block for info, block in zip(members, blocks) if info is None):
+        block[...] = np.nan if dtype.kind == "f" else 0
+    members, blocks = zip(*[(info, block) for info, block in zip(members, blocks) if info is not None])
     codec = numcodecs.Blosc()
     with contextlib.ExitStack() as views:
         spans: list[tuple[int, int]] = []
