@@ -57,6 +57,38 @@ def test_streaming_all_two_workers_native_dtypes(data_dir, monkeypatch):
     check_every_example_once(unbatch(batches), data_dir, "train", ALL)
 
 
+_REUSED: list[bool] = []  # in a forked worker: per array its builder's pool handed out, whether it was an old one
+
+
+def _counting_empty(empty):
+    def counted(self, shape, dtype):
+        before = {id(old) for old in self.arrays}
+        array = empty(self, shape, dtype)
+        _REUSED.append(id(array) in before)
+        return array
+    return counted
+
+
+def _collate_and_count(examples):
+    return ssl4eos12.collate(examples), sum(_REUSED)
+
+
+def test_a_worker_decodes_each_file_into_the_last_ones_arrays(tmp_path, monkeypatch):
+    """One worker, five files: later files are decoded into earlier ones' arrays once their views are collated,
+    and every batch still holds the files' values."""
+    from ssl4eos12.sources.fastzip import ArrayPool
+    from ssl4eos12.synth import synthesize
+
+    root = synthesize(tmp_path / "data", splits=("train",), files=5, samples=3, size=8, modalities=("S2L2A", "S1GRD"))
+    monkeypatch.setattr(ArrayPool, "MIN_BYTES", 0)  # the forked worker inherits both patches
+    monkeypatch.setattr(ArrayPool, "empty", _counting_empty(ArrayPool.empty))
+    streamed = load_dataset("ssl4eos12", "all", data_dir=str(root), split="train", streaming=True,
+                            modalities=["S2L2A", "S1GRD"])
+    results = list(DataLoader(streamed, batch_size=2, collate_fn=_collate_and_count, num_workers=1))
+    assert results[-1][1] > 0, "no file was decoded into an earlier file's arrays"
+    check_every_example_once(unbatch([batch for batch, _ in results]), root, "train", ["S2L2A", "S1GRD"])
+
+
 def test_prepared_plain_dataloader_two_workers_native_dtypes(data_dir, tmp_path):
     prepared = load_dataset("ssl4eos12", "S2L2A", data_dir=str(data_dir), split="validation", cache_dir=str(tmp_path))
     # the prepared rows are what streaming yields: numpy arrays in the files' dtypes
