@@ -280,6 +280,39 @@ def client_connections(port: int, pid: int | None = None) -> list:
     return [c for c in conns if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
             and (pid is None or c.pid == pid)]
 
+def stop_while_prefetching(ds, srv, second: str, how: str, port: int, before: set, track_buffers: list) -> None:
+    """Iterate ``ds`` until its prefetch asks ``srv`` for ``second``, stop as ``how`` says (break, exception,
+    close, or abandon the iterator), and check that no thread, connection or fetched buffer is left."""
+
+    def consume():
+        iterator = iter(ds)
+        next(iterator)
+        deadline = threading.Event()
+        while not any(r[1] == second for r in srv.requests) and not deadline.wait(0.01):
+            pass  # until the prefetch asks for the second file (or tar)
+        if how == "break":
+            for _ in iterator:
+                break
+            iterator.close()
+        elif how == "exception":
+            with pytest.raises(KeyError):
+                for example in iterator:
+                    raise KeyError(example["sample"])
+        elif how == "close":
+            iterator.close()
+        return iterator
+
+    iterator = consume()
+    if how == "abandon":
+        assert ssl4eos12_threads()  # the prefetch is still running
+    del iterator
+    gc.collect()
+    assert any(r[1] == second for r in srv.requests)
+    assert not ssl4eos12_threads()
+    assert {c.laddr for c in client_connections(port)} <= before
+    assert track_buffers and all(buffer.closed for buffer in track_buffers)
+
+
 
 def ssl4eos12_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("ssl4eos12-")]
@@ -313,33 +346,7 @@ def test_a_cancelled_iteration_stops_its_fetch_and_leaves_nothing_behind(data_di
         second = f"/train/S2L2A/{files[1]}"
         srv.stall_next(1, after_bytes=500, path=second)
 
-        def consume():
-            iterator = iter(ds)
-            next(iterator)
-            deadline = threading.Event()
-            while not any(r[1] == second for r in srv.requests) and not deadline.wait(0.01):
-                pass  # until the prefetch asks for the second file
-            if how == "break":
-                for _ in iterator:
-                    break
-                iterator.close()
-            elif how == "exception":
-                with pytest.raises(KeyError):
-                    for example in iterator:
-                        raise KeyError(example["sample"])
-            elif how == "close":
-                iterator.close()
-            return iterator
-
-        iterator = consume()
-        if how == "abandon":
-            assert ssl4eos12_threads()  # the prefetch is still running
-        del iterator
-        gc.collect()
-        assert any(r[1] == second for r in srv.requests)
-        assert not ssl4eos12_threads()
-        assert {c.laddr for c in client_connections(port)} <= before
-        assert track_buffers and all(buffer.closed for buffer in track_buffers)
+        stop_while_prefetching(ds, srv, second, how, port, before, track_buffers)
 
 
 @pytest.mark.timeout(180)
@@ -511,33 +518,7 @@ def test_a_cancelled_tar_iteration_stops_its_fetches_and_leaves_nothing_behind(w
         second = "/train/S2L2A/" + sorted(p.name for p in (Path(wds_dir) / "train" / "S2L2A").glob("*.tar"))[1]
         srv.stall_next(1, after_bytes=20_000, path=second)
 
-        def consume():
-            iterator = iter(ds)
-            next(iterator)
-            deadline = threading.Event()
-            while not any(r[1] == second for r in srv.requests) and not deadline.wait(0.01):
-                pass  # until the builder's prefetch opens the second tar
-            if how == "break":
-                for _ in iterator:
-                    break
-                iterator.close()
-            elif how == "exception":
-                with pytest.raises(KeyError):
-                    for example in iterator:
-                        raise KeyError(example["sample"])
-            elif how == "close":
-                iterator.close()
-            return iterator
-
-        iterator = consume()
-        if how == "abandon":
-            assert ssl4eos12_threads()  # the prefetch is still running
-        del iterator
-        gc.collect()
-        assert any(r[1] == second for r in srv.requests)
-        assert not ssl4eos12_threads()
-        assert {c.laddr for c in client_connections(srv.port)} <= before
-        assert track_buffers and all(buffer.closed for buffer in track_buffers)
+        stop_while_prefetching(ds, srv, second, how, srv.port, before, track_buffers)
 
 
 # -- a file handed over before its body is in (inside a prefetch) ---------------------------------------------------
