@@ -280,7 +280,7 @@ class _Unit:
     """A decoded block, the examples of it to read, which of them the window still holds, and its arrays
     resolved per field. An example is ``row * num_times + t`` (``num_times`` 1 unless single_timestamp)."""
 
-    def __init__(self, block: Block, examples: np.ndarray, num_times: int, fields: Sequence[_Field], shard: int = 0):
+    def __init__(self, block: Block, examples: np.ndarray, num_times: int, fields: Sequence[_Field], shard: int):
         self.block = block
         self.shard = shard  # the shard's place in the epoch's reading order
         self.examples = examples
@@ -308,8 +308,8 @@ class _Unit:
         return self.count - self.taken
 
 
-def _units(block_list: list[Block], read: ShardRead, num_times: int, fields, time_order: str = "file",
-           shard: int = 0) -> list[_Unit]:
+def _units(block_list: list[Block], read: ShardRead, num_times: int, fields, time_order: str,
+           shard: int) -> list[_Unit]:
     """The blocks of a shard as units of the examples ``read`` asks for (its rows index the shard's locations
     across its blocks; its selection names samples and their time indices), timestamps in ``time_order``."""
     units, offset = [], 0

@@ -88,7 +88,7 @@ class ArrayPool:
 
     def empty(self, shape: tuple[int, ...], dtype) -> np.ndarray:
         shape, dtype = tuple(shape), np.dtype(dtype)
-        if not self.reuse or dtype.itemsize * int(np.prod(shape)) < self.MIN_BYTES:
+        if not self.reuse or dtype.itemsize * math.prod(shape) < self.MIN_BYTES:
             return np.empty(shape, dtype)
         with self.lock:
             idle = [i for i in range(len(self.arrays)) if sys.getrefcount(self.arrays[i]) == 2]  # list + argument
@@ -262,12 +262,11 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
             out: Optional[np.ndarray] = None, wait=None):
     if out is not None and (out.shape != shape or out.dtype != dtype):
         raise ValueError(f"cannot decode a {dtype} array of shape {shape} into a {out.dtype} one of {out.shape}")
-    allocate = _ALLOCATE.get()
     if axis == 0:
-        result = out if out is not None and out.flags.c_contiguous else allocate(shape, dtype)
+        result = out if out is not None and out.flags.c_contiguous else empty(shape, dtype)
         blocks = [result[i * chunk_len:(i + 1) * chunk_len] for i in range(len(members))]
     else:  # one chunk per index of ``axis``: decode time-major, hand out the file's axis order
-        result = allocate((shape[axis], *shape[:axis], *shape[axis + 1:]), dtype)
+        result = empty((shape[axis], *shape[:axis], *shape[axis + 1:]), dtype)
         blocks = list(result)
     # a chunk that is not stored reads as zarr reads it for xarray: the fill value (NaN), or 0 for a null one
     for block in (block for info, block in zip(members, blocks) if info is None):
