@@ -480,14 +480,22 @@ def row_prepare(data: Path, group: str, repeat: int) -> dict:
 
 def row_convert(data: Path, group: str, repeat: int) -> dict:
     """``ssl4eos12.publish.convert(data_dir, out_dir, splits=["validation"], workers=1)``: every config; kept for the
-    "published" rows. The validation split only: the training-loader rows add a ``train`` split of the same files."""
+    "published" rows. The validation split only: the training-loader rows add a ``train`` split of the same files.
+
+    A conversion of 4 TB runs for hours in the same processes: its rate is that of a running worker, so a first,
+    untimed pass takes the process's one-time costs (imports, the kernel finding free huge pages for the first
+    file-sized arrays: ~1 s of system time per S2 file on this VM, 0.1 s afterwards), as the ceiling's warm-up
+    does; its time is kept as ``warmup``. Then the best of two passes, each into an empty folder."""
     from ssl4eos12.publish import convert
 
     out = Path(os.environ["BENCH_WORK"]) / "published"
-    shutil.rmtree(out, ignore_errors=True)
-    start, cpu = time.perf_counter(), time.process_time()
-    manifest = convert(str(data), str(out), splits=["validation"], workers=1)
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    times, cpu_times = [], []
+    for _ in range(3):
+        shutil.rmtree(out, ignore_errors=True)
+        start, cpu = time.perf_counter(), time.process_time()
+        manifest = convert(str(data), str(out), splits=["validation"], workers=1)
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu)
     shards = manifest["shards"]  # what it delivers: the Arrow bytes of every table written, every config
     modality_bytes = sum(s["num_bytes"] for s in shards if s["config"] in MODALITIES)
     total_bytes = sum(s["num_bytes"] for s in shards)
@@ -495,8 +503,9 @@ def row_convert(data: Path, group: str, repeat: int) -> dict:
     for shard in shards:
         rows[shard["config"]] = rows.get(shard["config"], 0) + shard["rows"]
     shard_bytes = sum(s["size"] for s in shards)
-    return {"examples": locations(data), "bytes": total_bytes, "times": [elapsed], "cpu_times": [cpu], "workers": 1,
-            "modality_bytes": modality_bytes, "rows": rows, "shard_bytes": shard_bytes, "dtype": "int16 (Arrow)"}
+    return {"examples": locations(data), "bytes": total_bytes, "times": times[1:], "cpu_times": cpu_times[1:],
+            "warmup": times[0], "workers": 1, "modality_bytes": modality_bytes, "rows": rows,
+            "shard_bytes": shard_bytes, "dtype": "int16 (Arrow)"}
 
 
 def _published_dataset():

@@ -325,6 +325,8 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         # while the next one's zip pages are mapped, which raised the peak RSS of streaming `all` by ~130 MB.
         in_worker = _in_dataloader_worker()
         pool = self._array_pool(4 * len(layouts)) if in_worker else None
+        # one file at a time here: its chunks decoded on every core, unless DataLoader workers use them already
+        threads = 1 if in_worker else fastzip.usable_cores()
         with contextlib.ExitStack() as stack:
             if fetched is None:
                 thunks = self._fetch_thunks(files, split_folder, layouts, sample_ranges, selections, layout)
@@ -332,7 +334,7 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
             for file_index, (name, sample_range, selection) in enumerate(zip(files, sample_ranges, selections)):
                 try:
                     decode = next(fetched)
-                    for block in (decode() if pool is None else fastzip.into(pool, decode())):
+                    for block in fastzip.decoding(decode(), pool, threads):
                         chosen = selection
                         if self.config.time_order == "season":
                             if selection is not None and selected_times(selection) is not None:

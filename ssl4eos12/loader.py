@@ -570,7 +570,7 @@ class Loader:
         self.drop_last = bool(drop_last)
         self.numpy = bool(numpy)
         self.rank, self.world_size = distributed_rank(rank, world_size)
-        self.num_threads = num_threads or _cpu_count()
+        self.num_threads = num_threads or fastzip.usable_cores()
         self.gather_threads = max(1, self.num_threads // 4)
         self.prefetch = prefetch or self.num_threads
         self.shuffle_window = shuffle_window if self.shuffle else 1
@@ -743,12 +743,6 @@ class Loader:
 def _check_int(name: str, value, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name}={value!r}: need an integer >= {low}")
-
-
-def _cpu_count() -> int:
-    with contextlib.suppress(AttributeError, OSError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _require_torch() -> None:
@@ -930,9 +924,9 @@ class _EpochRun:
         plan = self.plan
         try:
             times = selected_times(read.selection)  # a remote file then sends only those timestamps' chunks
-            blocks = list(fastzip.into(self.loader._decode_memory,
-                                       plan.source.blocks(plan.split_folder, read.shard, plan.layouts) if times is None
-                                       else plan.source.blocks_at(plan.split_folder, read.shard, plan.layouts, times)))
+            blocks = list(fastzip.decoding(
+                plan.source.blocks(plan.split_folder, read.shard, plan.layouts) if times is None
+                else plan.source.blocks_at(plan.split_folder, read.shard, plan.layouts, times), self.loader._decode_memory))
         except SSL4EOS12FileError as err:
             if plan.on_bad_file != "skip":
                 raise

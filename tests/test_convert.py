@@ -395,3 +395,26 @@ def test_cloud_classes_and_thumbnail_percentiles():
         ranks = np.cumsum(np.bincount(values))
         for q in THUMBNAIL_STRETCH:
             assert _percentile_of_counts(ranks, q) == pytest.approx(np.percentile(values, q), abs=1e-9)
+
+
+def test_threads_change_neither_bytes_nor_statistics(data_dir, tmp_path, monkeypatch):
+    """Decoding, statistics (in pieces of one location here) and thumbnails on 1 or 5 threads: the same shards, byte
+    for byte, and the same statistics, float sums included."""
+    import importlib
+
+    plan_module = importlib.import_module("ssl4eos12.publish.plan")  # the package's ``plan`` is the function
+    shards_module = importlib.import_module("ssl4eos12.publish.shards")
+
+    monkeypatch.setattr(shards_module, "STATISTICS_PIECE", 1)
+    manifests = []
+    for threads in (1, 5):
+        monkeypatch.setattr(plan_module, "usable_cores", lambda threads=threads: threads)
+        out = tmp_path / f"threads{threads}"
+        manifests.append(convert(data_dir, out, configs=["S1GRD", "S2L2A", "default"], workers=1,
+                                 max_shard_size=SMALL_SHARD_SIZE))
+    one, five = (tmp_path / "threads1"), (tmp_path / "threads5")
+    assert [p.relative_to(one) for p in shard_paths(one)] == [p.relative_to(five) for p in shard_paths(five)]
+    for path in shard_paths(one):
+        assert path.read_bytes() == (five / path.relative_to(one)).read_bytes(), path
+    assert manifests[0]["configs"] == manifests[1]["configs"]
+    assert manifests[0]["configs"]["S1GRD"]["statistics"]["bands"][0]["nan_fraction"] > 0  # float sums, NaNs

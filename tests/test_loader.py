@@ -382,9 +382,9 @@ def test_decode_arrays_are_reused_never_while_in_use(many_files, monkeypatch):
     empty = ArrayPool.empty
 
     def counted(self, shape, dtype):
-        before = {id(old) for old in self.arrays}  # ids: holding the arrays would keep them from being reused
+        before = {id(old) for old in self.buffers}  # ids: holding the buffers would keep them from being reused
         array = empty(self, shape, dtype)
-        reused.append(id(array) in before)
+        reused.append(id(array.base) in before)
         return array
 
     monkeypatch.setattr(ArrayPool, "empty", counted)

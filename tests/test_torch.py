@@ -62,9 +62,9 @@ _REUSED: list[bool] = []  # in a forked worker: per array its builder's pool han
 
 def _counting_empty(empty):
     def counted(self, shape, dtype):
-        before = {id(old) for old in self.arrays}
+        before = {id(old) for old in self.buffers}
         array = empty(self, shape, dtype)
-        _REUSED.append(id(array) in before)
+        _REUSED.append(id(array.base) in before)
         return array
     return counted
 

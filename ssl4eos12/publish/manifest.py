@@ -85,7 +85,7 @@ def write_manifest(out_dir) -> dict:
         split["num_rows"] += record["rows"]
         split["num_bytes"] += record["num_bytes"]
         split["size"] += record["size"]
-        _merge_statistics(info["statistics"], statistics)
+        merge_statistics(info["statistics"], statistics)
         for key in ("modalities", "band_names", "thumbnail"):
             del record[key]
         shards.append(record)
@@ -99,7 +99,8 @@ def write_manifest(out_dir) -> dict:
     return manifest
 
 
-def _merge_statistics(total: dict, stats: dict) -> None:
+def merge_statistics(total: dict, stats: dict) -> None:
+    """Add the sums and counts of ``stats`` to ``total`` (both as :func:`~.shards.piece_statistics` gives them)."""
     for key, value in stats.items():
         if key == "bands":
             bands = total.setdefault("bands", [{} for _ in value])

@@ -47,6 +47,7 @@ from ..errors import SSL4EOS12DataError, SSL4EOS12FileError
 from ..index import index_features
 from ..schema import SHARED_FEATURES, TIMESTAMP, example_features
 from ..sources import Layout, Source, normalize_root, open_source
+from ..sources.fastzip import usable_cores
 from .formats import EXTENSION, RECORD_BATCH_BYTES
 from .manifest import FORMAT_VERSION, RECORDS_DIR
 
@@ -273,6 +274,17 @@ def is_done(out: Path, task: ShardTask) -> bool:
         return False
 
 
+def worker_count(workers: Optional[int], tasks: int) -> int:
+    """Local worker processes for ``tasks`` tasks: ``workers`` (default: every core), no more than tasks."""
+    return max(1, min(workers or usable_cores(), tasks))
+
+
+def threads_per_task(workers: Optional[int], scheduler: Optional[str], tasks: int) -> int:
+    """Threads a task may use (to decode, hash, make thumbnails): the cores its local worker processes share out;
+    1 on a Dask cluster, whose workers run a task on each of their threads."""
+    return 1 if scheduler is not None else max(1, usable_cores() // worker_count(workers, tasks))
+
+
 def run_tasks(fn: Callable, tasks: list, workers: Optional[int] = None, scheduler: Optional[str] = None,
               desc: str = "Converting") -> Iterator:
     """Results of ``fn(task)`` in completion order, on a Dask cluster, a process pool or inline, with a progress bar."""
@@ -294,7 +306,7 @@ def _map_unordered(fn: Callable, tasks: list, workers: Optional[int], scheduler:
             for future in dask_as_completed(futures):
                 yield future.result()
         return
-    workers = min(workers or os.cpu_count() or 1, len(tasks))
+    workers = worker_count(workers, len(tasks))
     if workers == 1:
         yield from map(fn, tasks)
         return

@@ -29,6 +29,7 @@ import contextvars
 import json
 import math
 import mmap
+import os
 import sys
 import threading
 import zipfile
@@ -50,6 +51,11 @@ _VALUELESS_ATTRIBUTES = {"_ARRAY_DIMENSIONS", "coordinates"}
 #: Where the decoded arrays are allocated (``allocate(shape, dtype)``): fresh ``np.empty`` unless a caller that
 #: can reuse its arrays says otherwise (:func:`allocating`).
 _ALLOCATE: contextvars.ContextVar = contextvars.ContextVar("ssl4eos12_fastzip_allocate", default=np.empty)
+#: How many chunks of an array are decoded at once (:func:`decoding`): 1 decodes in the calling thread while a
+#: helper checks the CRC-32s ahead; more run CRC check and decode of each chunk on that many threads.
+_THREADS: contextvars.ContextVar = contextvars.ContextVar("ssl4eos12_fastzip_threads", default=1)
+#: Compressed bytes of an array per decoding thread, at least.
+PARALLEL_BYTES = 4 << 20
 
 
 @contextlib.contextmanager
@@ -67,44 +73,55 @@ def allocating(allocate):
 
 
 class ArrayPool:
-    """Arrays to decode files into (:func:`into`), reused once nothing else refers to them.
+    """Memory to decode files into (:func:`decoding`), reused once nothing else refers to it.
 
     A fresh file-sized array costs the kernel a page fault and a page of zeroes for every page the decoder
     writes, and finding free huge pages with several files in memory costs it compaction too: measured on 2
     cores in ``ssl4eos12.Loader``, 3-9 ms of system time per S2L2A example, more than the Blosc decoding itself
-    (2.8 ms); with reused arrays 0.3-0.6 ms. An array is handed out again only once this pool holds the last
-    reference to it (every view of it refers to it), so nothing still reading a decoded file (a block in a
-    shuffle window, a batch being gathered) sees it overwritten. At most ``keep`` arrays are kept; small ones
-    (under ``MIN_BYTES``) are left to numpy, whose allocator recycles them anyway.
+    (2.8 ms); with reused arrays 0.3-0.6 ms. A buffer is handed out again only once this pool holds the last
+    reference to it (every array made from it, and every view of those, refers to it), so nothing still reading
+    a decoded file (a block in a shuffle window, a batch being gathered) sees it overwritten. An array is made
+    from an idle buffer of its size, or up to twice its size (one modality's bands take another's: S2L2A's
+    those of S2L1C). At most ``keep`` buffers are kept; arrays under ``MIN_BYTES`` are left to numpy, whose
+    allocator recycles them anyway.
     """
 
     MIN_BYTES = 16 << 20
 
     def __init__(self, keep: int):
         self.keep = keep
-        self.arrays: list[np.ndarray] = []
+        self.buffers: list[np.ndarray] = []  # flat uint8
         self.lock = threading.Lock()
         self.reuse = getattr(sys, "_is_gil_enabled", lambda: True)()  # refcounts are approximate without the GIL
 
     def empty(self, shape: tuple[int, ...], dtype) -> np.ndarray:
         shape, dtype = tuple(shape), np.dtype(dtype)
-        if not self.reuse or dtype.itemsize * math.prod(shape) < self.MIN_BYTES:
+        size = dtype.itemsize * math.prod(shape)
+        if not self.reuse or size < self.MIN_BYTES:
             return np.empty(shape, dtype)
         with self.lock:
-            idle = [i for i in range(len(self.arrays)) if sys.getrefcount(self.arrays[i]) == 2]  # list + argument
-            for i in idle:
-                if self.arrays[i].shape == shape and self.arrays[i].dtype == dtype:
-                    return self.arrays[i]
-            if len(self.arrays) >= self.keep and idle:  # full: an idle array of another shape makes room
-                self.arrays.pop(idle[0])
-            array = np.empty(shape, dtype)
-            if len(self.arrays) < self.keep:
-                self.arrays.append(array)
-            return array
+            idle = [i for i in range(len(self.buffers)) if sys.getrefcount(self.buffers[i]) == 2]  # list + argument
+            fits = [i for i in idle if size <= self.buffers[i].nbytes <= 2 * size]
+            if fits:
+                buffer = self.buffers[min(fits, key=lambda i: self.buffers[i].nbytes)]
+            else:
+                if len(self.buffers) >= self.keep and idle:  # full: an idle buffer that does not fit makes room
+                    self.buffers.pop(idle[0])
+                buffer = np.empty(size, np.uint8)
+                if len(self.buffers) < self.keep:
+                    self.buffers.append(buffer)
+            return buffer[:size].view(dtype).reshape(shape)
 
     def clear(self) -> None:
         with self.lock:
-            self.arrays.clear()
+            self.buffers.clear()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, as a container or ``taskset`` limits it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -112,14 +129,23 @@ def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     return _ALLOCATE.get()(tuple(shape), np.dtype(dtype))
 
 
-def into(pool: ArrayPool, blocks):
-    """``blocks`` (an iterator of decoded blocks), each decoded into arrays from ``pool``.
+def decoding(blocks, pool: Optional[ArrayPool] = None, threads: int = 1):
+    """``blocks`` (an iterator of decoded blocks), each decoded into arrays from ``pool`` (if given) and with
+    ``threads`` chunks of an array decoded at once.
 
-    The pool is in force only while the next block is decoded, never across a ``yield``: a generator that
-    set it and was left suspended would leak it into its caller's other reads.
+    More threads are for a reader that decodes one file at a time (streaming, conversion): Blosc decodes one
+    chunk per thread, and a file's chunks are large (one per timestamp, ~110 MB for S2L1C). A reader that
+    decodes several files at once on its own threads (``ssl4eos12.Loader``, DataLoader workers) keeps 1.
+
+    The settings are in force only while the next block is decoded, never across a ``yield``: a generator that
+    set them and was left suspended would leak them into its caller's other reads.
     """
     while True:
-        with allocating(pool.empty):
+        with contextlib.ExitStack() as settings:
+            if pool is not None:
+                settings.enter_context(allocating(pool.empty))
+            token = _THREADS.set(max(1, threads))
+            settings.callback(_THREADS.reset, token)
             block = next(blocks, None)
         if block is None:
             return
@@ -290,6 +316,11 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
                 data.append(views.enter_context(memoryview(mapped)[start:stop]))
             return True
 
+        # a thread per chunk pays off for large chunks only (a tar member's are ~0.5 MB: one thread is faster)
+        threads = min(_THREADS.get(), len(members), max(1, sum(i.compress_size for i in members) // PARALLEL_BYTES))
+        if threads > 1:
+            _decode_on_threads(mapped, codec, members, blocks, arrived, data, spans, threads)
+            return _decoded(result, axis, out)
         crcs: list = []
         try:
             for k, (info, block) in enumerate(zip(members, blocks)):
@@ -302,14 +333,48 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
                 crcs.extend(crc_pool.submit(crc32, v) for v in data[len(crcs):k + 2])
                 if crcs[k].result() != info.CRC:
                     raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
-                # Blosc header: bytes 4-8 hold the decoded size; decoding into a larger buffer would not fail
-                decoded_size = int.from_bytes(view[4:8], "little") if len(view) >= 16 else -1
-                if decoded_size != block.nbytes:
-                    raise ValueError(f"chunk {info.filename!r} decodes to {decoded_size} bytes, expected {block.nbytes}")
-                codec.decode(view, out=block)
+                _decode_member(codec, info, view, block)
                 _drop_pages(mapped, *span)
         finally:  # no view may be released while the CRC thread still reads it
             concurrent.futures.wait(crcs)
+    return _decoded(result, axis, out)
+
+
+def _decode_member(codec, info: zipfile.ZipInfo, view: memoryview, block: np.ndarray) -> None:
+    # Blosc header: bytes 4-8 hold the decoded size; decoding into a larger buffer would not fail
+    decoded_size = int.from_bytes(view[4:8], "little") if len(view) >= 16 else -1
+    if decoded_size != block.nbytes:
+        raise ValueError(f"chunk {info.filename!r} decodes to {decoded_size} bytes, expected {block.nbytes}")
+    codec.decode(view, out=block)
+
+
+def _decode_on_threads(mapped, codec, members, blocks, arrived, data, spans, threads: int) -> None:
+    """Check and decode each member on one of ``threads`` threads, at most ``threads`` at once (so at most that
+    many members' pages are mapped), in file order: ``arrived`` waits for bytes still arriving here."""
+
+    def check_and_decode(k: int) -> None:
+        if crc32(data[k]) != members[k].CRC:
+            raise zipfile.BadZipFile(f"Bad CRC-32 for file {members[k].filename!r}")
+        _decode_member(codec, members[k], data[k], blocks[k])
+        _drop_pages(mapped, *spans[k])
+
+    running: list = []
+    # a pool for this call only, as the CRC thread's: one kept across calls would be dead in a forked worker
+    with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="ssl4eos12-decode") as pool:
+        try:
+            for k in range(len(members)):
+                if len(running) >= threads:
+                    running.pop(0).result()  # the oldest first: its error is the first in file order
+                arrived(k)
+                running.append(pool.submit(check_and_decode, k))
+            for future in running:
+                future.result()
+        finally:  # no view may be released while a thread still reads it
+            concurrent.futures.wait(running)
+
+
+def _decoded(result: np.ndarray, axis: int, out: Optional[np.ndarray]) -> np.ndarray:
+    """The decoded time-major ``result`` in the file's axis order (and in ``out``, if given)."""
     result = result if axis == 0 else np.moveaxis(result, 0, axis)
     if out is not None and result is not out:
         out[...] = result
