@@ -76,7 +76,7 @@ def test_push_lands_every_file_and_streams_back(hub, folder, data_dir):
         assert pushed.features == local.features
         assert list(pushed) == list(local) and len(local) == 6 * 4
     first = next(iter(load_dataset(REPO, split="validation", streaming=True)))  # the default config
-    assert first["thumbnail"].size == (16, 16) and first["sample"] == expected_rows[0]["sample"]
+    assert first["thumbnail"].size == (8, 8) and first["sample"] == expected_rows[0]["sample"]
 
 
 def test_bad_token_missing_token_and_bad_repo_id(folder, tmp_path, caplog, capsys):

@@ -361,7 +361,7 @@ def test_cli_synth_convert_verify(tmp_path, capsys):
     converted = load_dataset(str(out), "DEM", split="validation")
     assert converted["key"] == [r["key"] for r in stream(root, "DEM", "validation")]
     overview = load_dataset(str(out), "default", split="validation")
-    assert overview["file"] == ["ssl4eos12_shard_000001.tar"] * 2 and overview[0]["thumbnail"].size == (8, 8)
+    assert overview["file"] == ["ssl4eos12_shard_000001.tar"] * 2 and overview[0]["thumbnail"].size == (4, 4)
 
 
 def test_peak_memory_is_flat_in_the_number_of_shards(tmp_path):

@@ -48,36 +48,39 @@ from .plan import DEFAULT_CONFIG, INDEX_CONFIG, ShardTask, is_done, plan, run_ta
 
 logger = logging.getLogger(__name__)
 
-#: Decoded arrays a process keeps for its next source file: the big arrays (bands, cloud mask) of one file. A fresh
-#: file-sized array costs the kernel a page fault and a zeroed page per page written: measured on 2 cores, S2L1C
-#: converted in 0.89 s per two files with reused arrays, 1.47 s with fresh ones.
+#: Decoded arrays a process keeps for its next source file: the big arrays (bands, cloud mask) of one file, and
+#: spares. A fresh file-sized array costs the kernel a page fault and a zeroed page per page written: measured on 2
+#: cores, S2L1C converted in 0.89 s per two files with reused arrays, 1.47 s with fresh ones.
 REUSED_ARRAYS = 4
 
 THUMBNAIL_BANDS = ("B04", "B03", "B02")
 #: Percentiles of a thumbnail's values mapped to black and white.
 THUMBNAIL_STRETCH = (2.0, 98.0)
+#: A thumbnail is this many times smaller than its patch, each pixel the mean of a square of them: the viewer shows
+#: images in cells of ~100-200 px, and 132 px PNGs of the 264 px patches take a quarter of the bytes (~24 kB) and
+#: of the encoding time (PNG encoding was 11% of a conversion's CPU time with full-size thumbnails).
+THUMBNAIL_REDUCTION = 2
 
 
-def task_batches(task: ShardTask, name: str, stats: dict, threads: int = 1,
-                 memory: Optional[fastzip.ArrayPool] = None) -> Iterator[dict]:
-    """The columns of one source shard of ``task``, ``task.rows_per_group`` rows at a time; adds to ``stats``.
-    ``threads``: how many threads decode it (and make thumbnails); ``memory``: arrays to decode its big arrays into.
+def task_batches(task: ShardTask, name: str, blocks: list[Block], stats: dict, threads: int = 1) -> Iterator[dict]:
+    """The columns of ``blocks``, source shard ``name`` of ``task`` (:func:`read_blocks`), ``task.rows_per_group``
+    rows at a time; adds to ``stats``. ``threads``: how many threads compute statistics and make thumbnails.
 
     The big arrays are views of the decoded file (see :meth:`~.formats.ShardWriter.gather`); ``None`` after the
-    last batch of a decoded file."""
+    last batch of a file."""
     if task.config == DEFAULT_CONFIG:
-        _, examples = task_examples(task, name, threads, memory)
+        examples = (example for block in blocks for _, example in overview_examples(block, task.thumbnail, threads))
         for batch in _batches(examples, task.rows_per_group):  # small: thumbnails and metadata
             yield {field: [example[field] for example in batch] for field in batch[0]}
         return
     if task.config == INDEX_CONFIG:
-        blocks = task.source().blocks(task.split_folder, name, task.layouts, index_variables(task.layouts))
-        for block in fastzip.decoding(blocks, memory, threads):
+        for block in blocks:
             table = block_rows(block, task.split)  # the index file's rows, from the same blocks
             for batch in table.to_batches(task.rows_per_group):
                 yield {**dict(zip(batch.schema.names, batch.columns)), "sample": batch.column("sample").to_pylist()}
         return
-    for block in fastzip.decoding(task.source().blocks(task.split_folder, name, task.layouts), memory, threads):
+    while blocks:
+        block = blocks.pop(0)  # let go of once written: none of the blocks outlives the file's last write
         # the statistics on helper threads (numpy releases the GIL) while the batches are copied and written
         with ThreadPoolExecutor(threads, thread_name_prefix="ssl4eos12-statistics") as pool:
             pieces = [pool.submit(piece_statistics, block.reference, rows) for rows in statistics_pieces(block.reference)]
@@ -85,7 +88,15 @@ def task_batches(task: ShardTask, name: str, stats: dict, threads: int = 1,
             for piece in pieces:  # added in a fixed order: float sums do not depend on the number of threads
                 merge_statistics(stats, piece.result())
         del block
-        yield None  # the end of a block: its arrays must be written (and so freed) before the next one is read
+    yield None  # the end of a file: its arrays must be written (and so freed) before the next one is read
+
+
+def read_blocks(task: ShardTask, name: str, threads: int = 1, memory: Optional[fastzip.ArrayPool] = None) -> list[Block]:
+    """The decoded blocks of source shard ``name`` of ``task``, with the variables its config needs: decoded on
+    ``threads`` threads, the big arrays into ``memory`` if given."""
+    variables = {DEFAULT_CONFIG: _overview_variables(task), INDEX_CONFIG: index_variables(task.layouts)}.get(task.config)
+    blocks = task.source().blocks(task.split_folder, name, task.layouts, variables)
+    return list(fastzip.decoding(blocks, memory, threads))
 
 
 def modality_batches(name: str, part: ModalityFile, size: int, keys=None) -> Iterator[dict]:
@@ -105,20 +116,16 @@ def modality_batches(name: str, part: ModalityFile, size: int, keys=None) -> Ite
                **modality_fields(part.layout.modality, part, rows, slice(None), copy=False)}
 
 
-def task_examples(task: ShardTask, name: str, threads: int = 1,
-                  memory: Optional[fastzip.ArrayPool] = None) -> tuple[list[str], Iterator[dict]]:
-    """Samples (locations, in row order) and examples, one dict per row, of one source shard of ``task``, read
-    (and its thumbnails made) on ``threads`` threads, its big arrays decoded into ``memory`` if given."""
-    variables = {DEFAULT_CONFIG: _overview_variables(task), INDEX_CONFIG: index_variables(task.layouts)}.get(task.config)
-    blocks = list(fastzip.decoding(task.source().blocks(task.split_folder, name, task.layouts, variables), memory,
-                                   threads))
+def task_examples(task: ShardTask, name: str) -> tuple[list[str], Iterator[dict]]:
+    """Samples (locations, in row order) and examples, one dict per row, of one source shard of ``task``."""
+    blocks = read_blocks(task, name)
     samples = [str(s) for block in blocks for s in block.samples]
     if task.config == INDEX_CONFIG:
         examples = (example for block in blocks for example in table_examples(block_rows(block, task.split)))
     elif task.config != DEFAULT_CONFIG:
         examples = (example for block in blocks for _, example in location_examples(block, False))
     else:
-        examples = (example for block in blocks for _, example in overview_examples(block, task.thumbnail, threads))
+        examples = (example for block in blocks for _, example in overview_examples(block, task.thumbnail))
     return samples, examples
 
 
@@ -174,30 +181,47 @@ def overview_examples(block: Block, thumbnail: Optional[str], threads: int = 1) 
 
 
 def thumbnail_png(rgb: np.ndarray) -> bytes:
-    """A ``(3, H, W)`` true-colour patch as PNG, stretched so its 2nd-98th percentiles span black to white.
+    """A ``(3, H, W)`` true-colour patch as a PNG thumbnail: stretched so that its 2nd-98th percentiles span black to
+    white, then :data:`THUMBNAIL_REDUCTION` times smaller (each pixel the rounded mean of a square of them).
 
     One stretch for all three bands keeps the colour balance.
     """
     from PIL import Image
 
-    if rgb.dtype.kind in "iu" and rgb.dtype.itemsize <= 2:  # every band of the release: through a lookup table
-        pixels = _stretch_integers(rgb)
+    if rgb.dtype == np.uint8:  # S2RGB: the stretch as a lookup table PIL applies to every band
+        image = Image.fromarray(np.ascontiguousarray(np.moveaxis(rgb, 0, -1))).point(_byte_table(rgb).tolist() * 3)
     else:
-        values = rgb.astype(np.float32)
-        finite = values[np.isfinite(values)]
-        low, high = np.percentile(finite, THUMBNAIL_STRETCH) if finite.size else (0.0, 1.0)
-        pixels = _stretch(values, low, high)
+        image = Image.fromarray(np.ascontiguousarray(np.moveaxis(_stretched(rgb), 0, -1)))
+    if min(image.size) >= THUMBNAIL_REDUCTION:
+        image = image.reduce(THUMBNAIL_REDUCTION)
     buffer = BytesIO()
     # level 1 with run-length matching (zlib's Z_RLE): ~20% faster to encode than level 1 with the default strategy
     # (itself twice as fast as level 6) and 12% smaller, measured on the generated full-size S2RGB patches
-    Image.fromarray(np.moveaxis(pixels, 0, -1)).save(buffer, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
+    image.save(buffer, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
     return buffer.getvalue()
+
+
+def _stretched(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` stretched to uint8 (its 2nd-98th percentiles to 0-255; NaN to 0)."""
+    if rgb.dtype.kind in "iu" and rgb.dtype.itemsize <= 2:  # every band of the release: through a lookup table
+        return _stretch_integers(rgb)
+    values = rgb.astype(np.float32)
+    finite = values[np.isfinite(values)]
+    low, high = np.percentile(finite, THUMBNAIL_STRETCH) if finite.size else (0.0, 1.0)
+    return _stretch(values, low, high)
 
 
 def _stretch(values: np.ndarray, low, high) -> np.ndarray:
     """float32 ``values`` from ``low``-``high`` to 0-255 (uint8); NaN to 0."""
     scaled = (values - np.float32(low)) * np.float32(255.0 / max(float(high - low), 1e-6))
     return np.nan_to_num(np.clip(scaled, 0, 255), nan=0).round().astype(np.uint8)
+
+
+def _byte_table(rgb: np.ndarray) -> np.ndarray:
+    """The stretch of uint8 ``rgb`` as a table of 256 uint8 values: percentiles from a histogram."""
+    ranks = np.cumsum(np.bincount(rgb.reshape(-1), minlength=256))
+    low, high = (_percentile_of_counts(ranks, q) for q in THUMBNAIL_STRETCH)
+    return _stretch(np.arange(256, dtype=np.float32), low, high)
 
 
 def _stretch_integers(rgb: np.ndarray) -> np.ndarray:
@@ -366,7 +390,10 @@ def convert_shard(task: ShardTask, out_dir: str, on_bad_file: str = "error", thr
                 try:
                     if _skip and name in _skip:  # found bad after rows of it were written: see below
                         raise _skip[name]
-                    for batch in task_batches(task, name, stats, threads, decode_memory() if reuse_arrays else None):
+                    blocks = read_blocks(task, name, threads, decode_memory() if reuse_arrays else None)
+                    batches = task_batches(task, name, blocks, stats, threads)
+                    del blocks  # task_batches lets them go once written
+                    for batch in batches:
                         if batch is None:
                             writer.drain()
                             continue
