@@ -112,6 +112,28 @@ def test_streaming_equals_xarray(wds_dir, config, tmp_path):
         assert check(streamed(stream(wds_dir, config, split)), wds_dir, split, CONFIGS[config], tmp_path) == 6
 
 
+def test_members_decoded_on_threads_equal_xarray(wds_dir, tmp_path, monkeypatch):
+    """A block's members (and each member's chunks) decoded several at once, as on a machine with 3 cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ssl4eos12.sources import fastzip, webdataset
+
+    pools = []
+
+    class CountedPool(ThreadPoolExecutor):
+        def __init__(self, max_workers=None, *args, **kwargs):
+            pools.append(max_workers)
+            super().__init__(max_workers, *args, **kwargs)
+
+    monkeypatch.setattr(fastzip, "usable_cores", lambda: 3)
+    monkeypatch.setattr(fastzip, "PARALLEL_BYTES", 1)
+    monkeypatch.setattr(webdataset, "ThreadPoolExecutor", CountedPool)
+    modalities = ["S2L2A", "S1GRD", "LULC"]
+    assert check(streamed(stream(wds_dir, "all", "train", modalities=modalities)), wds_dir, "train", modalities,
+                 tmp_path) == 6
+    assert pools and set(pools) == {3}  # the members of each block, three at a time
+
+
 def test_all_seven_modalities_streaming_and_prepared(wds_dir, tmp_path):
     ds = stream(wds_dir, modalities=SEVEN)
     f = ds.features

@@ -117,6 +117,12 @@ class ArrayPool:
             self.buffers.clear()
 
 
+def decode_threads() -> int:
+    """How many threads the reader in this context decodes with (:func:`decoding`): for a reader of many small
+    arrays (a tar's members) to decode several at once."""
+    return _THREADS.get()
+
+
 def usable_cores() -> int:
     """The cores this process may run on (its affinity, as a container or ``taskset`` limits it)."""
     if hasattr(os, "sched_getaffinity"):

@@ -30,6 +30,7 @@ import io
 import posixpath
 import tarfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
@@ -372,13 +373,22 @@ def _time_coordinate(variables: Mapping) -> Optional[xr.Variable]:
 def _read_members(wheres: list[str], layout: Layout, datas: list[bytes], variables=None) -> ModalityFile:
     """Members of one modality, side by side: their big arrays decoded straight into one ``(members, ...)``
     array each (allocated as :func:`.fastzip.empty` says: a reader that reuses its arrays gets them here too),
-    the small ones stacked."""
+    the small ones stacked; several members at once where :func:`.fastzip.decode_threads` says so."""
     shapes = {"bands": ((layout.num_times, *layout.bands_shape), layout.bands_dtype),
               "cloud_mask": ((layout.num_times, layout.height, layout.width), np.uint8)}
     wanted = [n for n in _names(layout, variables) if n in zipmember.BIG_ARRAYS]
     stacked = {name: fastzip.empty((len(datas), *shapes[name][0]), shapes[name][1]) for name in wanted}
-    members = [_read_member(where, layout, data, variables, {name: array[i] for name, array in stacked.items()})
-               for i, (where, data) in enumerate(zip(wheres, datas))]
+
+    def read(i: int) -> dict[str, np.ndarray]:
+        return _read_member(wheres[i], layout, datas[i], variables, {name: array[i] for name, array in stacked.items()})
+
+    # members are small (~0.5 MB chunks): where the reader decodes on several threads, a member on each
+    threads = min(fastzip.decode_threads(), len(datas))
+    if threads > 1:
+        with ThreadPoolExecutor(threads, thread_name_prefix="ssl4eos12-decode") as pool:
+            members = list(pool.map(read, range(len(datas))))
+    else:
+        members = [read(i) for i in range(len(datas))]
     return ModalityFile(layout, {name: stacked[name] if name in stacked else np.stack([m[name] for m in members])
                                  for name in members[0]})
 
