@@ -924,9 +924,9 @@ class _EpochRun:
         plan = self.plan
         try:
             times = selected_times(read.selection)  # a remote file then sends only those timestamps' chunks
-            blocks = list(fastzip.decoding(
-                plan.source.blocks(plan.split_folder, read.shard, plan.layouts) if times is None
-                else plan.source.blocks_at(plan.split_folder, read.shard, plan.layouts, times), self.loader._decode_memory))
+            blocks = (plan.source.blocks(plan.split_folder, read.shard, plan.layouts) if times is None
+                      else plan.source.blocks_at(plan.split_folder, read.shard, plan.layouts, times))
+            blocks = list(fastzip.decoding(blocks, self.loader._decode_memory))
         except SSL4EOS12FileError as err:
             if plan.on_bad_file != "skip":
                 raise

@@ -62,7 +62,7 @@ THUMBNAIL_STRETCH = (2.0, 98.0)
 THUMBNAIL_REDUCTION = 2
 
 
-def task_batches(task: ShardTask, name: str, blocks: list[Block], stats: dict, threads: int = 1) -> Iterator[dict]:
+def task_batches(task: ShardTask, name: str, blocks: Iterable[Block], stats: dict, threads: int = 1) -> Iterator[dict]:
     """The columns of ``blocks``, source shard ``name`` of ``task`` (:func:`read_blocks`), ``task.rows_per_group``
     rows at a time; adds to ``stats``. ``threads``: how many threads compute statistics and make thumbnails.
 
@@ -79,24 +79,24 @@ def task_batches(task: ShardTask, name: str, blocks: list[Block], stats: dict, t
             for batch in table.to_batches(task.rows_per_group):
                 yield {**dict(zip(batch.schema.names, batch.columns)), "sample": batch.column("sample").to_pylist()}
         return
-    while blocks:
-        block = blocks.pop(0)  # let go of once written: none of the blocks outlives the file's last write
+    for block in blocks:
         # the statistics on helper threads (numpy releases the GIL) while the batches are copied and written
         with ThreadPoolExecutor(threads, thread_name_prefix="ssl4eos12-statistics") as pool:
-            pieces = [pool.submit(piece_statistics, block.reference, rows) for rows in statistics_pieces(block.reference)]
-            yield from modality_batches(block.file, block.reference, task.rows_per_group, block.keys)
+            part = block.reference
+            pieces = [pool.submit(piece_statistics, part, rows) for rows in statistics_pieces(part)]
+            yield from modality_batches(block.file, part, task.rows_per_group, block.keys)
             for piece in pieces:  # added in a fixed order: float sums do not depend on the number of threads
                 merge_statistics(stats, piece.result())
-        del block
-    yield None  # the end of a file: its arrays must be written (and so freed) before the next one is read
+        del block, part, pieces  # the next block may be decoded into their arrays
+        yield None  # the end of a block: its arrays must be written (and so freed) before the next one is read
 
 
-def read_blocks(task: ShardTask, name: str, threads: int = 1, memory: Optional[fastzip.ArrayPool] = None) -> list[Block]:
-    """The decoded blocks of source shard ``name`` of ``task``, with the variables its config needs: decoded on
-    ``threads`` threads, the big arrays into ``memory`` if given."""
+def read_blocks(task: ShardTask, name: str, threads: int = 1,
+                memory: Optional[fastzip.ArrayPool] = None) -> Iterator[Block]:
+    """The blocks of source shard ``name`` of ``task``, with the variables its config needs, each decoded as it is
+    asked for: on ``threads`` threads, the big arrays into ``memory`` if given."""
     variables = {DEFAULT_CONFIG: _overview_variables(task), INDEX_CONFIG: index_variables(task.layouts)}.get(task.config)
-    blocks = task.source().blocks(task.split_folder, name, task.layouts, variables)
-    return list(fastzip.decoding(blocks, memory, threads))
+    return fastzip.decoding(task.source().blocks(task.split_folder, name, task.layouts, variables), memory, threads)
 
 
 def modality_batches(name: str, part: ModalityFile, size: int, keys=None) -> Iterator[dict]:
@@ -118,7 +118,7 @@ def modality_batches(name: str, part: ModalityFile, size: int, keys=None) -> Ite
 
 def task_examples(task: ShardTask, name: str) -> tuple[list[str], Iterator[dict]]:
     """Samples (locations, in row order) and examples, one dict per row, of one source shard of ``task``."""
-    blocks = read_blocks(task, name)
+    blocks = list(read_blocks(task, name))
     samples = [str(s) for block in blocks for s in block.samples]
     if task.config == INDEX_CONFIG:
         examples = (example for block in blocks for example in table_examples(block_rows(block, task.split)))
@@ -391,9 +391,7 @@ def convert_shard(task: ShardTask, out_dir: str, on_bad_file: str = "error", thr
                     if _skip and name in _skip:  # found bad after rows of it were written: see below
                         raise _skip[name]
                     blocks = read_blocks(task, name, threads, decode_memory() if reuse_arrays else None)
-                    batches = task_batches(task, name, blocks, stats, threads)
-                    del blocks  # task_batches lets them go once written
-                    for batch in batches:
+                    for batch in task_batches(task, name, blocks, stats, threads):
                         if batch is None:
                             writer.drain()
                             continue
@@ -493,8 +491,9 @@ def convert(data_dir, out_dir, configs=None, splits=None, workers=None, schedule
         logger.info(f"{len(tasks) - len(todo)} of {len(tasks)} shard(s) already converted: skipping them")
     if todo:
         # a Dask worker lives on after the conversion: it does not keep a file's arrays
-        task = functools.partial(convert_shard, out_dir=str(out), on_bad_file=on_bad_file,
-                                 threads=threads_per_task(workers, scheduler, len(todo)), reuse_arrays=scheduler is None)
+        threads = threads_per_task(workers, scheduler, len(todo))
+        task = functools.partial(convert_shard, out_dir=str(out), on_bad_file=on_bad_file, threads=threads,
+                                 reuse_arrays=scheduler is None)
         try:
             for _ in run_tasks(task, todo, workers, scheduler):
                 pass

@@ -125,7 +125,7 @@ def decode_threads() -> int:
 
 def usable_cores() -> int:
     """The cores this process may run on (its affinity, as a container or ``taskset`` limits it)."""
-    if hasattr(os, "sched_getaffinity"):
+    with contextlib.suppress(AttributeError, OSError):  # no affinity where the platform has none
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
 
