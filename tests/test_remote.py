@@ -19,7 +19,7 @@ from conftest import traced_peak
 from nginx import NginxServer, nginx_binary
 from reference import assert_example_equal, split_files
 from servers import HubServer, RangeHTTPServer, use_hub
-from ssl4eos12.sources import remote
+from ssl4eos12.sources import fastzip, remote
 
 MODALITIES = ["S2L1C", "S2L2A", "S2RGB", "S1GRD"]
 
@@ -391,7 +391,8 @@ def test_a_killed_dataloader_worker_leaves_no_connection_or_thread(data_dir, wds
 
 @needs_nginx
 @pytest.mark.parametrize("connections", [1, 3])
-def test_nginx_streaming_equals_local_and_serves_each_byte_once(tmp_path, small_pieces, small_tail, connections):
+def test_nginx_streaming_equals_local_and_serves_each_byte_once(tmp_path, small_pieces, small_tail, connections,
+                                                               decode_threads):
     # one connection: each file handed over with its tail, its body arriving while it is decoded
     data_dir = ssl4eos12.synth.synthesize(tmp_path / "d", splits=("train",), files=2, samples=8, size=64)
     with NginxServer(data_dir) as srv:
@@ -530,6 +531,15 @@ def small_tail(monkeypatch):
     monkeypatch.setattr(remote, "TAIL", 16 << 10)
 
 
+@pytest.fixture(params=["one thread", "chunks on threads"])
+def decode_threads(request, monkeypatch):
+    """Each file decoded on one thread, or its chunks on three (the fixtures' chunks are small: all of them)."""
+    if request.param == "chunks on threads":
+        monkeypatch.setattr(fastzip, "usable_cores", lambda: 3)
+        monkeypatch.setattr(fastzip, "PARALLEL_BYTES", 1)
+    return request.param
+
+
 def test_a_file_is_handed_over_with_its_tail_and_its_body_follows(tmp_path, small_tail):
     payload = np.random.default_rng(2).integers(0, 256, 200_003, dtype=np.uint8).tobytes()
     (tmp_path / "f.bin").write_bytes(payload)
@@ -577,7 +587,7 @@ def test_closing_a_file_whose_body_is_arriving_stops_its_fetch(tmp_path, small_t
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["break", "abandon"])
 def test_an_iteration_cancelled_while_a_body_arrives_leaves_nothing_behind(data_dir, track_buffers, monkeypatch,
-                                                                            how):
+                                                                            how, decode_threads):
     """The second file was handed over with its tail; its body stalls mid-way when the consumer stops."""
     monkeypatch.setattr(remote, "TAIL", 1 << 10)  # these files are ~10-20 kB
     files = split_files(data_dir, "train")
@@ -602,7 +612,7 @@ def test_an_iteration_cancelled_while_a_body_arrives_leaves_nothing_behind(data_
     assert track_buffers and all(buffer.closed for buffer in track_buffers)
 
 
-def test_a_body_that_stalls_for_good_gets_a_clear_error(data_dir, fast_retries, monkeypatch):
+def test_a_body_that_stalls_for_good_gets_a_clear_error(data_dir, fast_retries, monkeypatch, decode_threads):
     monkeypatch.setattr(datasets.config, "STREAMING_READ_MAX_RETRIES", 2)
     monkeypatch.setattr(remote, "TAIL", 1 << 10)
     first = f"/train/S2L2A/{split_files(data_dir, 'train')[0]}"
