@@ -109,3 +109,14 @@ def traced_peak(examples) -> int:
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def counting_reuse(empty, reused: list):
+    """``ArrayPool.empty`` that also appends to ``reused``, per array it hands out, whether its memory is a buffer
+    the pool held before (ids: holding the buffers would keep them from being reused)."""
+    def counted(self, shape, dtype):
+        before = {id(old) for old in self.buffers}
+        array = empty(self, shape, dtype)
+        reused.append(id(array.base) in before)
+        return array
+    return counted

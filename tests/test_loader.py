@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import ssl4eos12
-from conftest import assert_identical
+from conftest import assert_identical, counting_reuse
 from reference import assert_example_equal, expected_examples
 from ssl4eos12.synth import synthesize
 
@@ -379,15 +379,7 @@ def test_decode_arrays_are_reused_never_while_in_use(many_files, monkeypatch):
 
     monkeypatch.setattr(ArrayPool, "MIN_BYTES", 0)  # the fixture's arrays are small
     reused = []  # per array handed to a decoder: was it one the pool had handed out before
-    empty = ArrayPool.empty
-
-    def counted(self, shape, dtype):
-        before = {id(old) for old in self.buffers}  # ids: holding the buffers would keep them from being reused
-        array = empty(self, shape, dtype)
-        reused.append(id(array.base) in before)
-        return array
-
-    monkeypatch.setattr(ArrayPool, "empty", counted)
+    monkeypatch.setattr(ArrayPool, "empty", counting_reuse(ArrayPool.empty, reused))
     loader = ssl4eos12.Loader("all", data_dir=str(many_files), modalities=["S2L2A", "S1GRD"], batch_size=2,
                               num_threads=3, prefetch=2, shuffle_window=2, numpy=True)
     expected = {e["sample"]: e for e in expected_examples(many_files, "train", ["S2L2A", "S1GRD"])}

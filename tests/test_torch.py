@@ -8,6 +8,7 @@ import pytest
 from datasets import load_dataset
 
 import ssl4eos12
+from conftest import counting_reuse
 from reference import assert_example_equal, expected_examples
 
 torch = pytest.importorskip("torch")
@@ -60,15 +61,6 @@ def test_streaming_all_two_workers_native_dtypes(data_dir, monkeypatch):
 _REUSED: list[bool] = []  # in a forked worker: per array its builder's pool handed out, whether it was an old one
 
 
-def _counting_empty(empty):
-    def counted(self, shape, dtype):
-        before = {id(old) for old in self.buffers}
-        array = empty(self, shape, dtype)
-        _REUSED.append(id(array.base) in before)
-        return array
-    return counted
-
-
 def _collate_and_count(examples):
     return ssl4eos12.collate(examples), sum(_REUSED)
 
@@ -81,7 +73,7 @@ def test_a_worker_decodes_each_file_into_the_last_ones_arrays(tmp_path, monkeypa
 
     root = synthesize(tmp_path / "data", splits=("train",), files=5, samples=3, size=8, modalities=("S2L2A", "S1GRD"))
     monkeypatch.setattr(ArrayPool, "MIN_BYTES", 0)  # the forked worker inherits both patches
-    monkeypatch.setattr(ArrayPool, "empty", _counting_empty(ArrayPool.empty))
+    monkeypatch.setattr(ArrayPool, "empty", counting_reuse(ArrayPool.empty, _REUSED))
     streamed = load_dataset("ssl4eos12", "all", data_dir=str(root), split="train", streaming=True,
                             modalities=["S2L2A", "S1GRD"])
     results = list(DataLoader(streamed, batch_size=2, collate_fn=_collate_and_count, num_workers=1))

@@ -65,11 +65,17 @@ def allocating(allocate):
     A fresh file-sized array costs the kernel a page fault and a page of zeroes for every page written; a caller
     that knows when an array is free again (``ssl4eos12.Loader``) hands out reused ones and saves that.
     """
-    token = _ALLOCATE.set(allocate)
+    with _setting(_ALLOCATE, allocate):
+        yield
+
+
+@contextlib.contextmanager
+def _setting(variable: contextvars.ContextVar, value):
+    token = variable.set(value)
     try:
         yield
     finally:
-        _ALLOCATE.reset(token)
+        variable.reset(token)
 
 
 class ArrayPool:
@@ -147,11 +153,8 @@ def decoding(blocks, pool: Optional[ArrayPool] = None, threads: int = 1):
     set them and was left suspended would leak them into its caller's other reads.
     """
     while True:
-        with contextlib.ExitStack() as settings:
-            if pool is not None:
-                settings.enter_context(allocating(pool.empty))
-            token = _THREADS.set(max(1, threads))
-            settings.callback(_THREADS.reset, token)
+        allocation = allocating(pool.empty) if pool is not None else contextlib.nullcontext()
+        with allocation, _setting(_THREADS, max(1, threads)):
             block = next(blocks, None)
         if block is None:
             return
@@ -337,16 +340,17 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
                 if k + 1 < len(members):
                     arrived(k + 1, block=False)
                 crcs.extend(crc_pool.submit(crc32, v) for v in data[len(crcs):k + 2])
-                if crcs[k].result() != info.CRC:
-                    raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
-                _decode_member(codec, info, view, block)
+                _decode_member(codec, info, view, block, crcs[k].result())
                 _drop_pages(mapped, *span)
         finally:  # no view may be released while the CRC thread still reads it
             concurrent.futures.wait(crcs)
     return _decoded(result, axis, out)
 
 
-def _decode_member(codec, info: zipfile.ZipInfo, view: memoryview, block: np.ndarray) -> None:
+def _decode_member(codec, info: zipfile.ZipInfo, view: memoryview, block: np.ndarray, crc: int) -> None:
+    """Decode member ``info`` (its bytes ``view``, their CRC-32 ``crc``) into ``block``, checked as ``zipfile`` would."""
+    if crc != info.CRC:
+        raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
     # Blosc header: bytes 4-8 hold the decoded size; decoding into a larger buffer would not fail
     decoded_size = int.from_bytes(view[4:8], "little") if len(view) >= 16 else -1
     if decoded_size != block.nbytes:
@@ -359,9 +363,7 @@ def _decode_on_threads(mapped, codec, members, blocks, arrived, data, spans, thr
     many members' pages are mapped), in file order: ``arrived`` waits for bytes still arriving here."""
 
     def check_and_decode(k: int) -> None:
-        if crc32(data[k]) != members[k].CRC:
-            raise zipfile.BadZipFile(f"Bad CRC-32 for file {members[k].filename!r}")
-        _decode_member(codec, members[k], data[k], blocks[k])
+        _decode_member(codec, members[k], data[k], blocks[k], crc32(data[k]))
         _drop_pages(mapped, *spans[k])
 
     running: list = []
