@@ -169,3 +169,21 @@ def test_chunks_not_stored_read_as_xarray_reads_them(bands_dtype, tmp_path):
     assert (values["cloud_mask"][1] == 0).all() and values["cloud_mask"].dtype == np.uint8
     if bands_dtype == "float32":
         assert "bands/2.0.0.0" not in stored and np.isnan(values["bands"][2]).all()
+
+
+def test_a_small_chunk_with_a_bad_crc_is_caught_and_named(tmp_path):
+    """The small arrays' chunks are read straight from the member's bytes: a flipped byte in one still fails its
+    CRC-32 on the direct path, and the member's reading names the member and the chunk (through xarray)."""
+    from ssl4eos12.errors import SSL4EOS12FileError
+
+    data = zarr_zip_bytes(location("int16"))
+    layout, _ = read_both("member", "TEST", data, tmp_path)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        info = zf.getinfo("center_lat/0")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    broken = bytearray(data)
+    broken[start + info.compress_size - 1] ^= 0xFF  # the last stored byte of the chunk
+    with pytest.raises(zipfile.BadZipFile, match="center_lat/0"):
+        zipmember.open_member(bytes(broken))
+    with pytest.raises(SSL4EOS12FileError, match=r"member: cannot read data .*center_lat/0"):
+        _read_member("member", layout, bytes(broken))

@@ -403,6 +403,20 @@ def _member_span(mapped, info: zipfile.ZipInfo) -> tuple[int, int]:
     return start, start + info.compress_size
 
 
+def member_bytes(zf: zipfile.ZipFile, mapped, name: str):
+    """The bytes of member ``name`` of a zip held in ``mapped``: for a stored (uncompressed) member a view of
+    ``mapped``, CRC-32 checked, without ``zipfile``'s per-read objects (~4x faster for the small chunks of a tar
+    member); otherwise ``zf.read``. Raises ``KeyError`` for a missing member, ``zipfile.BadZipFile`` as
+    ``zipfile`` would."""
+    info = zf.getinfo(name)
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        return zf.read(info)
+    view = memoryview(mapped)[slice(*_member_span(mapped, info))]
+    if crc32(view) != info.CRC:
+        raise zipfile.BadZipFile(f"Bad CRC-32 for file {name!r}")
+    return view
+
+
 def _drop_pages(mapped, start: int, stop: int) -> None:
     """Unmap the pages of a decoded member from this process (they stay in the page cache)."""
     if isinstance(mapped, mmap.mmap) and hasattr(mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):

@@ -96,7 +96,7 @@ def open_member(data: bytes) -> Optional[Member]:
                 return None
             big[name] = ArraySpec(dims, shape, dtype)
             continue
-        values = _read_small(zf, name, zarray, dtype, shape, chunks, fill_value)
+        values = _read_small(zf, data, name, zarray, dtype, shape, chunks, fill_value)
         if fill_value is not None:  # as xarray's zarr backend does: Zarr's fill value means _FillValue
             attrs["_FillValue"] = fill_value
         raw[name] = xr.Variable(dims, values, attrs)
@@ -137,7 +137,8 @@ def _simple(zarray, dims: tuple[str, ...]):
     return dtype, shape, chunks, None if fill_value is None else dtype.type(np.nan)
 
 
-def _read_small(zf: zipfile.ZipFile, name: str, zarray: dict, dtype: np.dtype, shape, chunks, fill_value) -> np.ndarray:
+def _read_small(zf: zipfile.ZipFile, data: bytes, name: str, zarray: dict, dtype: np.dtype, shape, chunks,
+                fill_value) -> np.ndarray:
     """A small array assembled from its decoded chunks.
 
     A chunk that is not stored (a writer skips chunks that hold only the fill value: a time offset of 0)
@@ -150,7 +151,7 @@ def _read_small(zf: zipfile.ZipFile, name: str, zarray: dict, dtype: np.dtype, s
     out = np.zeros(shape, dtype) if fill_value is None else np.full(shape, fill_value, dtype)
     for index in np.ndindex(*(math.ceil(s / c) for s, c in zip(shape, chunks))):
         try:
-            stored = zf.read(f"{name}/{separator.join(map(str, index)) or '0'}")
+            stored = fastzip.member_bytes(zf, data, f"{name}/{separator.join(map(str, index)) or '0'}")
         except KeyError:
             continue
         decoded = codec.decode(stored) if codec is not None else stored
