@@ -33,13 +33,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
+import functools
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Cancelled", "CancelScope", "Prefetch", "current_scope", "prefetch"]
+__all__ = ["Cancelled", "CancelScope", "Prefetch", "current_scope", "prefetch", "produced_ahead"]
 
 
 class Cancelled(Exception):
@@ -282,3 +285,20 @@ def prefetch(thunks: Iterable[Callable[[], T]], ahead: int = 1) -> Prefetch[T]:
     once; see the module docstring for the guarantees.
     """
     return Prefetch(thunks, ahead)
+
+
+def produced_ahead(items: Iterator[T], ahead: int, name: str = "ssl4eos12-ahead") -> Iterator[T]:
+    """The items of ``items``, each produced in a background thread up to ``ahead`` items before it is asked
+    for: for a step whose work (reading, decoding) releases the GIL, to overlap the consumer's use of the last
+    item. The items are produced in the context (:mod:`contextvars`) of the first request, one at a time.
+
+    Closing this generator (a ``break``, an exception, garbage collection) cancels the production, joins the
+    thread and then closes ``items``; an exception of ``items`` comes out of ``next()``, as ``items`` raised it.
+    """
+    end = object()
+    step = functools.partial(contextvars.copy_context().run, next, items, end)
+    with contextlib.closing(items), Prefetch(itertools.repeat(step), ahead, name) as produced:
+        for item in produced:
+            if item is end:
+                return
+            yield item

@@ -147,3 +147,40 @@ def test_shared_objects_live_as_long_as_the_prefetch():
 def test_bad_ahead_is_refused():
     with pytest.raises(ValueError, match="ahead must be an integer >= 0"):
         prefetch([], ahead=-1)
+
+
+def test_produced_ahead_keeps_order_context_and_errors_and_leaves_nothing_behind():
+    import contextvars
+
+    from ssl4eos12.prefetch import produced_ahead
+
+    setting = contextvars.ContextVar("setting", default="outside")
+    produced, closed = [], []
+
+    def items(fail_at=None):
+        try:
+            for i in range(6):
+                if i == fail_at:
+                    raise ValueError(f"item {i} is bad")
+                produced.append((i, setting.get(), threading.current_thread().name))
+                yield i
+        finally:
+            closed.append(threading.current_thread().name)
+
+    token = setting.set("requested")  # the context of the first request is the one the items are made in
+    try:
+        assert list(produced_ahead(items(), 2)) == list(range(6))
+    finally:
+        setting.reset(token)
+    assert {(s, t) for _, s, t in produced} == {("requested", "ssl4eos12-ahead")} and not prefetch_threads()
+
+    produced.clear()
+    ahead = produced_ahead(items(), 2)
+    assert next(ahead) == 0
+    ahead.close()  # a break: the thread is joined, then the items are closed here
+    assert not prefetch_threads() and closed[-1] == threading.current_thread().name
+    assert len(produced) <= 4  # the one taken, at most 2 ahead and one being made
+
+    with pytest.raises(ValueError, match="item 3 is bad"):
+        list(produced_ahead(items(fail_at=3), 2))
+    assert not prefetch_threads()

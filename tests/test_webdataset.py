@@ -448,3 +448,34 @@ def test_tars_are_read_front_to_back_from_short_reads(wds_dir):
     assert read == tar_members(path)
     with pytest.raises(io.UnsupportedOperation, match="front to back"):
         reader.seek(0)
+
+
+def test_blocks_decoded_ahead_equal_xarray_and_a_break_leaves_no_thread(wds_dir, tmp_path, monkeypatch):
+    """Where decoding uses several threads, a local tar's next blocks are read and decoded in a background
+    thread: the same examples, and a ``break`` or an error in the consumer leaves no thread behind."""
+    import gc
+    import threading
+
+    from ssl4eos12.sources import fastzip, webdataset
+
+    monkeypatch.setattr(fastzip, "usable_cores", lambda: 2)
+    monkeypatch.setattr(webdataset, "BLOCK_LOCATIONS", 1)  # several blocks per tar of the small fixture
+    started = []
+    original = webdataset.produced_ahead
+    monkeypatch.setattr(webdataset, "produced_ahead", lambda *a, **k: started.append(a[1]) or original(*a, **k))
+    modalities = ["S2L2A", "S1GRD"]
+    assert check(streamed(stream(wds_dir, "all", "train", modalities=modalities)), wds_dir, "train", modalities,
+                 tmp_path) > 2
+    assert started and set(started) == {webdataset.BLOCKS_AHEAD}
+
+    def ahead_threads():
+        gc.collect()
+        return [t.name for t in threading.enumerate() if t.name == "ssl4eos12-blocks"]
+
+    for example in stream(wds_dir, "all", "train", modalities=modalities):
+        break
+    assert not ahead_threads()
+    with pytest.raises(RuntimeError, match="consumer failed"):
+        for example in stream(wds_dir, "all", "train", modalities=modalities):
+            raise RuntimeError("consumer failed")
+    assert not ahead_threads()

@@ -171,6 +171,19 @@ def test_chunks_not_stored_read_as_xarray_reads_them(bands_dtype, tmp_path):
         assert "bands/2.0.0.0" not in stored and np.isnan(values["bands"][2]).all()
 
 
+def test_an_array_with_no_chunk_stored_reads_as_xarray_reads_it(tmp_path):
+    """A location clear at every timestamp: its cloud mask has no chunk stored at all (3 of the 64 members of a
+    generated S2L2A tar). The member still takes the direct path, the mask all zeros as xarray reads it."""
+    ds = location("int16")
+    ds["cloud_mask"][...] = 0
+    data = zarr_zip_bytes(ds)
+    assert not [n for n in zipfile.ZipFile(io.BytesIO(data)).namelist() if n.startswith("cloud_mask/") and "/." not in n]
+    member = zipmember.open_member(data)
+    assert member is not None and member.variables["cloud_mask"].shape == (3, 4, 5)
+    _, values = read_both("member", "TEST", data, tmp_path)
+    assert values["cloud_mask"].dtype == np.uint8 and not values["cloud_mask"].any()
+
+
 def test_a_small_chunk_with_a_bad_crc_is_caught_and_named(tmp_path):
     """The small arrays' chunks are read straight from the member's bytes: a flipped byte in one still fails its
     CRC-32 on the direct path, and the member's reading names the member and the chunk (through xarray)."""
@@ -187,3 +200,17 @@ def test_a_small_chunk_with_a_bad_crc_is_caught_and_named(tmp_path):
         zipmember.open_member(bytes(broken))
     with pytest.raises(SSL4EOS12FileError, match=r"member: cannot read data .*center_lat/0"):
         _read_member("member", layout, bytes(broken))
+
+
+def test_a_bounds_variable_decodes_as_xarray_decodes_it(tmp_path):
+    """Variables whose CF decoding changes nothing skip it; a time's "bounds" variable has no attribute of its own
+    yet xarray decodes it with the time's units, and so does the direct path."""
+    ds = location("int16")
+    ds["t0"] = ((), np.int64(60), {"units": "seconds since 2020-01-01", "bounds": "t0_bnds"})
+    ds["t0_bnds"] = (("nv",), np.array([0, 120], np.int64))
+    data = zarr_zip_bytes(ds)
+    member = zipmember.open_member(data)
+    assert member is not None and member.variables["t0_bnds"].dtype == np.dtype("datetime64[ns]")
+    assert_identical(member.variables["t0_bnds"].values, open_with_xarray(_write(tmp_path, data))["t0_bnds"].values,
+                     "t0_bnds")
+    read_both("member", "TEST", data, tmp_path)  # the same layout (datetimes are no static) and values

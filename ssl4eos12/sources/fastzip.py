@@ -288,8 +288,6 @@ def _plan(zf: zipfile.ZipFile, name: str, metadata: dict):
         if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
             return None
         members.append(info)
-    if not any(members):
-        return None
     return dtype, shape, members, axis, chunks[axis]
 
 
@@ -306,7 +304,10 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
     # a chunk that is not stored reads as zarr reads it for xarray: the fill value (NaN), or 0 for a null one
     for block in (block for info, block in zip(members, blocks) if info is None):
         block[...] = np.nan if dtype.kind == "f" else 0
-    members, blocks = zip(*[(info, block) for info, block in zip(members, blocks) if info is not None])
+    stored = [(info, block) for info, block in zip(members, blocks) if info is not None]
+    if not stored:  # no chunk stored at all (a mask of a location clear at every timestamp): all fill value
+        return _decoded(result, axis, out)
+    members, blocks = zip(*stored)
     codec = numcodecs.Blosc()
     with contextlib.ExitStack() as views:
         spans: list[tuple[int, int]] = []
