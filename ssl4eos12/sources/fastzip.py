@@ -285,7 +285,7 @@ def _plan(zf: zipfile.ZipFile, name: str, metadata: dict):
         except KeyError:  # not stored (a writer skips a chunk of fill values): None, filled when decoding
             members.append(None)
             continue
-        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        if not _stored(info):
             return None
         members.append(info)
     return dtype, shape, members, axis, chunks[axis]
@@ -350,8 +350,7 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
 
 def _decode_member(codec, info: zipfile.ZipInfo, view: memoryview, block: np.ndarray, crc: int) -> None:
     """Decode member ``info`` (its bytes ``view``, their CRC-32 ``crc``) into ``block``, checked as ``zipfile`` would."""
-    if crc != info.CRC:
-        raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
+    _check_crc(info, crc)
     # Blosc header: bytes 4-8 hold the decoded size; decoding into a larger buffer would not fail
     decoded_size = int.from_bytes(view[4:8], "little") if len(view) >= 16 else -1
     if decoded_size != block.nbytes:
@@ -410,12 +409,21 @@ def member_bytes(zf: zipfile.ZipFile, mapped, name: str):
     member); otherwise ``zf.read``. Raises ``KeyError`` for a missing member, ``zipfile.BadZipFile`` as
     ``zipfile`` would."""
     info = zf.getinfo(name)
-    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+    if not _stored(info):
         return zf.read(info)
     view = memoryview(mapped)[slice(*_member_span(mapped, info))]
-    if crc32(view) != info.CRC:
-        raise zipfile.BadZipFile(f"Bad CRC-32 for file {name!r}")
+    _check_crc(info, crc32(view))
     return view
+
+
+def _stored(info: zipfile.ZipInfo) -> bool:
+    """Whether a member's bytes are its data as they are: not compressed by zip, not encrypted."""
+    return info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1
+
+
+def _check_crc(info: zipfile.ZipInfo, crc: int) -> None:
+    if crc != info.CRC:
+        raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
 
 
 def _drop_pages(mapped, start: int, stop: int) -> None:
