@@ -3,7 +3,7 @@
     python scripts/push_to_hub.py DATA_DIR --repo-id ORG/NAME                      # convert, card, upload
     python scripts/push_to_hub.py DATA_DIR --repo-id ORG/NAME --local-dir OUT_DIR  # convert and card only
 
-Without ``--local-dir`` the converted folder is ``--work-dir`` (default ``./NAME-parquet``), kept after the upload:
+Without ``--local-dir`` the converted folder is ``--work-dir`` (default ``./NAME-arrow``), kept after the upload:
 rerunning the same command after an interruption resumes the conversion and then the upload. The token comes
 from ``HF_TOKEN`` or ``hf auth login``; it and the repository id are checked with the Hub before anything is
 converted. Same as ``ssl4eos12 convert`` followed by ``ssl4eos12 push``.
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("data_dir", help="root of the SSL4EO-S12 v1.1 Zarr files (local path or URL)")
     parser.add_argument("--repo-id", required=True, help="dataset repository, ORG/NAME")
     parser.add_argument("--local-dir", help="convert into this folder and stop before uploading")
-    parser.add_argument("--work-dir", help="folder to convert into before uploading (default: ./NAME-parquet)")
+    parser.add_argument("--work-dir", help="folder to convert into before uploading (default: ./NAME-arrow)")
     parser.add_argument("--configs", nargs="+", help="default: every modality config plus the default config")
     parser.add_argument("--splits", nargs="+", choices=list(SPLIT_FOLDERS), help="default: every split present")
     parser.add_argument("--workers", type=int, help="local worker processes (default: CPU count)")
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out_dir = args.local_dir or args.work_dir or f"{args.repo_id.rsplit('/', 1)[-1]}-parquet"
+    out_dir = args.local_dir or args.work_dir or f"{args.repo_id.rsplit('/', 1)[-1]}-arrow"
     try:
         if args.local_dir:
             check_repo_id(args.repo_id)

@@ -31,8 +31,13 @@ Cite: see :data:`ssl4eos12.constants.CITATION`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import difflib
 import functools
 import logging
+import os
+import posixpath
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -41,10 +46,11 @@ from typing import Optional
 import datasets
 from datasets.builder import Key
 
+from .catalog import fingerprint
 from .checks import check_modalities_keyword, check_modalities_present
 from .constants import (CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, MODALITIES, SPLIT_FOLDERS,
                         WEBDATASET_HOSTED_ROOT, WEBDATASET_ONLY_MODALITIES, split_list_path)
-from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12FileError
+from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12EmptySelectionWarning, SSL4EOS12FileError
 from .index import Filters, count_examples, select_split, selected_times
 from .prefetch import prefetch
 from .schema import example_features, location_examples
@@ -138,6 +144,17 @@ class SSL4EOS12Config(datasets.BuilderConfig):
         return Filters.from_keywords(self.bbox, self.time_range, self.max_cloud_fraction, self.samples)
 
 
+def check_keywords(config_kwargs: dict) -> None:
+    """Every keyword is one the config has: a misspelling gets one line naming it and the valid ones."""
+    known = {field.name for field in dataclasses.fields(SSL4EOS12Config)}
+    unknown = sorted(set(config_kwargs) - known)
+    if unknown:
+        hints = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
+        said = ", ".join(f"{name!r}" + (f" (did you mean {hints[name][0]!r}?)" if hints[name] else "") for name in unknown)
+        valid = sorted(known - {"name", "version", "description", "data_files"})
+        raise ValueError(f"unknown keyword(s) {said} for the ssl4eos12 builder; valid keywords: {', '.join(valid)}")
+
+
 class SSL4EOS12(datasets.GeneratorBasedBuilder):
     """SSL4EO-S12 v1.1: Sentinel-1/2 time series of 246,144 locations, read from the original Zarr zips."""
 
@@ -154,6 +171,7 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
 
     def _create_builder_config(self, config_name=None, custom_features=None, config_id=None, **config_kwargs):
         """The datasets config, its keywords checked first: one clear error here, not a traceback later."""
+        check_keywords(config_kwargs)
         check_modalities_keyword(config_kwargs.get("modalities"), config_name or self.DEFAULT_CONFIG_NAME)
         on_bad_file = config_kwargs.get("on_bad_file")
         if on_bad_file is not None and on_bad_file not in ON_BAD_FILE_CHOICES:
@@ -175,12 +193,25 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
             raise ValueError(f"on_bad_file must be one of {ON_BAD_FILE_CHOICES}, got {self.config.on_bad_file!r}")
         source = self._source(dl_manager.download_config)
         splits = []
+        # streaming some splits: the others' files and indexes are not looked at
+        requested = self.__dict__.get("_requested_splits") or SPLIT_FOLDERS
         for split, folder in SPLIT_FOLDERS.items():
+            if split not in requested:
+                continue
             files = _shards(source, folder)
             if files:
                 splits.append(datasets.SplitGenerator(name=split, gen_kwargs={"files": files, "split_folder": folder}))
+        if not splits and requested is not SPLIT_FOLDERS:
+            present = [split for split, folder in SPLIT_FOLDERS.items() if split not in requested and _shards(source, folder)]
+            if present:
+                raise ValueError(f"Bad split: {', '.join(sorted(requested))}: {source.root} holds no files of it. "
+                                 f"Available splits: {present}")
         if not splits:
             first = source.modalities[0]
+            if source.root.startswith("hf://") and datasets.config.HF_HUB_OFFLINE:
+                raise SSL4EOS12DataError(
+                    f"{source.root}: HF_HUB_OFFLINE=1 is set, so the Hub is not read (it looks empty offline); "
+                    f"unset HF_HUB_OFFLINE, or pass data_dir= (or root=) a local copy")
             if is_remote(source.root):  # a root that cannot be reached looks empty to fsspec
                 message = diagnose_root(source.root, split_list_path(SPLIT_FOLDERS["train"]), source.download_config)
                 if message:
@@ -191,9 +222,11 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
                 f"or webdataset tars ({', '.join(f'{f}/{first}/*.tar' for f in SPLIT_FOLDERS.values())})"
             )
         all_files = splits[0].gen_kwargs["files"]
+        streaming = isinstance(dl_manager, datasets.StreamingDownloadManager)
         for split_generator in splits:
             # parallel to files: the locations (and timestamps) of each file to yield (None: all)
-            split_generator.gen_kwargs["selections"] = self._select(source, split_generator, dl_manager.download_config)
+            split_generator.gen_kwargs["selections"] = self._select(source, split_generator, dl_manager.download_config,
+                                                                    streaming)
         # probed from a selected file where there is one: a file without a match is never opened
         selected = next((g.gen_kwargs for g in splits if g.gen_kwargs["files"]), None)
         layouts = self._probe_layouts(source, selected or {**splits[0].gen_kwargs, "files": all_files})
@@ -216,8 +249,12 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
             split_generator.gen_kwargs["layout"] = source.name
         return splits
 
-    def _select(self, source: Source, split_generator, download_config) -> list:
-        """Keep only the files with a match to the filters (their selections, parallel to ``files``)."""
+    def _select(self, source: Source, split_generator, download_config, streaming: bool) -> list:
+        """Keep only the files with a match to the filters (their selections, parallel to ``files``).
+
+        A selection that keeps nothing says so: a warning when streaming (the stream would be silently empty), an
+        error when the prepared split is asked for (:meth:`_as_dataset`).
+        """
         gen_kwargs = split_generator.gen_kwargs
         filters = self.config.filters()
         if not filters:
@@ -226,8 +263,12 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
                                  self.config.single_timestamp, self.config.index, download_config,
                                  files=gen_kwargs["files"])
         files = [name for name in gen_kwargs["files"] if name in selection]
+        examples = count_examples({f: selection[f] for f in files})
         logger.info(f"{split_generator.name}: {filters.describe()} selects {len(files)} of {len(gen_kwargs['files'])} "
-                    f"file(s), {count_examples({f: selection[f] for f in files})} example(s)")
+                    f"file(s), {examples} example(s)")
+        if not examples and streaming:
+            warnings.warn(_empty_selection(filters, split_generator.name, len(gen_kwargs["files"])),
+                          SSL4EOS12EmptySelectionWarning, stacklevel=2)
         gen_kwargs["files"] = files
         return [selection[name] for name in files]
 
@@ -269,9 +310,51 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         """The token and storage options the builder was given, as the reading side expects them."""
         return datasets.DownloadConfig(token=self.token, storage_options=self.storage_options)
 
-    def _as_dataset(self, *args, **kwargs) -> datasets.Dataset:
+    def as_streaming_dataset(self, split=None, base_path=None):
+        # only the asked-for splits are listed and selected: their errors and warnings name them, not another split
+        self._requested_splits = _split_names(split)
+        try:
+            return super().as_streaming_dataset(split, base_path)
+        finally:
+            del self._requested_splits
+
+    def download_and_prepare(self, output_dir=None, download_config=None, download_mode=None, *args, **kwargs):
+        if output_dir is None:
+            self._key_cache_by_data(download_config, download_mode)
+        return super().download_and_prepare(output_dir, download_config, download_mode, *args, **kwargs)
+
+    def as_dataset(self, *args, **kwargs):
+        if self._output_dir == self._cache_dir:
+            self._key_cache_by_data()
+        return super().as_dataset(*args, **kwargs)
+
+    def _relative_data_dir(self, with_version=True, with_hash=True) -> str:
+        relative = super()._relative_data_dir(with_version, with_hash)
+        data = self.__dict__.get("_data_fingerprint")
+        return posixpath.join(relative, f"data-{data}") if with_hash and data else relative
+
+    def _key_cache_by_data(self, download_config=None, download_mode=None) -> None:
+        """Key the prepared cache by the data it is built from (:func:`ssl4eos12.catalog.fingerprint`), the way
+        ``datasets`` keys its packaged builders by their data files: a changed root is prepared anew, an unchanged
+        one reuses its cache."""
+        if "_data_fingerprint" in self.__dict__:
+            return
+        self._data_fingerprint = fingerprint(data_root(self.config), self.config.modalities or MODALITIES,
+                                             self.config.index, download_config or self._download_config())
+        self._cache_dir = self._output_dir = self._build_cache_dir()
+        info_file = os.path.join(self._cache_dir, datasets.config.DATASET_INFO_FILENAME)
+        if download_mode != datasets.DownloadMode.FORCE_REDOWNLOAD and os.path.exists(info_file):
+            self.info = datasets.DatasetInfo.from_directory(self._cache_dir)
+
+    def _as_dataset(self, split=None, *args, **kwargs) -> datasets.Dataset:
         """The prepared split, formatted like streaming yields it: numpy arrays of the files' dtypes."""
-        return native_format(super()._as_dataset(*args, **kwargs))
+        filters = self.config.filters()
+        if filters:
+            for name in _split_names(split) or ():
+                recorded = self.info.splits.get(name) if self.info.splits else None
+                if recorded is not None and recorded.num_examples == 0:
+                    raise SSL4EOS12DataError(_empty_selection(filters, name))
+        return native_format(super()._as_dataset(split, *args, **kwargs))
 
     def _generate_shards(self, files, split_folder, layouts, sample_ranges, selections, layout):
         yield from files
@@ -296,7 +379,7 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         # streaming: fetch the next shards' files while the current one is decoded
         return PrefetchingExamplesIterable(
             self._generate_examples, split_generator.gen_kwargs, self._generate_more_gen_kwargs,
-            fetch_fn=self._fetch_thunks, ahead=self._prefetch_ahead(),
+            fetch_fn=self._fetch_thunks, ahead=self._prefetch_ahead(), features=self.info.features,
         )
 
     def _prefetch_ahead(self) -> int:
@@ -358,6 +441,19 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
 def _in_dataloader_worker() -> bool:
     torch = sys.modules.get("torch")  # a DataLoader worker has imported torch; do not import it for numpy users
     return torch is not None and torch.utils.data.get_worker_info() is not None
+
+
+def _split_names(split) -> Optional[frozenset]:
+    """The split names in a ``split=`` argument (``"train[:10%]+validation"``); ``None``: every split."""
+    if split is None or str(split) == str(datasets.Split.ALL):
+        return None
+    return frozenset(name for name in re.findall(r"[A-Za-z_]\w*", str(split)) if name in SPLIT_FOLDERS)
+
+
+def _empty_selection(filters, split: str, files: Optional[int] = None) -> str:
+    among = f" among the {files} file(s)" if files is not None else ""
+    return (f"{filters.describe()} keeps no example of split {split!r}{among}: widen the selection, or check the "
+            f"ids, the box (min_lon, min_lat, max_lon, max_lat) and the dates against the index")
 
 
 def _deferred(read, *args):

@@ -246,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("data_dir", metavar="DATA_DIR", help="root of the Zarr files (local folder or URL)")
     convert.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the shards, manifest and card to")
     convert.add_argument("--configs", nargs="+", metavar="CONFIG",
-                         help="configs to convert: modality folders of DATA_DIR, 'default' and 'index' (default: all of them)")
+                         help="configs to convert: modality folders of DATA_DIR, 'default' and 'index' (default: "
+                              "those of S1GRD, S2L1C, S2L2A and S2RGB that DATA_DIR has, 'default' and 'index'; "
+                              "name other folders, such as the tar release's NDVI, LULC and DEM, to convert them)")
     convert.add_argument("--splits", nargs="+", choices=splits, help="splits to convert (default: every split present)")
     convert.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPU count)")
     convert.add_argument("--scheduler", metavar="ADDRESS",

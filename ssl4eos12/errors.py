@@ -18,3 +18,8 @@ class SSL4EOS12DataError(FileNotFoundError):
 
 class SSL4EOS12BadFileWarning(UserWarning):
     """Emitted once per source file skipped with ``on_bad_file="skip"``."""
+
+
+class SSL4EOS12EmptySelectionWarning(UserWarning):
+    """Emitted when a streamed split's selection (``samples``, ``bbox``, ``time_range``, ``max_cloud_fraction``)
+    keeps no example: the stream would be empty. Preparing such a split raises :class:`SSL4EOS12DataError`."""

@@ -473,7 +473,9 @@ class Filters:
         if self.max_cloud_fraction is not None:
             parts.append(f"max_cloud_fraction={self.max_cloud_fraction}")
         if self.samples is not None:
-            parts.append(f"samples=<{len(self.samples)} ids>")
+            shown = ", ".join(repr(sample) for sample in sorted(self.samples)[:3])
+            more = f", ... ({len(self.samples)} ids)" if len(self.samples) > 3 else ""
+            parts.append(f"samples=[{shown}{more}]")
         return ", ".join(parts)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import datasets
+import numpy as np
 
 from .sources.base import Block, Layout, ModalityFile
 
@@ -90,10 +91,11 @@ def location_examples(block: Block, single_timestamp: bool, sample_range: tuple[
         base = {"sample": str(sample), "file": name}
         if block.keys is not None:
             base["key"] = str(block.keys[i])
-        base["center_lat"] = float(shared["center_lat"][i])
-        base["center_lon"] = float(shared["center_lon"][i])
+        # numpy scalars, as a prepared split's rows give them
+        base["center_lat"] = np.float64(shared["center_lat"][i])
+        base["center_lon"] = np.float64(shared["center_lon"][i])
         if reference.layout.has("crs"):
-            base["crs"] = int(shared["crs"][i])
+            base["crs"] = np.int64(shared["crs"][i])
         if not single_timestamp:
             example = dict(base)
             for modality, part in parts.items():
@@ -103,7 +105,7 @@ def location_examples(block: Block, single_timestamp: bool, sample_range: tuple[
         for t in range(num_times):
             if times is not None and t not in times:
                 continue
-            example = dict(base, time_index=t)
+            example = dict(base, time_index=np.int64(t))
             for modality, part in parts.items():
                 example.update(modality_fields(modality, part, orders[modality][i], t, copy))
             yield position * num_times + t, example

@@ -27,15 +27,26 @@ class PrefetchingExamplesIterable(ExamplesIterable):
     """
 
     def __init__(self, generate_examples_fn, kwargs, generate_more_kwargs_fn=None, sleep_on_threads_shutdown=False,
-                 *, fetch_fn, ahead: int = 1):
+                 *, fetch_fn, ahead: int = 1, features=None):
         super().__init__(generate_examples_fn, kwargs, generate_more_kwargs_fn, sleep_on_threads_shutdown)
         self.fetch_fn = fetch_fn
         self.ahead = ahead
+        self._features = features
+
+    @property
+    def is_typed(self) -> bool:
+        # The examples are already of the features' types (numpy arrays in the files' dtypes): datasets' encode and
+        # decode would turn the 1-d arrays (times, coordinates) into lists, unlike a prepared split's rows.
+        return self._features is not None
+
+    @property
+    def features(self):
+        return self._features
 
     def _like_self(self, other: ExamplesIterable) -> PrefetchingExamplesIterable:
         return PrefetchingExamplesIterable(
             other.generate_examples_fn, other.kwargs, other.generate_more_kwargs_fn,
-            other.sleep_on_threads_shutdown, fetch_fn=self.fetch_fn, ahead=self.ahead,
+            other.sleep_on_threads_shutdown, fetch_fn=self.fetch_fn, ahead=self.ahead, features=self._features,
         )
 
     def shuffle_data_sources(self, generator) -> PrefetchingExamplesIterable:

@@ -39,17 +39,19 @@ import pyarrow as pa
 NATIVE_FORMAT = "ssl4eos12-numpy"
 
 
-class _Registrar:
+class _Registrar(str):
     """Kept in a prepared dataset's format options: unpickling it (a spawned DataLoader worker) imports this
-    package, which registers :data:`NATIVE_FORMAT` there before the dataset is read."""
-
-    def __repr__(self) -> str:
-        return "ssl4eos12"
+    package, which registers :data:`NATIVE_FORMAT` there before the dataset is read. A ``str``, so that
+    ``save_to_disk`` can write it to its JSON state (as the string ``"ssl4eos12"``)."""
 
 
 def native_format(dataset):
-    """``dataset`` in :data:`NATIVE_FORMAT`, readable in spawned processes too."""
-    return dataset.with_format(NATIVE_FORMAT, registered_by=_Registrar())
+    """``dataset`` in :data:`NATIVE_FORMAT`, readable in spawned processes and savable with ``save_to_disk``.
+
+    ``datasets.load_from_disk`` restores the format in a process that has imported ``ssl4eos12`` (which registers
+    it); elsewhere ``datasets`` does not know the format: import ``ssl4eos12`` first.
+    """
+    return dataset.with_format(NATIVE_FORMAT, registered_by=_Registrar("ssl4eos12"))
 
 
 def arrow_column_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray | list:

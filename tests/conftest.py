@@ -7,6 +7,7 @@ imported (they read these variables at import time), so tests never touch ``~/.c
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 _CACHE_ROOT = tempfile.mkdtemp(prefix="ssl4eos12-tests-")
@@ -22,6 +23,12 @@ import xarray as xr  # noqa: E402
 import zarr  # noqa: E402
 
 from ssl4eos12.synth import synthesize  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The caches (prepared datasets, Hub downloads) go with the run; pytest's own temporary folders are kept
+    only for failed tests (``tmp_path_retention_policy`` in pyproject.toml)."""
+    shutil.rmtree(_CACHE_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

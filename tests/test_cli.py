@@ -146,3 +146,21 @@ def test_help_for_every_argument_and_no_markup(capsys):
         cli.main(["--help"])
     text = capsys.readouterr().out
     assert "``" not in text and ":func:" not in text and "verify DATA_DIR OUT_DIR" in text
+
+
+def test_convert_converts_by_default_what_its_help_says(tmp_path, capsys):
+    """The tar release's NDVI, LULC and DEM are converted when named, not by default: the help says so."""
+    from ssl4eos12.synth.webdataset import synthesize_webdataset
+
+    root = synthesize_webdataset(tmp_path / "wds", splits=("validation",), files=1, samples=2, size=8,
+                                 modalities=("S2RGB", "NDVI", "DEM"))
+    help_text = next(a.help for a in cli.build_parser()._subparsers._group_actions[0].choices["convert"]._actions
+                     if a.dest == "configs")
+    assert "S1GRD, S2L1C, S2L2A and S2RGB" in help_text and "NDVI, LULC and DEM" in help_text
+    code, _, err = run(["convert", root, tmp_path / "out", "--workers", "1"], capsys)
+    assert code == 0, err
+    written = sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert written == ["S2RGB", "default", "index"]
+    code, _, err = run(["convert", root, tmp_path / "named", "--workers", "1", "--configs", "NDVI", "DEM"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "named").iterdir() if p.is_dir() and p.name[0] != ".") == ["DEM", "NDVI"]

@@ -27,9 +27,7 @@ def panels(figure) -> dict[str, np.ndarray]:
 
 
 def dates(example, modality) -> list[str]:
-    times = example[f"{modality}_time"]
-    times = times if isinstance(times, list) else [times]
-    return [str(np.datetime64(t, "D")) for t in times]
+    return [str(t) for t in np.atleast_1d(example[f"{modality}_time"]).astype("datetime64[D]")]
 
 
 @pytest.mark.parametrize("config", CONFIGS)

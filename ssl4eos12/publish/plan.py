@@ -150,7 +150,8 @@ def plan(data_dir: str, configs: Optional[Iterable[str]] = None, splits: Optiona
          max_shard_size: int | str | None = None, on_bad_file: str = "error") -> list[ShardTask]:
     """Every shard of the conversion, computed from the file lists and the first file of each modality.
 
-    ``configs`` defaults to every modality present plus ``default`` and ``index``; ``splits`` to every split present;
+    ``configs`` defaults to every one of the four modalities of :data:`MODALITIES` present plus ``default`` and
+    ``index`` (other folders, such as NDVI, LULC and DEM, when named); ``splits`` to every split present;
     ``max_shard_size`` (bytes of uncompressed data, or a string like ``"500MB"``) to
     ``datasets.config.MAX_SHARD_SIZE``.
     """
@@ -163,7 +164,9 @@ def plan(data_dir: str, configs: Optional[Iterable[str]] = None, splits: Optiona
     split_files = _split_files(root, list(splits or SPLIT_FOLDERS), candidates)
     first_folder = SPLIT_FOLDERS[next(iter(split_files))]
     first_files = next(iter(split_files.values()))
-    source = open_source(root, candidates)
+    # the layout of a modality that has files: a missing one (a tar root without S1GRD) would look like Zarr zips
+    layout = next((source.name for m in candidates if (source := open_source(root, [m])).shards(first_folder)), None)
+    source = open_source(root, candidates, layout=layout)
     probes = {m: probe for m in candidates if (probe := _probe(source, first_folder, first_files, m, on_bad_file))}
     missing = [c for c in wanted if c not in probes]
     if missing:
