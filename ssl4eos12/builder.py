@@ -84,7 +84,10 @@ class SSL4EOS12Config(datasets.BuilderConfig):
         layout: ``"zarr"`` (64-sample Zarr zips) or ``"webdataset"`` (tars); default: recognised from the
             files. Needed only where a root holds both.
         time_order: ``"file"`` (default) keeps the files' order of each location's timestamps (by date);
-            ``"season"`` orders every time-indexed field of every modality by month of year.
+            ``"season"`` orders them by month of year as the authors' ``reindex_seasonal``: by the months of the
+            first of ``modalities`` with more than one dated timestamp, one order for every time-indexed field of
+            every modality (slot t is one acquisition round). A one-timestamp modality (DEM) stays as it is; one
+            with another number of timestamps raises ``SSL4EOS12DataError``. See :mod:`ssl4eos12.timeorder`.
         remote_prefetch: remote roots: source files fetched ahead of the one being decoded (default 1; 0:
             none), each with every modality read. Each holds its compressed bytes in memory (70-460 MB per
             modality file at full size).

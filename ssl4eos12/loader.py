@@ -529,6 +529,10 @@ class Loader:
         batches_ahead: batches gathered ahead of the consumer (default 4).
         **builder_keywords: any ``SSL4EOS12Config`` keyword (``modalities``, ``single_timestamp``,
             ``time_order``, ``on_bad_file``, the filters, ...) and the builder's ``token`` / ``storage_options``.
+            ``time_order="season"`` orders as the builder does (:mod:`ssl4eos12.timeorder`): every modality by the
+            months of the first of ``modalities`` with more than one dated timestamp, so slot t of each modality
+            is one acquisition round; DEM (one timestamp) stays; another number of timestamps raises
+            ``SSL4EOS12DataError`` when its shard is decoded.
 
     Each batch is a dict like :func:`ssl4eos12.collate`'s: arrays ``(B, ...)`` in the files' dtypes (int16,
     uint8, float16; float32 where standardized), timestamps as int64 nanoseconds since the epoch, strings as

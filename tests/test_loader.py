@@ -10,6 +10,7 @@ import threading
 import tracemalloc
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -366,6 +367,18 @@ def test_filters_select_what_the_builder_selects(indexed_dir, filters):
     for i, (a, e) in enumerate(zip(actual, streamed)):
         e = {k: np.asarray(v) if isinstance(v, list) and v and not isinstance(v[0], str) else v for k, v in e.items()}
         assert_example_equal(a, e, f"example {i}")
+    if filters.get("time_order") == "season":  # xarray's values, both modalities in the order of S2L2A's months
+        plain = {(e["file"], e["sample"]): e for e in expected_examples(indexed_dir, "train", ["S2L2A", "S1GRD"])}
+        for i, a in enumerate(actual):
+            e = plain[(a["file"], a["sample"])]
+            order = np.argsort(pd.DatetimeIndex(e["S2L2A_time"]).month.to_numpy(), kind="stable")
+            picked = order[a["time_index"]] if "time_index" in a else order
+            for m in ("S2L2A", "S1GRD"):
+                for field in (m, f"{m}_cloud_mask", f"{m}_time"):
+                    if field in e:
+                        assert_identical(a[field], e[field][picked], f"example {i}: {field}")
+                file_ids = [e[f"{m}_file_id"][j] for j in np.atleast_1d(picked)]
+                assert a[f"{m}_file_id"] == (file_ids[0] if "time_index" in a else file_ids), f"example {i}"
     if filters.get("time_order") == "season" and "single_timestamp" not in filters:  # the order did change
         in_file_order = examples_of(ssl4eos12.Loader("all", data_dir=str(indexed_dir), batch_size=3, shuffle=False,
                                                      numpy=True, modalities=["S2L2A", "S1GRD"]))
