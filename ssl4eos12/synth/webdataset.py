@@ -7,9 +7,10 @@ Each member ``<key>.zarr.zip`` is one location of one modality, written like the
 ``to_zarr`` (Zarr v2, consolidated, one chunk per timestamp, Blosc-LZ4) into a folder, zipped with stored
 entries; the tars are written as webdataset's ``TarWriter`` writes them (``uname``/``gname`` "bigdata",
 mode 0o444). The scenes come from the Zarr release's generator (:func:`ssl4eos12.synth.make_dataset`) with
-what the release changed: the +1000 S2 offset removed, the timestamps in the ``time`` coordinate (no
-``time_`` or ``sample_id``), NDVI (float32, may hold NaN), LULC (uint8 classes 0..9 with the S2 timestamps
-and a static ``esri_original`` map) and DEM (float32 elevation, one timestamp with value 0, no date).
+what the release changed: the +1000 S2 offset removed, the timestamps in the ``time`` coordinate (int64
+nanoseconds since the epoch, which the authors' loader reads raw as datetime64[ns]; no ``time_`` or
+``sample_id``), NDVI (float32, may hold NaN), LULC (uint8 classes 0..9 with the S2 timestamps and a static
+``esri_original`` map) and DEM (float32 elevation, one timestamp with value 0, no date).
 The member key ``ssl4eos12_{split}_seasonal_data_{i:07d}`` is not the location id held in ``sample``.
 """
 
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 import xarray as xr
 import zarr
 
-from . import COMPRESSOR, ZIP_DATE_TIME, make_dataset, make_locations
+from . import ZIP_DATE_TIME, make_dataset, make_locations, zarr_encoding
 from ..constants import (S2_OFFSET, SPLIT_FOLDERS, WEBDATASET_MODALITIES, ZARR_ZIP_SUFFIX, shard_name,
                          webdataset_metadata_path)
 
@@ -123,13 +124,13 @@ def location_zip(location: xr.Dataset) -> bytes:
 
 
 def zarr_zip_bytes(ds: xr.Dataset, encoding: dict | None = None) -> bytes:
-    """``ds`` as a member's bytes: a consolidated Zarr v2 zip, one chunk per timestamp, Blosc-LZ4, entries
-    stored and sorted.
+    """``ds`` as a member's bytes: a consolidated Zarr v2 zip, one chunk per timestamp, Blosc-LZ4, every chunk
+    stored, timestamps as int64 nanoseconds since the epoch, entries stored and sorted.
 
     As :func:`ssl4eos12.synth.write_zarr_zip` writes a file, through an in-memory store: members are small and
-    many. ``encoding``: per-variable settings on top of those (filters, fill values, ...).
+    many. ``encoding``: per-variable settings on top of those (filters, fill values, ``write_empty_chunks``...).
     """
-    encoding = {name: {"compressors": [COMPRESSOR], **(encoding or {}).get(name, {})} for name in ds.variables}
+    encoding = zarr_encoding(ds, encoding)
     for name, variable in ds.variables.items():
         if "time" in variable.dims:
             encoding[name]["chunks"] = tuple(1 if d == "time" else n for d, n in zip(variable.dims, variable.shape))
