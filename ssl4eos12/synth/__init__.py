@@ -167,13 +167,8 @@ def _fractal(rng: np.random.Generator, shape: tuple[int, ...], size: int) -> np.
     return (field - low) / np.maximum(high - low, 1e-6)
 
 
-def make_scene(seed: int, latitude: float, times: np.ndarray, size: int) -> Scene:
-    """A plausible scene: water in the lows, forest, fields, bare soil and towns, seasons, snow and clouds.
-
-    Deterministic in ``seed``; the clouds of timestamp ``t`` depend on ``(seed, t)`` only, so every Sentinel-2
-    modality of a location (same timestamps) sees the same clouds, and Sentinel-1 the same ground.
-    """
-    rng = np.random.default_rng(seed)
+def _land(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A scene's ground: land-cover classes (int8) in patches, relief and texture, all ``(size, size)``."""
     relief = _fractal(rng, (), size)
     vegetation = _fractal(rng, (), size)
     town = _noise(rng, (), size, 5)
@@ -184,6 +179,22 @@ def make_scene(seed: int, latitude: float, times: np.ndarray, size: int) -> Scen
     cover[vegetation > 0.62] = FOREST
     cover[(town > 0.78) & (vegetation < 0.55)] = URBAN
     cover[relief < water_level] = WATER
+    return cover, relief, texture
+
+
+def land_cover(locations: Locations, size: int) -> np.ndarray:
+    """``(sample, size, size)`` land-cover classes of the locations' scenes: the ground every modality shows."""
+    return np.stack([_land(np.random.default_rng(seed), size)[0] for seed in _scene_seeds(locations)])
+
+
+def make_scene(seed: int, latitude: float, times: np.ndarray, size: int) -> Scene:
+    """A plausible scene: water in the lows, forest, fields, bare soil and towns, seasons, snow and clouds.
+
+    Deterministic in ``seed``; the clouds of timestamp ``t`` depend on ``(seed, t)`` only, so every Sentinel-2
+    modality of a location (same timestamps) sees the same clouds, and Sentinel-1 the same ground.
+    """
+    rng = np.random.default_rng(seed)
+    cover, relief, texture = _land(rng, size)
     months = times.astype("datetime64[M]").astype(np.int64) % 12 + 1
     summer = 7 if latitude >= 0 else 1
     green = 0.5 + 0.5 * np.cos(2 * np.pi * (months - summer) / 12)
@@ -254,11 +265,16 @@ def backscatter(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def _scenes(locations: Locations, times: np.ndarray, size: int) -> list[Scene]:
+def _scene_seeds(locations: Locations) -> list[int]:
     seeds = locations.scene_seed
     if seeds is None:
         seeds = np.array([int(s) for s in locations.sample])
-    return [make_scene(int(seeds[i]), float(locations.center_lat[i]), times[i], size) for i in range(len(seeds))]
+    return [int(seed) for seed in seeds]
+
+
+def _scenes(locations: Locations, times: np.ndarray, size: int) -> list[Scene]:
+    return [make_scene(seed, float(locations.center_lat[i]), times[i], size)
+            for i, seed in enumerate(_scene_seeds(locations))]
 
 
 def _band_values(modality: str, scenes: list[Scene], band_names: tuple[str, ...], rng: np.random.Generator) -> np.ndarray:
