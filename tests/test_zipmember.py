@@ -23,6 +23,8 @@ from ssl4eos12.sources.webdataset import _read_member, _read_member_xarray, memb
 from ssl4eos12.synth.webdataset import synthesize_webdataset, zarr_zip_bytes
 
 SEVEN = ["S2L1C", "S2L2A", "S2RGB", "S1GRD", "NDVI", "LULC", "DEM"]
+#: zarr 3's default, which synth overrides: a chunk equal to the fill value everywhere is not stored.
+SKIP_EMPTY_CHUNKS = {"write_empty_chunks": False}
 
 
 @pytest.fixture(scope="module")
@@ -155,12 +157,15 @@ def test_members_decode_side_by_side_into_one_array(tmp_path):
 
 @pytest.mark.parametrize("bands_dtype", ["int16", "float32"])
 def test_chunks_not_stored_read_as_xarray_reads_them(bands_dtype, tmp_path):
-    """A writer skips chunks that hold only the fill value (a clear cloud mask, a blank time step): such a member
-    still takes the direct path, and the missing chunks read as xarray reads them (0, or NaN for floats)."""
+    """A writer may skip chunks that hold only the fill value (a clear cloud mask, a blank time step; zarr 3 does,
+    synth does not): such a member still takes the direct path, and the missing chunks read as xarray reads them
+    (0, or NaN for floats)."""
     ds = location(bands_dtype)
     ds["cloud_mask"][1] = 0
     ds["bands"][2] = np.nan if bands_dtype == "float32" else 0
-    encoding = {"bands": {"_FillValue": np.nan}} if bands_dtype == "float32" else {}
+    encoding = {name: dict(SKIP_EMPTY_CHUNKS) for name in ("bands", "cloud_mask")}
+    if bands_dtype == "float32":
+        encoding["bands"]["_FillValue"] = np.nan
     data = zarr_zip_bytes(ds, encoding)
     stored = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
     assert "cloud_mask/1.0.0" not in stored and "cloud_mask/0.0.0" in stored  # the writer skipped it
@@ -173,10 +178,11 @@ def test_chunks_not_stored_read_as_xarray_reads_them(bands_dtype, tmp_path):
 
 def test_an_array_with_no_chunk_stored_reads_as_xarray_reads_it(tmp_path):
     """A location clear at every timestamp: its cloud mask has no chunk stored at all (3 of the 64 members of a
-    generated S2L2A tar). The member still takes the direct path, the mask all zeros as xarray reads it."""
+    generated S2L2A tar, while synth let zarr 3 skip chunks of zeros). The member still takes the direct path,
+    the mask all zeros as xarray reads it."""
     ds = location("int16")
     ds["cloud_mask"][...] = 0
-    data = zarr_zip_bytes(ds)
+    data = zarr_zip_bytes(ds, {"cloud_mask": SKIP_EMPTY_CHUNKS})
     assert not [n for n in zipfile.ZipFile(io.BytesIO(data)).namelist() if n.startswith("cloud_mask/") and "/." not in n]
     member = zipmember.open_member(data)
     assert member is not None and member.variables["cloud_mask"].shape == (3, 4, 5)

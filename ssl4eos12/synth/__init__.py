@@ -3,8 +3,9 @@
 The real data cannot be downloaded everywhere (4 TB, and CI has no internet), so every test fixture and
 the README's demo come from here. The files match the real ones in every respect the package relies on:
 Zarr format 2 inside a zip with stored (not deflated) entries and no duplicate entries, consolidated
-metadata, one chunk per timestamp holding all samples of the file, Blosc-LZ4, fixed-width unicode
-strings, CF-encoded ``datetime64[ns]`` timestamps, the same locations in the same order in every
+metadata, one chunk per timestamp holding all samples of the file, every chunk stored (zarr 2 reads what
+is not as uninitialised memory), Blosc-LZ4, fixed-width unicode strings, ``datetime64[ns]`` timestamps
+CF-encoded as int64 nanoseconds since the epoch, the same locations in the same order in every
 modality, and the ``splits/`` lists. The locations and Sentinel-2 times are real ones (:data:`LOCATIONS_CSV`);
 the images are generated scenes that look like the Earth: water, forest, fields, bare soil and towns that
 change with the seasons, snow in winter, clouds with their shadows and a cloud mask in the authors' classes,
@@ -29,6 +30,10 @@ from ..constants import BANDS, CLOUD_MASKED, MODALITIES, SPLIT_FOLDERS, file_nam
 
 #: The compressor of the real files (xarray's default for zarr v2 at the time they were written).
 COMPRESSOR = Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE)
+#: How both releases store timestamps: int64 nanoseconds since the epoch, which the authors' webdataset loader
+#: reads raw, as datetime64[ns] values (xarray would otherwise pick units from the data, such as days since
+#: the first date).
+TIME_ENCODING = {"units": "nanoseconds since 1970-01-01", "dtype": "int64"}
 #: Date of every zip entry synth writes (the zip format's epoch), so the same data gives the same bytes.
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 ZIP_MTIME = time.mktime(ZIP_DATE_TIME + (0, 0, -1))
@@ -162,13 +167,8 @@ def _fractal(rng: np.random.Generator, shape: tuple[int, ...], size: int) -> np.
     return (field - low) / np.maximum(high - low, 1e-6)
 
 
-def make_scene(seed: int, latitude: float, times: np.ndarray, size: int) -> Scene:
-    """A plausible scene: water in the lows, forest, fields, bare soil and towns, seasons, snow and clouds.
-
-    Deterministic in ``seed``; the clouds of timestamp ``t`` depend on ``(seed, t)`` only, so every Sentinel-2
-    modality of a location (same timestamps) sees the same clouds, and Sentinel-1 the same ground.
-    """
-    rng = np.random.default_rng(seed)
+def _land(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A scene's ground: land-cover classes (int8) in patches, relief and texture, all ``(size, size)``."""
     relief = _fractal(rng, (), size)
     vegetation = _fractal(rng, (), size)
     town = _noise(rng, (), size, 5)
@@ -179,6 +179,22 @@ def make_scene(seed: int, latitude: float, times: np.ndarray, size: int) -> Scen
     cover[vegetation > 0.62] = FOREST
     cover[(town > 0.78) & (vegetation < 0.55)] = URBAN
     cover[relief < water_level] = WATER
+    return cover, relief, texture
+
+
+def land_cover(locations: Locations, size: int) -> np.ndarray:
+    """``(sample, size, size)`` land-cover classes of the locations' scenes: the ground every modality shows."""
+    return np.stack([_land(np.random.default_rng(seed), size)[0] for seed in _scene_seeds(locations)])
+
+
+def make_scene(seed: int, latitude: float, times: np.ndarray, size: int) -> Scene:
+    """A plausible scene: water in the lows, forest, fields, bare soil and towns, seasons, snow and clouds.
+
+    Deterministic in ``seed``; the clouds of timestamp ``t`` depend on ``(seed, t)`` only, so every Sentinel-2
+    modality of a location (same timestamps) sees the same clouds, and Sentinel-1 the same ground.
+    """
+    rng = np.random.default_rng(seed)
+    cover, relief, texture = _land(rng, size)
     months = times.astype("datetime64[M]").astype(np.int64) % 12 + 1
     summer = 7 if latitude >= 0 else 1
     green = 0.5 + 0.5 * np.cos(2 * np.pi * (months - summer) / 12)
@@ -249,11 +265,16 @@ def backscatter(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def _scenes(locations: Locations, times: np.ndarray, size: int) -> list[Scene]:
+def _scene_seeds(locations: Locations) -> list[int]:
     seeds = locations.scene_seed
     if seeds is None:
         seeds = np.array([int(s) for s in locations.sample])
-    return [make_scene(int(seeds[i]), float(locations.center_lat[i]), times[i], size) for i in range(len(seeds))]
+    return [int(seed) for seed in seeds]
+
+
+def _scenes(locations: Locations, times: np.ndarray, size: int) -> list[Scene]:
+    return [make_scene(seed, float(locations.center_lat[i]), times[i], size)
+            for i, seed in enumerate(_scene_seeds(locations))]
 
 
 def _band_values(modality: str, scenes: list[Scene], band_names: tuple[str, ...], rng: np.random.Generator) -> np.ndarray:
@@ -370,7 +391,7 @@ def write_zarr_zip(ds: xr.Dataset, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if "time" in ds.dims:
         ds = ds.chunk({"time": 1})
-    encoding = {name: {"compressors": [COMPRESSOR]} for name in ds.variables}
+    encoding = zarr_encoding(ds)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".synth-") as tmp:
         store_dir = Path(tmp) / "store.zarr"
         ds.to_zarr(store_dir, mode="w", zarr_format=2, consolidated=True, encoding=encoding)
@@ -381,6 +402,22 @@ def write_zarr_zip(ds: xr.Dataset, path: str | os.PathLike) -> None:
                 os.utime(member, (ZIP_MTIME, ZIP_MTIME))
                 zf.write(member, member.relative_to(store_dir).as_posix())
         os.replace(partial, path)
+
+
+def zarr_encoding(ds: xr.Dataset, overrides: dict | None = None) -> dict:
+    """``to_zarr``'s per-variable encoding of the real files, with ``overrides`` (per variable) on top.
+
+    Every chunk is written, even one of zeros (a clear cloud mask): zarr 2, the authors' reader, reads a chunk
+    that is not stored as uninitialised memory where the fill value is null, as it is for integers in the
+    real files; zarr 2's writers stored every chunk, zarr 3's skip those that equal the fill value.
+    """
+    encoding = {}
+    for name, variable in ds.variables.items():
+        encoding[name] = {"compressors": [COMPRESSOR], "write_empty_chunks": True}
+        if variable.dtype.kind == "M":
+            encoding[name].update(TIME_ENCODING)
+        encoding[name].update((overrides or {}).get(name, {}))
+    return encoding
 
 
 def synthesize(

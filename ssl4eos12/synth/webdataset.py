@@ -7,9 +7,10 @@ Each member ``<key>.zarr.zip`` is one location of one modality, written like the
 ``to_zarr`` (Zarr v2, consolidated, one chunk per timestamp, Blosc-LZ4) into a folder, zipped with stored
 entries; the tars are written as webdataset's ``TarWriter`` writes them (``uname``/``gname`` "bigdata",
 mode 0o444). The scenes come from the Zarr release's generator (:func:`ssl4eos12.synth.make_dataset`) with
-what the release changed: the +1000 S2 offset removed, the timestamps in the ``time`` coordinate (no
-``time_`` or ``sample_id``), NDVI (float32, may hold NaN), LULC (uint8 classes 0..9 with the S2 timestamps
-and a static ``esri_original`` map) and DEM (float32 elevation, one timestamp with value 0, no date).
+what the release changed: the +1000 S2 offset removed, the timestamps in the ``time`` coordinate (int64
+nanoseconds since the epoch, which the authors' loader reads raw as datetime64[ns]; no ``time_`` or
+``sample_id``), NDVI (float32, may hold NaN), LULC (the scenes' land cover in patches of uint8 classes 0..9,
+with the S2 timestamps and a static ``esri_original`` map) and DEM (float32 elevation, one timestamp with value 0, no date).
 The member key ``ssl4eos12_{split}_seasonal_data_{i:07d}`` is not the location id held in ``sample``.
 """
 
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 import xarray as xr
 import zarr
 
-from . import COMPRESSOR, ZIP_DATE_TIME, make_dataset, make_locations
+from . import BARE, CROP, FOREST, URBAN, WATER, ZIP_DATE_TIME, land_cover, make_dataset, make_locations, zarr_encoding
 from ..constants import (S2_OFFSET, SPLIT_FOLDERS, WEBDATASET_MODALITIES, ZARR_ZIP_SUFFIX, shard_name,
                          webdataset_metadata_path)
 
@@ -39,6 +40,12 @@ _DERIVED = ("NDVI", "LULC", "DEM")
 _TAR_OWNER = "bigdata"
 _TAR_MODE = 0o444
 _TAR_MTIME = 1_771_459_200  # 2026-02-19, the release's last update (TarWriter uses the time of writing)
+#: LULC's classes are not documented. synth takes Esri's 10 m land cover (what ``esri_original`` suggests: 1 water,
+#: 2 trees, 4 flooded vegetation, 5 crops, 7 built area, 8 bare ground, 9 snow/ice, 10 clouds, 11 rangeland)
+#: renumbered in order to 0..9 (0: no data), and maps each scene's own cover onto it.
+_ESRI_OF_COVER = np.zeros(5, np.uint8)
+_ESRI_OF_COVER[[WATER, FOREST, CROP, BARE, URBAN]] = [1, 2, 5, 8, 7]
+_LULC_OF_ESRI = np.array([0, 1, 2, 0, 3, 4, 0, 5, 6, 7, 8, 9], np.uint8)
 
 
 def synthesize_webdataset(
@@ -95,7 +102,6 @@ def _modality_datasets(modalities, locations, times: int, size: int, seed: int) 
         ds = make_dataset(base, locations, num_times=num_times, size=size, seed=seed * 31 + index, times=shared)
         if modality in _S2 and s2_times is None:
             s2_times = ds["time_"].values
-        rng = np.random.default_rng(seed * 37 + index)
         bands = ds["bands"]
         if modality in ("S2L1C", "S2L2A"):
             ds["bands"] = bands - np.int16(S2_OFFSET)  # the release removed the offset
@@ -103,10 +109,11 @@ def _modality_datasets(modalities, locations, times: int, size: int, seed: int) 
             values = bands.values.copy()
             values[0, 0, 0, 0, :2] = np.nan  # no-data pixels, as where S2 has none
             ds["bands"] = bands.copy(data=values)
-        elif modality == "LULC":
-            ds["bands"] = bands.copy(data=rng.integers(0, 10, bands.shape, dtype=np.uint8))
-            ds["esri_original"] = (("sample", "y", "x"),
-                                   rng.integers(1, 12, (bands.shape[0], size, size), dtype=np.uint8))
+        elif modality == "LULC":  # the land cover the other modalities show, one map for every timestamp
+            esri = _ESRI_OF_COVER[land_cover(locations, size)]
+            lulc = np.broadcast_to(_LULC_OF_ESRI[esri][:, None, None], bands.shape)
+            ds["bands"] = bands.copy(data=np.ascontiguousarray(lulc))
+            ds["esri_original"] = (("sample", "y", "x"), esri)
         elif modality == "DEM":
             ds["bands"] = bands.copy(data=(bands.values * 2000 + 500).astype(np.float32))
             ds["time_"] = ds["time_"].copy(data=np.zeros(ds["time_"].shape, "datetime64[ns]"))  # time 0: no date
@@ -123,13 +130,13 @@ def location_zip(location: xr.Dataset) -> bytes:
 
 
 def zarr_zip_bytes(ds: xr.Dataset, encoding: dict | None = None) -> bytes:
-    """``ds`` as a member's bytes: a consolidated Zarr v2 zip, one chunk per timestamp, Blosc-LZ4, entries
-    stored and sorted.
+    """``ds`` as a member's bytes: a consolidated Zarr v2 zip, one chunk per timestamp, Blosc-LZ4, every chunk
+    stored, timestamps as int64 nanoseconds since the epoch, entries stored and sorted.
 
     As :func:`ssl4eos12.synth.write_zarr_zip` writes a file, through an in-memory store: members are small and
-    many. ``encoding``: per-variable settings on top of those (filters, fill values, ...).
+    many. ``encoding``: per-variable settings on top of those (filters, fill values, ``write_empty_chunks``...).
     """
-    encoding = {name: {"compressors": [COMPRESSOR], **(encoding or {}).get(name, {})} for name in ds.variables}
+    encoding = zarr_encoding(ds, encoding)
     for name, variable in ds.variables.items():
         if "time" in variable.dims:
             encoding[name]["chunks"] = tuple(1 if d == "time" else n for d, n in zip(variable.dims, variable.shape))
