@@ -207,8 +207,8 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         if not splits and requested is not SPLIT_FOLDERS:
             present = [split for split, folder in SPLIT_FOLDERS.items() if split not in requested and _shards(source, folder)]
             if present:
-                raise ValueError(f"Bad split: {', '.join(sorted(requested))}: {source.root} holds no files of it. "
-                                 f"Available splits: {present}")
+                asked = ", ".join(repr(name) for name in sorted(requested))
+                raise ValueError(f"split={asked}: {source.root} holds no files of it; available: {', '.join(present)}")
         if not splits:
             first = source.modalities[0]
             if source.root.startswith("hf://") and datasets.config.HF_HUB_OFFLINE:

@@ -1,10 +1,16 @@
-"""What a split of a data root holds, as data: the start of the catalog of ``DESIGN.md``.
+"""What a split of a data root holds, as data: the plan every reader shares.
 
-For now this is the data's fingerprint: what keys the prepared ``datasets`` cache, so that a prepared dataset
-follows its data. ``datasets`` keys its packaged builders on their data files' origin (local size and
-modification time, remote ETag); this does the same for every file a config reads: each modality's shard
-files of both splits, and the files that decide which shards and locations there are (split lists, the
-authors' metadata, the index). Nothing is read but directory listings and file metadata, never the data.
+:func:`resolve` gives a split's :class:`Catalog`: where to read (the source), the modalities' layouts and the
+``datasets`` features, and one :class:`Entry` per shard with the locations (and timestamps) a selection keeps
+and how many examples that makes. The builder resolves it through its ``_split_generators``; the ``Loader``
+plans its epochs from it (:mod:`ssl4eos12.sampling`) without decoding anything first.
+
+:func:`fingerprint` identifies the data: it keys the prepared ``datasets`` cache (so that a prepared dataset
+follows its data) and ties a ``Loader`` state to the data it was saved on. ``datasets`` keys its packaged
+builders on their data files' origin (local size and modification time, remote ETag); this does the same for
+every file a config reads: each modality's shard files of both splits, and the files that decide which shards
+and locations there are (split lists, the authors' metadata, the index). Nothing is read but directory listings
+and file metadata, never the data.
 """
 
 from __future__ import annotations
@@ -13,13 +19,135 @@ import hashlib
 import json
 import os
 import posixpath
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
 
 from .constants import (SPLIT_FOLDERS, index_path, split_list_path, split_metadata_path,
                         webdataset_metadata_path)
+from .errors import SSL4EOS12BadFileWarning, SSL4EOS12FileError
+from .sources import Layout, Source
 from .sources.remote import is_remote, normalize_root, url_to_fs
+
+@dataclass(frozen=True, eq=False)
+class Entry:
+    """One shard of a split, and which of its examples a reader takes.
+
+    ``rows``: locations by index in the shard's own order; ``selection``: locations by sample id, each with the
+    time indices kept (``None``: all), as the builder's filters give them (:func:`ssl4eos12.index.select`).
+    ``None``: no restriction. ``locations``: how many the shard holds, where known without reading it.
+    """
+
+    shard: str
+    rows: Optional[np.ndarray] = None
+    selection: Optional[Mapping[str, Optional[frozenset]]] = None
+    locations: Optional[int] = None
+
+    def examples(self, num_times: int) -> Optional[int]:
+        """Examples this entry gives (``num_times``: timestamps per location when an example is one timestamp,
+        else 1); ``None`` when it needs the shard's number of locations, and that is not known yet."""
+        if self.selection is not None and self.rows is None:  # the filters name every example
+            return sum(num_times if (kept is None or num_times == 1) else len(kept)
+                       for kept in self.selection.values())
+        if self.rows is not None and self.selection is None:
+            return len(self.rows) * num_times
+        return None if self.locations is None else self.locations * num_times
+
+
+@dataclass
+class Catalog:
+    """A split as the builder resolves it: where to read, the layouts, the features and the shards' entries."""
+
+    source: Source
+    split: str
+    split_folder: str
+    layouts: tuple[Layout, ...]
+    entries: tuple[Entry, ...]
+    features: Any  # datasets.Features: the fields and their order
+    single_timestamp: bool
+    on_bad_file: str
+    time_order: str = "file"
+    index: Optional[str] = None
+    _counts: dict[int, int] = field(default_factory=dict, repr=False)
+    _fingerprint: Optional[str] = field(default=None, repr=False)
+
+    @property
+    def times_per_example(self) -> int:
+        """Timestamps an example splits a location into: every one when ``single_timestamp``, else 1."""
+        return self.layouts[0].num_times if self.single_timestamp else 1
+
+    def counts(self, threads: int = 8) -> list[int]:
+        """Examples of every entry: from its selection, or its shard's locations, probed from the shard's metadata
+        in parallel where not known (an unreadable shard counts 0 with ``on_bad_file="skip"``)."""
+        missing = [i for i, entry in enumerate(self.entries)
+                   if entry.examples(1) is None and i not in self._counts]
+        if missing:
+            modality = self.layouts[0].modality
+
+            def count(i: int) -> int:
+                try:
+                    return self.source.probe(self.split_folder, self.entries[i].shard, modality)[1]
+                except SSL4EOS12FileError as err:
+                    if self.on_bad_file != "skip":
+                        raise
+                    warnings.warn(f"skipping {err} (counted as no example, before any epoch: every rank's number "
+                                  f"of batches stays equal)", SSL4EOS12BadFileWarning, stacklevel=2)
+                    return 0
+
+            with ThreadPoolExecutor(max(1, threads), thread_name_prefix="ssl4eos12-count") as pool:
+                self._counts.update(zip(missing, pool.map(count, missing)))
+        times = self.times_per_example
+        return [entry.examples(times) if entry.examples(1) is not None else self._counts[i] * times
+                for i, entry in enumerate(self.entries)]
+
+    def fingerprint(self) -> str:
+        """:func:`fingerprint` of the data this catalog reads (computed once)."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self.source.root, self.source.modalities, self.index,
+                                            self.source.download_config)
+        return self._fingerprint
+
+
+def entries_of(gen_kwargs: Mapping) -> list[Entry]:
+    """The entries the builder's split generator asks for: the one place that reads its ``gen_kwargs``.
+
+    Builder keywords that select locations arrive here: sample ranges as rows of each shard, the filters
+    (``bbox``, ``time_range``, ``max_cloud_fraction``, ``samples``) as each shard's selection.
+    """
+    files = gen_kwargs["files"]
+    ranges = gen_kwargs.get("sample_ranges") or [None] * len(files)
+    selections = gen_kwargs.get("selections") or [None] * len(files)
+    return [Entry(name, None if sample_range is None else np.arange(*sample_range), selection)
+            for name, sample_range, selection in zip(files, ranges, selections)]
+
+
+def resolve(builder, split: str) -> Catalog:
+    """Resolve ``split`` through the builder's ``_split_generators``, as ``as_streaming_dataset`` does."""
+    from datasets import DownloadConfig
+    from datasets.download.streaming_download_manager import StreamingDownloadManager
+
+    download_config = DownloadConfig(token=builder.token, storage_options=builder.storage_options)
+    dl_manager = StreamingDownloadManager(base_path=builder.base_path, download_config=download_config,
+                                          dataset_name=builder.dataset_name, data_dir=builder.config.data_dir)
+    builder._requested_splits = frozenset([split])  # the other split is neither listed nor selected
+    try:
+        generators = {str(g.name): g for g in builder._split_generators(dl_manager)}
+    finally:
+        del builder._requested_splits
+    if split not in generators:
+        raise ValueError(f"split={split!r}: not in this data; available: {', '.join(sorted(generators))}")
+    kwargs = generators[split].gen_kwargs
+    return Catalog(
+        source=builder._source(download_config), split=split, split_folder=kwargs["split_folder"],
+        layouts=tuple(kwargs["layouts"]), entries=tuple(entries_of(kwargs)), features=builder.info.features,
+        single_timestamp=bool(builder.config.single_timestamp), on_bad_file=builder.config.on_bad_file,
+        time_order=builder.config.time_order, index=builder.config.index,
+    )
+
 
 #: Metadata fields that identify a remote file's content, as fsspec's file systems name them (HTTP's ETag,
 #: the Hub's blob and LFS ids), with its size and modification time as the fallback.
@@ -127,4 +255,4 @@ def _identity(info: dict) -> tuple:
     return tuple((name, str(info[name])) for name in _REMOTE_IDENTITY if info.get(name) is not None)
 
 
-__all__ = ["fingerprint"]
+__all__ = ["Catalog", "Entry", "entries_of", "fingerprint", "resolve"]

@@ -39,6 +39,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
+import itertools
 import os
 import queue
 import sys
@@ -46,15 +48,18 @@ import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
 from .builder import SSL4EOS12
+from .catalog import Catalog, Entry, resolve
 from .constants import standardization
-from .errors import SSL4EOS12BadFileWarning, SSL4EOS12FileError
+from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12FileError
 from .index import selected_times
-from .sources import Block, Layout, Source, fastzip
+from .sampling import (EVEN_CHOICES, Segment, batch_count, epoch_order, group_seed, partition, per_rank, rank_order,
+                       remaining)
+from .sources import Block, Layout, fastzip
 from .timeorder import by_season, season_selection
 from .torch import timestamps_to_int64
 
@@ -64,69 +69,8 @@ CROP_MODES = ("random", "center")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The plan: what to read, from the builder's own resolution of the split
+# Ranks
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class ShardRead:
-    """One shard to read, and which of its examples.
-
-    ``rows``: locations by index in the shard's own order; ``selection``: locations by sample id, each with
-    the time indices kept (``None``: all), as the builder's filters give them
-    (:func:`ssl4eos12.index.select`). ``None``: no restriction.
-    """
-
-    shard: str
-    rows: Optional[np.ndarray] = None
-    selection: Optional[Mapping[str, Optional[frozenset]]] = None
-
-
-@dataclass(frozen=True)
-class SplitPlan:
-    """A split as the builder resolves it: where to read, the layouts, the shards and their rows."""
-
-    source: Source
-    split_folder: str
-    layouts: tuple[Layout, ...]
-    reads: tuple[ShardRead, ...]
-    features: Any  # datasets.Features: the fields and their order
-    single_timestamp: bool
-    on_bad_file: str
-    time_order: str = "file"
-
-
-def shard_reads(gen_kwargs: Mapping) -> list[ShardRead]:
-    """The (shard, rows) the builder's split generator asks for: the one place that reads its ``gen_kwargs``.
-
-    Builder keywords that select locations arrive here: sample ranges as rows of each shard, the filters
-    (``bbox``, ``time_range``, ``max_cloud_fraction``, ``samples``) as each shard's selection.
-    """
-    files = gen_kwargs["files"]
-    ranges = gen_kwargs.get("sample_ranges") or [None] * len(files)
-    selections = gen_kwargs.get("selections") or [None] * len(files)
-    return [ShardRead(name, None if sample_range is None else np.arange(*sample_range), selection)
-            for name, sample_range, selection in zip(files, ranges, selections)]
-
-
-def plan_split(builder: SSL4EOS12, split: str) -> SplitPlan:
-    """Resolve ``split`` through the builder's ``_split_generators``, as ``as_streaming_dataset`` does."""
-    from datasets import DownloadConfig
-    from datasets.download.streaming_download_manager import StreamingDownloadManager
-
-    download_config = DownloadConfig(token=builder.token, storage_options=builder.storage_options)
-    dl_manager = StreamingDownloadManager(base_path=builder.base_path, download_config=download_config,
-                                          dataset_name=builder.dataset_name, data_dir=builder.config.data_dir)
-    generators = {str(g.name): g for g in builder._split_generators(dl_manager)}
-    if split not in generators:
-        raise ValueError(f"split={split!r}: not in this data; available: {', '.join(sorted(generators))}")
-    kwargs = generators[split].gen_kwargs
-    return SplitPlan(
-        source=builder._source(download_config), split_folder=kwargs["split_folder"],
-        layouts=tuple(kwargs["layouts"]), reads=tuple(shard_reads(kwargs)), features=builder.info.features,
-        single_timestamp=bool(builder.config.single_timestamp), on_bad_file=builder.config.on_bad_file,
-        time_order=builder.config.time_order,
-    )
 
 
 def distributed_rank(rank: Optional[int] = None, world_size: Optional[int] = None) -> tuple[int, int]:
@@ -174,7 +118,7 @@ class _Field:
     standardize: Optional[tuple[np.ndarray, np.ndarray]] = None  # (mean, std) applied in the gather
 
 
-def _fields(plan: SplitPlan, crop: Optional[int], gather_norms: Mapping[str, tuple]) -> list[_Field]:
+def _fields(plan: Catalog, crop: Optional[int], gather_norms: Mapping[str, tuple]) -> list[_Field]:
     """The batch's keys, in the order of the builder's features (so, of ``collate``'s batches)."""
     single = plan.single_timestamp
     by_modality = {layout.modality: layout for layout in plan.layouts}
@@ -272,22 +216,17 @@ def _torch_dtype(dtype: np.dtype):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# One decoded block in the shuffle window
+# One decoded shard: its blocks, and where each of its examples lies in them
 # ----------------------------------------------------------------------------------------------------------------
 
 
 class _Unit:
-    """A decoded block, the examples of it to read, which of them the window still holds, and its arrays
-    resolved per field. An example is ``row * num_times + t`` (``num_times`` 1 unless single_timestamp)."""
+    """A decoded block and its arrays resolved per field. An example is ``row * num_times + t`` (``num_times`` 1
+    unless single_timestamp)."""
 
-    def __init__(self, block: Block, examples: np.ndarray, num_times: int, fields: Sequence[_Field], shard: int):
+    def __init__(self, block: Block, num_times: int, fields: Sequence[_Field]):
         self.block = block
-        self.shard = shard  # the shard's place in the epoch's reading order
-        self.examples = examples
         self.num_times = num_times
-        self.count = len(examples)
-        self.order: Optional[np.ndarray] = None  # drawing order (indices into examples), set on entering the window
-        self.taken = 0
         self.samples = block.samples.tolist()
         self.keys = None if block.keys is None else block.keys.tolist()
         self.sources = [self._source(field) for field in fields]
@@ -303,31 +242,40 @@ class _Unit:
         order = None if field.modality is None else self.block.orders[field.modality]
         return array, order
 
-    @property
-    def left(self) -> int:
-        return self.count - self.taken
+
+class _Shard:
+    """A decoded shard: its ``j``-th example (in the shard's order, as the builder yields them) lies in unit
+    ``units[unit_of[j]]`` as its example ``example_of[j]``."""
+
+    def __init__(self, units: list[_Unit], examples: list[np.ndarray]):
+        self.units = units
+        self.unit_of = np.repeat(np.arange(len(units)), [len(e) for e in examples])
+        self.example_of = np.concatenate(examples) if examples else np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.example_of)
 
 
-def _units(block_list: list[Block], read: ShardRead, num_times: int, fields, time_order: str,
-           shard: int) -> list[_Unit]:
-    """The blocks of a shard as units of the examples ``read`` asks for (its rows index the shard's locations
-    across its blocks; its selection names samples and their time indices), timestamps in ``time_order``."""
-    units, offset = [], 0
+def _decoded_shard(block_list: list[Block], entry: Entry, num_times: int, fields, time_order: str) -> _Shard:
+    """The blocks of a shard as the examples ``entry`` asks for (its rows index the shard's locations across its
+    blocks; its selection names samples and their time indices), timestamps in ``time_order``."""
+    units, examples, offset = [], [], 0
     for block in block_list:
-        selection = read.selection
+        selection = entry.selection
         if time_order == "season":  # as the builder does: the selection's time indices follow the new order
             if selection is not None and selected_times(selection) is not None:
                 selection = season_selection(block, selection)
             block = by_season(block)
         size = len(block)
         rows = np.arange(size)
-        if read.rows is not None:
-            rows = read.rows[(read.rows >= offset) & (read.rows < offset + size)] - offset
+        if entry.rows is not None:
+            rows = entry.rows[(entry.rows >= offset) & (entry.rows < offset + size)] - offset
         offset += size
-        examples = _examples(block.samples, rows, selection, num_times)
-        if len(examples):
-            units.append(_Unit(block, examples, num_times, fields, shard))
-    return units
+        kept = _examples(block.samples, rows, selection, num_times)
+        if len(kept):
+            units.append(_Unit(block, num_times, fields))
+            examples.append(kept)
+    return _Shard(units, examples)
 
 
 def _examples(samples: np.ndarray, rows: np.ndarray, selection, num_times: int) -> np.ndarray:
@@ -345,22 +293,8 @@ def _examples(samples: np.ndarray, rows: np.ndarray, selection, num_times: int) 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Drawing the examples: the shuffle window, the crop corners, a batch's picks
+# A batch's picks, and the crop corners
 # ----------------------------------------------------------------------------------------------------------------
-
-
-class _Uniforms:
-    """Uniform draws in [0, 1) from the epoch's generator, drawn in blocks (one Python call per example is slow)."""
-
-    def __init__(self, rng: np.random.Generator, block: int = 4096):
-        self.rng, self.block = rng, block
-        self.values, self.i = rng.random(block), 0
-
-    def next(self) -> float:
-        if self.i == self.block:
-            self.values, self.i = self.rng.random(self.block), 0
-        self.i += 1
-        return float(self.values[self.i - 1])
 
 
 class _Picks:
@@ -380,69 +314,15 @@ class _Picks:
         return len(self.units)
 
 
-class _Window:
-    """The shuffle window: the units of up to ``size`` shards; each example is drawn uniformly from those left.
-
-    A shard (a source file, or a tar of the webdataset release, whose blocks are a few locations each) enters
-    whole and leaves once drained, and the next decoded one enters: examples mix across ``size`` shards whatever
-    the release. ``rng=None``: no shuffling, one shard, in order. Iterating gives ``(unit, example)`` until
-    every unit is drained.
-    """
-
-    def __init__(self, shards: Iterator[list[_Unit]], size: int, rng: Optional[np.random.Generator],
-                 draws: _Uniforms):
-        self.shards, self.size, self.rng, self.draws = shards, size, rng, draws
-        self.open: list[_Unit] = []
-        self.left: dict[int, int] = {}  # units left in the window per shard (by the shard's place in the epoch)
-
-    def __iter__(self):
-        while True:
-            self._fill()
-            if not self.open:
-                return
-            k = self._pick()
-            unit = self.open[k]
-            example = int(unit.examples[unit.order[unit.taken]])
-            unit.taken += 1
-            if unit.taken == unit.count:
-                self.open.pop(k)
-                self.left[unit.shard] -= 1
-                if not self.left[unit.shard]:
-                    del self.left[unit.shard]
-            yield unit, example
-
-    def _fill(self) -> None:
-        while len(self.left) < self.size and (units := next(self.shards, None)) is not None:
-            for unit in units:
-                unit.order = self.rng.permutation(unit.count) if self.rng is not None else np.arange(unit.count)
-                self.open.append(unit)
-                self.left[unit.shard] = self.left.get(unit.shard, 0) + 1
-
-    def _pick(self) -> int:
-        if len(self.open) == 1 or self.rng is None:
-            return 0
-        x = int(self.draws.next() * sum(u.left for u in self.open))
-        k = 0
-        while x >= self.open[k].left:
-            x -= self.open[k].left
-            k += 1
-        return k
-
-
-class _Corners:
-    """The crop corner of each example: random or centred (``(0, 0)`` without cropping)."""
-
-    def __init__(self, layout: Layout, crop: Optional[int], mode: str, draws: _Uniforms):
-        self.crop, self.random, self.draws = crop, mode == "random", draws
-        self.height, self.width = layout.height, layout.width
-
-    def __call__(self) -> tuple[int, int]:
-        if not self.crop:
-            return 0, 0
-        if self.random:
-            return (int(self.draws.next() * (self.height - self.crop + 1)),
-                    int(self.draws.next() * (self.width - self.crop + 1)))
-        return (self.height - self.crop) // 2, (self.width - self.crop) // 2
+def _corners(layout: Layout, crop: Optional[int], mode: str, count: int, seed) -> np.ndarray:
+    """``(count, 2)`` crop corners (top, left) of a group's examples: random from ``seed`` (a function of the
+    group's place in the epoch, so a resumed epoch crops the same), or centred; zeros without cropping."""
+    if not crop:
+        return np.zeros((count, 2), np.int64)
+    if mode != "random":
+        return np.tile([(layout.height - crop) // 2, (layout.width - crop) // 2], (count, 1))
+    spans = np.array([layout.height - crop + 1, layout.width - crop + 1])
+    return (np.random.default_rng(seed).random((count, 2)) * spans).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -494,6 +374,23 @@ def _gather(fields: Sequence[_Field], crop: Optional[int], picks: _Picks, buffer
 # The public loader
 # ----------------------------------------------------------------------------------------------------------------
 
+#: The version of :meth:`Loader.state_dict`'s layout.
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class _RankPlan:
+    """One rank's part of an epoch (:meth:`Loader.plan`): ``order`` rows are ``(entry, example)`` in reading order,
+    ``groups`` its spans read together (the shuffle window), ``skip`` the examples already done (a resumed epoch)."""
+
+    epoch: int
+    segments: list[Segment]
+    order: np.ndarray
+    groups: list[slice]
+    counts: list[int]
+    segment: int
+    skip: int
+
 
 class Loader:
     """Batches of SSL4EO-S12 for training, decoded by threads into reusable (pinned) buffers.
@@ -508,10 +405,15 @@ class Loader:
         num_threads: decoding threads (default: the CPUs this process may use); ``max(1, num_threads // 4)``
             more threads gather the batches.
         rank, world_size: this process's part of a distributed job (default: ``torch.distributed`` when
-            initialized, else ``RANK``/``WORLD_SIZE``, else 0 and 1). Shards are dealt to ranks, so each
-            example goes to one rank once per epoch; ranks get different counts when the shard count is not
-            a multiple of ``world_size`` or shards differ in size.
-        drop_last: drop the last, smaller batch of an epoch.
+            initialized, else ``RANK``/``WORLD_SIZE``, else 0 and 1). Every rank yields the same number of
+            batches, ``len(loader)``, in every epoch (a rank that stops early hangs the others in their next
+            collective): the epoch's examples are balanced over the ranks by example, each rank reading a
+            contiguous stretch of the epoch's shard order (so few shards, some shared with a neighbour rank).
+        even: the examples that do not divide over the ranks: ``"drop"`` (default) leaves out at most
+            ``world_size - 1`` per epoch, different ones each epoch when shuffling; ``"pad"`` repeats that many
+            from the start of the epoch's order instead, so that every example is read at least once.
+        drop_last: drop the last, smaller batch of each rank's epoch (then at most
+            ``world_size * batch_size - 1`` examples are left out); it is equally small on every rank.
         crop: crop bands, cloud masks and the ``x``/``y`` coordinates to ``crop`` x ``crop`` pixels (the same
             window for every modality and timestamp of an example).
         crop_mode: ``"random"`` (default when shuffling) or ``"center"`` (default otherwise).
@@ -536,10 +438,18 @@ class Loader:
 
     Each batch is a dict like :func:`ssl4eos12.collate`'s: arrays ``(B, ...)`` in the files' dtypes (int16,
     uint8, float16; float32 where standardized), timestamps as int64 nanoseconds since the epoch, strings as
-    lists. ``len()`` counts batches of the next epoch on this rank (reading each shard's metadata once when
-    the builder did not say how many locations it has). ``iter()`` starts the next epoch; ``set_epoch(n)``
-    chooses it. A ``break``, an exception or dropping the iterator stops and joins every thread (after the
-    decodes in progress, at most one file's decoding time).
+    lists. ``len()`` counts the batches of an epoch on this rank, the same on every rank (from each shard's
+    number of examples: the filters' selection, the index or metadata, else a probe of each shard's metadata,
+    once). ``iter()`` starts the next epoch; ``set_epoch(n)`` chooses it. A ``break``, an exception or dropping
+    the iterator stops and joins every thread (after the decodes in progress, at most one file's decoding time).
+
+    Resuming: :meth:`state_dict` is the position after the last batch handed out (a small JSON-serialisable
+    dict); :meth:`load_state_dict` on a new ``Loader`` with the same arguments continues with exactly the
+    batches the uninterrupted run would have given, and the epochs after. All ranks step in lockstep, so one
+    rank's state (rank 0's, saved in the checkpoint) serves every rank. Loaded on another ``world_size`` (or
+    ``batch_size``), the rest of that epoch is shared out anew: no example of it is lost or read twice (beyond
+    the ``even`` rule); the epochs after run as a fresh run on the new world size. The order of an epoch depends
+    on ``(seed, epoch)`` only (and, within a resumed epoch, on the world sizes it ran on).
 
     Memory: at most ``prefetch + shuffle_window + 1`` decoded shards plus ``batches_ahead + 2`` batches and what
     the consumer keeps (see the module docstring for figures).
@@ -552,7 +462,7 @@ class Loader:
         drop_last: bool = False, crop: Optional[int] = None, crop_mode: Optional[str] = None,
         normalize: bool | Mapping[str, tuple[Sequence[float], Sequence[float]]] = False,
         device=None, numpy: bool = False, pin_memory: Optional[bool] = None, prefetch: Optional[int] = None,
-        shuffle_window: int = 4, batches_ahead: int = 4, **builder_keywords,
+        shuffle_window: int = 4, batches_ahead: int = 4, even: str = "drop", **builder_keywords,
     ):
         for name, value, low in (("batch_size", batch_size, 1), ("seed", seed, 0), ("shuffle_window", shuffle_window, 1),
                                  ("batches_ahead", batches_ahead, 1)):
@@ -564,6 +474,8 @@ class Loader:
             raise ValueError(f"crop_mode={crop_mode!r}: use one of {', '.join(CROP_MODES)}")
         if crop_mode is not None and crop is None:
             raise ValueError(f"crop_mode={crop_mode!r} without crop=: give the crop size too")
+        if even not in EVEN_CHOICES:
+            raise ValueError(f"even={even!r}: choose from {', '.join(EVEN_CHOICES)}")
         if numpy and device is not None:
             raise ValueError(f"device={device!r} with numpy=True: numpy arrays stay in host memory; drop one")
         if not numpy:
@@ -572,6 +484,7 @@ class Loader:
         self.shuffle = bool(shuffle)
         self.seed = seed
         self.drop_last = bool(drop_last)
+        self.even = even
         self.numpy = bool(numpy)
         self.rank, self.world_size = distributed_rank(rank, world_size)
         self.num_threads = num_threads or fastzip.usable_cores()
@@ -590,19 +503,20 @@ class Loader:
 
         self.builder = SSL4EOS12(config_name=config, data_dir=data_dir, root=root, **builder_keywords)
         self.split = split
-        self.plan = plan_split(self.builder, split)
+        self.catalog = resolve(self.builder, split)
         self._check_crop()
         norms = self._standardization(normalize)
         self._device_norms = norms if device is not None else {}
-        self.fields = _fields(self.plan, crop, {} if device is not None else norms)
+        self.fields = _fields(self.catalog, crop, {} if device is not None else norms)
         self._memory_specs = {f.name: ((batch_size, *f.shape), f.dtype) for f in self.fields if not f.strings}
-        self._counts: dict[int, int] = {}
         self._epoch = 0
+        self._segments: list[Segment] = []  # where the next iter() resumes its epoch (empty: from the start)
+        self._position = (0, [])  # (epoch, segments) after the last batch handed out: what state_dict() gives
         # kept across epochs: the next epoch gathers into the buffers the last one handed out and got back
         self._memory = _BatchMemory(self._memory_specs, self.pin_memory, keep=batches_ahead + 2)
         # the arrays of every shard that may be in memory at once (the prefetched, the window's, one draining):
         # a big array per modality for the bands and one for the cloud masks
-        self._decode_memory = fastzip.ArrayPool((self.prefetch + self.shuffle_window + 2) * 2 * len(self.plan.layouts))
+        self._decode_memory = fastzip.ArrayPool((self.prefetch + 2 * self.shuffle_window + 1) * 2 * len(self.catalog.layouts))
 
     # -- epochs and sizes --------------------------------------------------------------------------------------
 
@@ -612,73 +526,114 @@ class Loader:
         return self._epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Run epoch ``epoch`` next (its shard order, example order and crops follow from ``(seed, epoch)``)."""
+        """Run epoch ``epoch`` next, from its start (its order and crops follow from ``(seed, epoch)``)."""
         _check_int("epoch", epoch, 0)
         self._epoch = epoch
+        self._segments = []
+        self._position = (epoch, [])
 
-    def shards(self, epoch: Optional[int] = None) -> list[ShardRead]:
-        """This rank's shards of an epoch (default: the next), in reading order."""
-        return [self.plan.reads[i] for i in self._shard_indices(epoch)]
-
-    def _shard_indices(self, epoch: Optional[int] = None) -> list[int]:
-        epoch = self._epoch if epoch is None else epoch
-        order = np.arange(len(self.plan.reads))
-        if self.shuffle:
-            order = np.random.default_rng((self.seed, epoch)).permutation(len(order))  # the same on every rank
-        return [int(i) for i in order[self.rank::self.world_size]]
+    def _counts(self) -> list[int]:
+        return self.catalog.counts(self.num_threads)
 
     @property
     def num_examples(self) -> int:
-        """Examples this rank reads in the next epoch."""
-        return sum(self._examples(i) for i in self._shard_indices())
+        """Examples each rank reads in an epoch (the same on every rank)."""
+        return per_rank(sum(self._counts()), self.world_size, self.even)
 
     def __len__(self) -> int:
-        n = self.num_examples
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        """Batches of an epoch on this rank: the same on every rank."""
+        return batch_count(self.num_examples, self.batch_size, self.drop_last)
 
-    def _examples(self, index: int) -> int:
-        read = self.plan.reads[index]
-        times = self.plan.layouts[0].num_times if self.plan.single_timestamp else 1
-        if read.selection is not None and read.rows is None:  # the filters name every example
-            return sum(times if (kept is None or times == 1) else len(kept) for kept in read.selection.values())
-        if read.rows is not None and read.selection is None:
-            return len(read.rows) * times
-        if index not in self._counts:  # neither (or, after a reshard, both: then counted whole)
-            self._probe_counts()
-        return self._counts[index] * times
+    def plan(self, epoch: Optional[int] = None) -> _RankPlan:
+        """This rank's part of an epoch (default: the next iter()'s), computed from the counts, the seed and the
+        epoch alone (:mod:`ssl4eos12.sampling`): what it reads, in which order, and where it resumes."""
+        resuming = epoch is None or epoch == self._epoch
+        epoch = self._epoch if epoch is None else epoch
+        segments = list(self._segments) if resuming and self._segments else [Segment(self.world_size, self.batch_size)]
+        counts = self._counts()
+        order = epoch_order(counts, self.seed, epoch, self.shuffle)
+        window = self.shuffle_window
+        left = remaining(order, segments[:-1], self.seed, epoch, window, self.shuffle, self.even)
+        if per_rank(len(left), self.world_size, self.even) == 0:
+            raise SSL4EOS12DataError(self._nothing_to_read(len(left), len(order)))
+        slice_, positions = partition(left, self.rank, self.world_size, self.even)
+        reordered, groups = rank_order(slice_, self.seed, epoch, self.rank, window, self.shuffle, len(segments) - 1)
+        limit = batch_count(len(reordered), self.batch_size, self.drop_last) * self.batch_size
+        return _RankPlan(epoch, segments, reordered[:limit], groups, counts, len(segments) - 1,
+                         segments[-1].batches * self.batch_size)
 
-    def _probe_counts(self) -> None:
-        """Locations of every shard whose count the plan does not give, from its metadata, in parallel."""
-        plan = self.plan
-        missing = [i for i, read in enumerate(plan.reads)
-                   if (read.rows is None) == (read.selection is None) and i not in self._counts]
-        modality = plan.layouts[0].modality
+    def shards(self, epoch: Optional[int] = None) -> list[Entry]:
+        """The entries of the shards this rank reads in an epoch (default: the next), in reading order."""
+        shards = self.plan(epoch).order[:, 0]
+        return [self.catalog.entries[i] for i in dict.fromkeys(shards.tolist())]
 
-        def count(i: int) -> int:
-            try:
-                return plan.source.probe(plan.split_folder, plan.reads[i].shard, modality)[1]
-            except SSL4EOS12FileError:
-                if plan.on_bad_file != "skip":
-                    raise
-                return 0
+    def _nothing_to_read(self, left: int, total: int) -> str:
+        where = f"{self.catalog.source.root} split {self.split!r}"
+        if total == 0:
+            return f"{where}: the selection keeps no example, so no rank has a batch; widen the selection"
+        return (f"{where}: {left} example(s) left for world_size={self.world_size} ranks: rank {self.rank} would get "
+                f"none (even='drop' leaves out the {left} that do not divide); use even='pad', or fewer ranks")
 
-        with concurrent.futures.ThreadPoolExecutor(self.num_threads, thread_name_prefix="ssl4eos12-count") as pool:
-            self._counts.update(zip(missing, pool.map(count, missing)))
+    # -- resuming -----------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The position after the last batch handed out, as a small JSON-serialisable dict (no data)."""
+        epoch, segments = self._position
+        return {
+            "version": STATE_VERSION, "seed": self.seed, "epoch": epoch,
+            "segments": [dataclasses.asdict(segment) for segment in segments],
+            "shuffle": self.shuffle, "shuffle_window": self.shuffle_window, "even": self.even,
+            "drop_last": self.drop_last, "split": self.split, "examples": sum(self._counts()),
+            "fingerprint": self.catalog.fingerprint(),
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Continue from ``state`` (:meth:`state_dict` of a ``Loader`` with the same arguments, any rank's): the
+        next ``iter()`` runs the rest of its epoch. On another ``world_size`` or ``batch_size``, the rest of that
+        epoch is shared out anew over this loader's ranks."""
+        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"load_state_dict: not a state of this Loader version (expected version {STATE_VERSION} "
+                             f"from Loader.state_dict(), got {type(state).__name__})")
+        mine = self.state_dict()
+        for key in ("seed", "shuffle", "shuffle_window", "even", "drop_last", "split"):
+            if state.get(key) != mine[key]:
+                raise ValueError(f"load_state_dict: the state was saved with {key}={state.get(key)!r}, this Loader "
+                                 f"has {key}={mine[key]!r}: create it with the same arguments")
+        if state.get("fingerprint") != mine["fingerprint"] or state.get("examples") != mine["examples"]:
+            raise SSL4EOS12DataError(
+                f"load_state_dict: the data under {self.catalog.source.root} changed since the state was saved "
+                f"({state.get('examples')} example(s) then, {mine['examples']} now, or files replaced): the saved "
+                f"position does not apply; start the epoch afresh with set_epoch({state.get('epoch')})")
+        segments = [Segment(**segment) for segment in state["segments"]]
+        if not segments or (segments[-1].world_size, segments[-1].batch_size) != (self.world_size, self.batch_size):
+            segments.append(Segment(self.world_size, self.batch_size))  # the rest of the epoch on this world size
+        self._epoch = int(state["epoch"])
+        self._segments = segments
+        self._position = (self._epoch, segments)
 
     # -- iteration ----------------------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[dict]:
-        epoch = self._epoch
+        plan = self.plan()  # errors (nothing to read on this rank) here, before the epoch's threads start
         self._epoch += 1
-        return self._batches(epoch)
+        self._segments = []
+        return self._batches(plan)
 
-    def _batches(self, epoch: int) -> Iterator[dict]:
-        run = _EpochRun(self, epoch)
+    def _batches(self, plan: _RankPlan) -> Iterator[dict]:
+        run = _EpochRun(self, plan)
         stage = _DeviceStage(self.device, self._device_norms) if self.device is not None else None
+        segments = [*plan.segments[:-1], dataclasses.replace(plan.segments[-1])]
+        self._position = (plan.epoch, segments)
         finished = False
+
+        def handed_out():
+            segments[-1] = dataclasses.replace(segments[-1], batches=segments[-1].batches + 1)
+            self._position = (plan.epoch, list(segments))
+
         try:
             if stage is None:
                 while (batch := run.next()) is not None:
+                    handed_out()
                     yield batch
             else:
                 staged = None
@@ -686,11 +641,14 @@ class Loader:
                     ahead = stage.put(batch)  # the next batch's copy starts before this one is handed over
                     del batch
                     if staged is not None:
+                        handed_out()
                         yield stage.take(staged)
                     staged = ahead
                 if staged is not None:
+                    handed_out()
                     yield stage.take(staged)
             finished = True
+            self._position = (plan.epoch + 1, [])
         finally:
             run.close()
             if not finished:  # a break or an exception: keep no buffer for an epoch that may never come
@@ -699,20 +657,20 @@ class Loader:
 
     def __repr__(self) -> str:
         return (f"Loader(config={self.builder.config.name!r}, split={self.split!r}, batch_size={self.batch_size}, "
-                f"shards={len(self.plan.reads)}, rank={self.rank}/{self.world_size}, threads={self.num_threads})")
+                f"shards={len(self.catalog.entries)}, rank={self.rank}/{self.world_size}, threads={self.num_threads})")
 
     # -- checks made once --------------------------------------------------------------------------------------
 
     def _check_crop(self) -> None:
         if self.crop is None:
             return
-        for layout in self.plan.layouts:
+        for layout in self.catalog.layouts:
             if layout.bands_shape[-2:] != (layout.height, layout.width):
                 raise ValueError(f"crop={self.crop}: {layout.modality} bands {layout.bands_shape} do not end in (y, x)")
             if self.crop > min(layout.height, layout.width):
                 raise ValueError(f"crop={self.crop}: larger than the {layout.modality} patches "
                                  f"({layout.height} x {layout.width}); use at most {min(layout.height, layout.width)}")
-        sizes = {(layout.height, layout.width) for layout in self.plan.layouts}
+        sizes = {(layout.height, layout.width) for layout in self.catalog.layouts}
         if len(sizes) > 1:
             raise ValueError(f"crop={self.crop}: the modalities have different patch sizes {sorted(sizes)}; "
                              "crop one modality at a time")
@@ -721,9 +679,9 @@ class Loader:
         """(mean, std) per modality as float32 arrays shaped (C, 1, 1), or {} when not standardizing."""
         if normalize is False or normalize is None:
             return {}
-        release = self.plan.source.name
+        release = self.catalog.source.name
         out = {}
-        for layout in self.plan.layouts:
+        for layout in self.catalog.layouts:
             m = layout.modality
             if isinstance(normalize, Mapping):
                 if m not in normalize:
@@ -806,12 +764,11 @@ class _EpochRun:
     """The threads of one epoch. Threads hold this object, never the consumer's generator, so dropping the
     generator closes it, which stops and joins them."""
 
-    def __init__(self, loader: Loader, epoch: int):
+    def __init__(self, loader: Loader, plan: _RankPlan):
         self.loader = loader
-        self.plan = loader.plan
+        self.plan = plan
+        self.catalog = loader.catalog
         self.fields = loader.fields
-        self.reads = loader.shards(epoch)
-        self.rng = np.random.default_rng((loader.seed, epoch, loader.rank, 1))
         self.stop = threading.Event()
         self.jobs: queue.Queue = queue.Queue(maxsize=loader.batches_ahead)
         self.memory = loader._memory
@@ -819,7 +776,10 @@ class _EpochRun:
         self.gatherers = concurrent.futures.ThreadPoolExecutor(loader.gather_threads, thread_name_prefix="ssl4eos12-gather")
         self.scheduler = threading.Thread(target=self._schedule, name="ssl4eos12-loader", daemon=True)
         self.started = False
-        self.skipped = 0
+        self.lock = threading.Lock()
+        self.skipped = 0  # shards skipped as bad (decode threads count them under the lock)
+        self.padded = 0  # their examples replaced by repeats
+        self.last_good: Optional[tuple[_Unit, int, int]] = None  # what pads a group with no readable shard
 
     # -- the consumer's side -------------------------------------------------------------------------------------
 
@@ -892,54 +852,97 @@ class _EpochRun:
                 self._put(_Failure(err))
 
     def _run(self) -> None:
-        loader = self.loader
-        draws = _Uniforms(self.rng)
-        window = _Window(self._decoded_shards(), loader.shuffle_window, self.rng if loader.shuffle else None, draws)
-        corner = _Corners(self.plan.layouts[0], loader.crop, loader.crop_mode, draws)
+        loader, plan = self.loader, self.plan
+        order, end = plan.order, len(plan.order)
+        # the groups (spans of the order) this run still has to read: resuming skips what was done
+        spans = [(g, slice(max(span.start, plan.skip), min(span.stop, end))) for g, span in enumerate(plan.groups)]
+        spans = [(g, span) for g, span in spans if span.start < span.stop]
+        needs = [list(dict.fromkeys(order[span, 0].tolist())) for _, span in spans]
+        single = self.catalog.single_timestamp
         picks = _Picks()
-        for unit, example in window:
-            row, t = divmod(example, unit.num_times)
-            picks.add(unit, row, t if self.plan.single_timestamp else None, *corner())
-            if len(picks) == loader.batch_size:
-                self._emit(picks)
-                picks = _Picks()
-        if len(picks) and not loader.drop_last:
+        for (g, span), decoded in zip(spans, self._decoded_groups(needs)):
+            whole = plan.groups[g]
+            corners = _corners(self.catalog.layouts[0], loader.crop, loader.crop_mode, whole.stop - whole.start,
+                               (*group_seed(loader.seed, plan.epoch, plan.segment, loader.rank, g), 1))
+            substitutes = itertools.cycle([p for p in range(span.start, span.stop) if decoded[order[p, 0]] is not None])
+            for p in range(span.start, span.stop):
+                shard, j = order[p, 0], order[p, 1]
+                if decoded[shard] is None:  # skipped: the batch keeps its size with another example of the group
+                    q = next(substitutes, None)
+                    if q is None and self.last_good is None:
+                        raise SSL4EOS12DataError(f"{self.catalog.source.root}: no readable shard yet to pad the "
+                                                 f"skipped ones' examples with (on_bad_file='skip')")
+                    unit, row, t = self._locate(decoded, order[q]) if q is not None else self.last_good
+                    self.padded += 1
+                else:
+                    unit, row, t = self._locate(decoded, (shard, j))
+                    self.last_good = (unit, row, t)
+                picks.add(unit, row, t if single else None, *corners[p - whole.start])
+                if len(picks) == loader.batch_size:
+                    self._emit(picks)
+                    picks = _Picks()
+            del decoded, substitutes
+        if len(picks):
             self._emit(picks)
+        if self.padded:
+            warnings.warn(f"ssl4eos12.Loader: {self.padded} example(s) of skipped shards were replaced by repeats of "
+                          f"other examples, so that rank {loader.rank} still yields len(loader) = {len(loader)} "
+                          f"batches", SSL4EOS12BadFileWarning, stacklevel=2)
 
-    def _decoded_shards(self) -> Iterator[list[_Unit]]:
-        """This rank's shards in reading order, each as its units, with ``prefetch`` more being decoded meanwhile."""
-        reads = enumerate(self.reads)
-        decodes: collections.deque = collections.deque()
+    def _locate(self, decoded: dict, pick) -> tuple[_Unit, int, int]:
+        """The unit, row and timestamp of example ``j`` of ``shard`` (a pick ``(shard, j)``)."""
+        shard = decoded[int(pick[0])]
+        j = int(pick[1])
+        unit = shard.units[shard.unit_of[j]]
+        row, t = divmod(int(shard.example_of[j]), unit.num_times)
+        return unit, row, t
 
-        def top_up():
-            while len(decodes) < self.loader.prefetch and (read := next(reads, None)) is not None:
-                decodes.append(self.decoders.submit(self._decode, *read))
+    def _decoded_groups(self, needs: list[list[int]]) -> Iterator[dict[int, Optional[_Shard]]]:
+        """Each group's shards decoded (``None``: skipped as bad), group by group; while one group is used, the
+        decode threads work on up to ``prefetch`` shards of the groups after it."""
+        flat = [(g, shard) for g, shards in enumerate(needs) for shard in shards]
+        pending: collections.deque = collections.deque()
+        submitted = 0
+        for g in range(len(needs)):
+            while submitted < len(flat) and (flat[submitted][0] <= g or
+                                             sum(1 for h, _, _ in pending if h > g) < self.loader.prefetch):
+                h, shard = flat[submitted]
+                pending.append((h, shard, self.decoders.submit(self._decode, shard)))
+                submitted += 1
+            decoded = {}
+            while pending and pending[0][0] == g:
+                _, shard, future = pending.popleft()
+                decoded[shard] = _wait(future, self.stop)
+            yield decoded
 
-        top_up()
-        while decodes:
-            done = decodes.popleft()
-            top_up()  # before this shard's units wait for room in the window
-            yield _wait(done, self.stop)
-
-    def _decode(self, place: int, read: ShardRead) -> list[_Unit]:
-        """Decode one shard (a decode thread): its blocks, as units of the examples asked for."""
+    def _decode(self, shard: int) -> Optional[_Shard]:
+        """Decode one shard (a decode thread): its blocks, as the examples its entry asks for; ``None`` when it is
+        skipped as bad."""
         if self.stop.is_set():
-            return []
-        plan = self.plan
+            return None
+        catalog, entry = self.catalog, self.catalog.entries[shard]
         try:
-            times = selected_times(read.selection)  # a remote file then sends only those timestamps' chunks
-            blocks = (plan.source.blocks(plan.split_folder, read.shard, plan.layouts) if times is None
-                      else plan.source.blocks_at(plan.split_folder, read.shard, plan.layouts, times))
+            times = selected_times(entry.selection)  # a remote file then sends only those timestamps' chunks
+            blocks = (catalog.source.blocks(catalog.split_folder, entry.shard, catalog.layouts) if times is None
+                      else catalog.source.blocks_at(catalog.split_folder, entry.shard, catalog.layouts, times))
             blocks = list(fastzip.decoding(blocks, self.loader._decode_memory))
         except SSL4EOS12FileError as err:
-            if plan.on_bad_file != "skip":
+            if catalog.on_bad_file != "skip":
                 raise
-            self.skipped += 1
-            warnings.warn(f"skipping {err} ({self.skipped} file(s) skipped in this epoch so far)",
+            with self.lock:  # decode threads skip at once
+                self.skipped += 1
+                skipped = self.skipped
+            warnings.warn(f"skipping {err} ({skipped} file(s) skipped in this epoch so far; its examples are "
+                          f"replaced by repeats so that every rank keeps its number of batches)",
                           SSL4EOS12BadFileWarning, stacklevel=2)
-            return []
-        return _units(blocks, read, plan.layouts[0].num_times if plan.single_timestamp else 1, self.fields,
-                      plan.time_order, place)
+            return None
+        decoded = _decoded_shard(blocks, entry, catalog.times_per_example, self.fields, catalog.time_order)
+        if len(decoded) != self.plan.counts[shard]:
+            raise SSL4EOS12DataError(
+                f"{catalog.source.root}/{catalog.split_folder}: {entry.shard} holds {len(decoded)} example(s) of the "
+                f"selection, but its index or metadata counted {self.plan.counts[shard]}: they are stale; rerun "
+                f"`ssl4eos12 index` (or recreate the Loader if the files changed while it ran)")
+        return decoded
 
     def _emit(self, picks: _Picks) -> None:
         """Start gathering a batch (in parts, so that one batch spreads over the gather threads) and queue it."""
