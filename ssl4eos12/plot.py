@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from .constants import BANDS, CLOUD_CLASSES, S2_OFFSET, ZARR_ZIP_SUFFIX
+from .errors import require_extra
 
 #: Percentiles of the clear pixels mapped to black and white in Sentinel-2 true colour.
 STRETCH = (2.0, 98.0)
@@ -40,13 +41,7 @@ PANEL_INCHES = 2.3
 
 
 def _matplotlib():
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        raise ImportError(
-            "ssl4eos12.plot needs matplotlib, an optional extra: pip install 'ssl4eos12[plot]'"
-        ) from err
-    return Figure
+    return require_extra("matplotlib.figure", "plot", "ssl4eos12.plot").Figure
 
 
 def example_modalities(example: dict) -> list[str]:
