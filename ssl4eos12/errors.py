@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 
 class SSL4EOS12FileError(ValueError):
     """A source file is missing, unreadable or not what SSL4EO-S12 v1.1 files are; names file and problem."""
@@ -23,3 +25,14 @@ class SSL4EOS12BadFileWarning(UserWarning):
 class SSL4EOS12EmptySelectionWarning(UserWarning):
     """Emitted when a streamed split's selection (``samples``, ``bbox``, ``time_range``, ``max_cloud_fraction``)
     keeps no example: the stream would be empty. Preparing such a split raises :class:`SSL4EOS12DataError`."""
+
+
+def require_extra(module: str, extra: str, user: str, without: str = ""):
+    """``module``, imported; where it is not installed, an ``ImportError`` in one line: ``user`` needs it, the
+    optional extra ``extra`` installs it, and (``without``) what works without it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        hint = f"; {without}" if without else ""
+        raise ImportError(f"{user} needs {module.split('.')[0]}, an optional extra: "
+                          f"pip install 'ssl4eos12[{extra}]'{hint}") from None

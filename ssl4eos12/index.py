@@ -50,7 +50,7 @@ from .constants import (CLOUD_CLASSES, CLOUD_MASKED, MODALITIES, SPLIT_FOLDERS, 
                         split_metadata_path)
 from .errors import SSL4EOS12DataError, SSL4EOS12FileError
 from .sources import Block, normalize_root, open_source
-from .sources.remote import is_remote, url_to_fs
+from .sources.remote import is_remote, open_random_access
 
 logger = logging.getLogger(__name__)
 
@@ -383,9 +383,8 @@ def _split_name(split_folder: str) -> str:
 
 def _read_parquet(url: str, download_config=None, geometry: bool = False) -> Optional[pd.DataFrame]:
     """The table at ``url`` (its geometry only if asked: selecting needs none), or ``None`` if there is none."""
-    fs, path = url_to_fs(url, download_config)
     try:
-        with fs.open(path, "rb") as f:
+        with open_random_access(url, download_config) as f:
             names = pq.read_schema(f).names
             f.seek(0)
             columns = [name for name in names if geometry or name != "geometry"]

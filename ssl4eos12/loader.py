@@ -55,7 +55,7 @@ import numpy as np
 from .builder import SSL4EOS12
 from .catalog import Catalog, Entry, resolve
 from .constants import standardization
-from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12FileError
+from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12FileError, require_extra
 from .index import selected_times
 from .sampling import (EVEN_CHOICES, Segment, batch_count, epoch_order, group_seed, partition, per_rank, rank_order,
                        remaining)
@@ -708,11 +708,7 @@ def _check_int(name: str, value, low: int) -> None:
 
 
 def _require_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise ImportError("ssl4eos12.Loader gives torch tensors and needs torch (pip install 'ssl4eos12[torch]'); "
-                          "pass numpy=True for numpy arrays without torch") from None
+    require_extra("torch", "torch", "ssl4eos12.Loader (torch tensors)", "pass numpy=True for numpy arrays without torch")
 
 
 def _cuda_available() -> bool:

@@ -10,19 +10,26 @@ modality and date:
 - the cloud mask's cloud classes (3-5) drawn as an outline (default) or a translucent overlay;
 - any other modality (NDVI, ...) as its first band in a colour map.
 
+Bands in other units than the files' (standardized floats from ``Loader(normalize=True)``, or any float S2RGB,
+or Sentinel-1 in another dtype than the files' float16 dB) are stretched the same way, by percentiles: S2RGB
+like S2L2A, each Sentinel-1 channel between its own 2nd and 98th percentiles.
+
 Works for examples of every config, time series or single-timestamp, as the builder yields them or as
-loaded from the Parquet copy (nested lists). matplotlib is an optional extra: ``pip install ssl4eos12[plot]``.
+loaded from the Parquet copy (nested lists), and for one example of a batch (``index=``) as
+:func:`ssl4eos12.collate` or :class:`ssl4eos12.Loader` gives it (torch tensors or numpy arrays, timestamps as int64
+nanoseconds). matplotlib is an optional extra: ``pip install ssl4eos12[plot]``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Optional
 
 import numpy as np
 
 from .constants import BANDS, CLOUD_CLASSES, S2_OFFSET, ZARR_ZIP_SUFFIX
+from .errors import require_extra
 
 #: Percentiles of the clear pixels mapped to black and white in Sentinel-2 true colour.
 STRETCH = (2.0, 98.0)
@@ -34,13 +41,7 @@ PANEL_INCHES = 2.3
 
 
 def _matplotlib():
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        raise ImportError(
-            "ssl4eos12.plot needs matplotlib, an optional extra: pip install 'ssl4eos12[plot]'"
-        ) from err
-    return Figure
+    return require_extra("matplotlib.figure", "plot", "ssl4eos12.plot").Figure
 
 
 def example_modalities(example: dict) -> list[str]:
@@ -48,20 +49,28 @@ def example_modalities(example: dict) -> list[str]:
     return [name for name in example if f"{name}_time" in example and name != "sample"]
 
 
-def plot(example: dict, *, modalities: Optional[Sequence[str]] = None, cloud_mask: Optional[str] = "outline",
-         stretch: tuple[float, float] = STRETCH, title: Optional[str] = None):
-    """A ``Figure`` of one example of any config.
+def plot(example: Mapping, *, index: int = 0, modalities: Optional[Sequence[str]] = None,
+         cloud_mask: Optional[str] = "outline", stretch: tuple[float, float] = STRETCH, title: Optional[str] = None):
+    """A ``Figure`` of one example of any config, or of one example of a batch.
 
     Args:
-        example: one example as the builder (or the Parquet copy) yields it.
+        example: one example as the builder (or the Parquet copy) yields it, or a batch of them as
+            :func:`ssl4eos12.collate` or :class:`ssl4eos12.Loader` gives it (torch tensors or numpy arrays).
+        index: the example of a batch to draw (default: the first); a single example has only index 0.
         modalities: which to draw (default: every one in the example).
         cloud_mask: ``"outline"`` (default), ``"overlay"`` or ``None``: how to show the cloud classes 3-5.
-        stretch: percentiles of the clear pixels mapped to black and white in S2L2A/S2L1C true colour.
+        stretch: percentiles mapped to black and white where bands are stretched (S2L2A/S2L1C true colour, from
+            its clear pixels; standardized bands).
         title: the figure's title (default: the location id, file and centre).
+
+    A batch is told from an example by its list of ``sample`` ids (else its ``time_index`` vector, else its
+    timestamps ``(B, T)``): its arrays have one more leading axis, ``(B, T, C, H, W)`` or, single-timestamp,
+    ``(B, C, H, W)``.
     """
     Figure = _matplotlib()
     if cloud_mask not in CLOUD_MASK_STYLES:
         raise ValueError(f"cloud_mask must be one of {CLOUD_MASK_STYLES}, got {cloud_mask!r}")
+    example = one_example(example, index)
     available = example_modalities(example)
     modalities = list(modalities or available)
     unknown = [m for m in modalities if m not in available]
@@ -92,6 +101,55 @@ def plot(example: dict, *, modalities: Optional[Sequence[str]] = None, cloud_mas
     return figure
 
 
+def is_batch(data: Mapping) -> bool:
+    """Whether ``data`` is a batch of examples (see :func:`plot`) rather than one example."""
+    if "sample" in data:
+        return np.ndim(data["sample"]) >= 1  # a batch's ids are a list; an example's one string
+    if "time_index" in data:  # single-timestamp: one index per example
+        return np.ndim(_numpy(data["time_index"])) >= 1
+    modalities = example_modalities(data)
+    # a time series has timestamps (T,), a batch of them (B, T)
+    return bool(modalities) and np.ndim(_numpy(data[f"{modalities[0]}_time"])) >= 2
+
+
+def one_example(data: Mapping, index: int = 0) -> dict:
+    """Example ``index`` of a batch, or ``data`` itself (``index`` 0), as numpy values with ``datetime64[ns]``
+    timestamps (a batch holds them as int64 nanoseconds since the epoch, see :mod:`ssl4eos12.torch`)."""
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise TypeError(f"index={index!r}: need an integer, the position of the example in the batch")
+    batch = is_batch(data)
+    size = _batch_size(data) if batch else 1
+    if not -size <= index < size:
+        raise ValueError(f"index={index}: the batch holds {size} example(s)" if batch else
+                         f"index={index}: a single example (not a batch) has only index 0")
+    times = {f"{m}_time" for m in example_modalities(data)}
+    example = {}
+    for name, value in data.items():
+        value = _numpy(value)
+        if batch:
+            value = value[index]
+        if name in times and isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in "iu":
+            value = value.astype(np.int64).astype("datetime64[ns]")
+        example[name] = value
+    return example
+
+
+def _batch_size(batch: Mapping) -> int:
+    if "sample" in batch:
+        return len(batch["sample"])
+    return len(_numpy(next(iter(batch.values()))))
+
+
+def _numpy(value):
+    """A torch tensor (on any device) as numpy, without importing torch; anything else as it is."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            value = value.float()
+        return value.numpy()
+    return value
+
+
 def _channels(modality: str) -> list[Optional[str]]:
     return list(BANDS["S1GRD"]) if modality == "S1GRD" else [None]
 
@@ -115,11 +173,13 @@ def _band_index(modality: str, band: str) -> int:
 
 def _images(example: dict, modality: str, channel: Optional[str], stretch) -> list[tuple[np.ndarray, dict]]:
     bands = _stack(example, modality, 3)  # (T, C, H, W)
-    if modality == "S2RGB":
+    counts = bands.dtype.kind in "iu"  # the files' integer values; floats are standardized (or rescaled)
+    if modality == "S2RGB" and counts:
         return [(np.moveaxis(b, 0, -1).astype(np.uint8), {}) for b in bands]
-    if modality in ("S2L2A", "S2L1C"):
+    if modality in ("S2L2A", "S2L1C", "S2RGB"):
         rgb = bands[:, [_band_index(modality, b) for b in TRUE_COLOUR]].astype(np.float32)
-        rgb -= _offset(example)
+        if counts:
+            rgb -= _offset(example)
         masks = _cloud_masks(example, modality)
         clear = rgb if masks is None else np.moveaxis(rgb, 1, -1)[~np.isin(masks, CLOUD_CLASSES)]
         if clear.size == 0:
@@ -129,12 +189,17 @@ def _images(example: dict, modality: str, channel: Optional[str], stretch) -> li
         return [(np.moveaxis(np.nan_to_num(s), 0, -1), {}) for s in scaled]
     if modality == "S1GRD":
         values = bands[:, _band_index(modality, channel)].astype(np.float32)
-        low, high = S1_RANGES[channel]
+        # dB as the files hold them (float16): fixed scales, so locations compare; other units: their own range
+        low, high = S1_RANGES[channel] if bands.dtype == np.float16 else _percentiles(values, stretch)
         return [(v, {"cmap": "gray", "vmin": low, "vmax": high}) for v in values]
     values = bands[:, 0].astype(np.float32)
-    finite = values[np.isfinite(values)]
-    low, high = np.percentile(finite, stretch) if finite.size else (0.0, 1.0)
+    low, high = _percentiles(values, stretch)
     return [(v, {"cmap": "viridis", "vmin": low, "vmax": high}) for v in values]
+
+
+def _percentiles(values: np.ndarray, stretch) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    return tuple(np.percentile(finite, stretch)) if finite.size else (0.0, 1.0)
 
 
 def _offset(example: dict) -> float:

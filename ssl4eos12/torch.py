@@ -35,6 +35,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from .errors import require_extra
+
 #: The format type of the builder's prepared datasets: numpy arrays of the files' dtypes, strings as ``str``.
 NATIVE_FORMAT = "ssl4eos12-numpy"
 
@@ -98,6 +100,8 @@ def collate(batch: Sequence | pa.Table | Mapping) -> dict:
     ``default_collate`` does, so the batch is not copied again on its way to the main process).
     Timestamps become int64 nanoseconds since the epoch (see the module docstring).
     """
+    require_extra("torch", "torch", "ssl4eos12.collate (torch tensors)",
+                  "without torch, ssl4eos12.arrow_to_numpy gives an Arrow batch as numpy arrays in the files' dtypes")
     if isinstance(batch, pa.Table):
         return {name: _column_tensor(values) for name, values in arrow_to_numpy(batch).items()}
     if isinstance(batch, Mapping):  # a batch already, as the dataset's own __getitems__ may give

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 
 _CACHE_ROOT = tempfile.mkdtemp(prefix="ssl4eos12-tests-")
@@ -44,6 +45,16 @@ def odd_data_dir(tmp_path_factory):
         tmp_path_factory.mktemp("odd"), splits=("validation",), files=3, samples=5, size=12, times=3,
         modalities=("S2L2A", "S1GRD", "NDVI"), seed=7,
     )
+
+
+@pytest.fixture(autouse=True)
+def _forget_servers():
+    """A test's servers are forgotten after it (what each did with Range requests): a later test's server may get
+    the same port."""
+    yield
+    remote = sys.modules.get("ssl4eos12.sources.remote")
+    if remote is not None:
+        remote.forget_servers()
 
 
 def open_with_xarray(path) -> xr.Dataset:

@@ -20,7 +20,12 @@ first import.
     Serves files of a directory with HEAD/GET and single ``Range: bytes=...`` requests
     (``a-b``, ``a-``, ``-n``), logs every request and the body bytes served per path, and
     injects faults (``fail_next``: error statuses, ``drop_next``: truncated bodies, ``stall_next``: a
-    body that stops mid-way without closing).
+    body that stops mid-way without closing). ``ranges=False``: a server without Range support
+    (every GET gets the whole file, no ``Accept-Ranges``), with the same log and faults.
+
+``PlainHTTPServer``
+    Python's own ``http.server.SimpleHTTPRequestHandler`` (``python -m http.server``), the
+    real-world server without Range support, with its requests and body bytes logged.
 
 ``HubServer``
     Implements the subset of the Hub HTTP API that ``huggingface_hub`` 2.4 (``HfApi``,
@@ -52,7 +57,7 @@ import traceback
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -60,6 +65,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 __all__ = [
     "HubRequest",
     "HubServer",
+    "PlainHTTPServer",
     "RangeHTTPServer",
     "parse_range",
     "use_hub",
@@ -264,7 +270,7 @@ class _RangeHandler(_BaseHandler):
         stat = file_path.stat()
         size = stat.st_size
         try:
-            rng = parse_range(range_header, size)
+            rng = parse_range(range_header, size) if owner.ranges else None
         except RangeNotSatisfiable:
             self.send_response(416)
             self.send_header("Content-Range", f"bytes */{size}")
@@ -275,7 +281,8 @@ class _RangeHandler(_BaseHandler):
         status = 200 if rng is None else 206
         start, end = rng or (0, size - 1)
         self.send_response(status)
-        self.send_header("Accept-Ranges", "bytes")
+        if owner.ranges:
+            self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(end + 1 - start))
         self.send_header("ETag", f'"{stat.st_mtime_ns:x}-{size:x}"')
@@ -326,6 +333,9 @@ class _RangeHandler(_BaseHandler):
 class RangeHTTPServer(_BackgroundServer):
     """Static file server for ``root_dir`` with byte-range support and fault injection.
 
+    ``ranges=False``: a server without Range support, as many plain static servers are: a ``Range`` header is
+    ignored (the whole file, status 200) and no ``Accept-Ranges`` is sent.
+
     Attributes (read them after the requests of interest completed):
         bytes_served: ``{url_path: total body bytes sent}`` (HEAD and error bodies excluded).
         requests: ``[(method, url_path, range_header_or_None), ...]`` in arrival order.
@@ -333,8 +343,9 @@ class RangeHTTPServer(_BackgroundServer):
 
     _handler_class = _RangeHandler
 
-    def __init__(self, root_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, root_dir: str | os.PathLike[str], *, ranges: bool = True) -> None:
         super().__init__()
+        self.ranges = ranges
         self.root = Path(root_dir).resolve()
         if not self.root.is_dir():
             raise NotADirectoryError(self.root)
@@ -412,6 +423,72 @@ class RangeHTTPServer(_BackgroundServer):
         if candidate != self.root and self.root not in candidate.parents:
             return None
         return candidate if candidate.is_file() else None
+
+
+# --------------------------------------------------------------------------------------
+# PlainHTTPServer: Python's own static file server
+# --------------------------------------------------------------------------------------
+
+
+class _PlainHandler(SimpleHTTPRequestHandler):
+    """``SimpleHTTPRequestHandler`` as it is (HTTP/1.0, ``Range`` ignored, no ``Accept-Ranges``), only logged."""
+
+    server: _QuietThreadingHTTPServer
+
+    def __init__(self, request, client_address, server) -> None:
+        super().__init__(request, client_address, server, directory=str(server.owner.root))
+
+    def send_head(self):
+        owner: PlainHTTPServer = self.server.owner  # type: ignore[assignment]
+        owner._log(self.command, urlsplit(self.path).path, self.headers.get("Range"))
+        return super().send_head()
+
+    def copyfile(self, source, outputfile) -> None:
+        owner: PlainHTTPServer = self.server.owner  # type: ignore[assignment]
+        path = urlsplit(self.path).path
+        while chunk := source.read(64 << 10):
+            outputfile.write(chunk)  # a client that hangs up mid-body raises here: counted what it was sent
+            owner._add_bytes(path, len(chunk))
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+
+class PlainHTTPServer(_BackgroundServer):
+    """``python -m http.server`` for ``root_dir`` on 127.0.0.1: no Range support, as many mirrors are.
+
+    Attributes: ``requests`` ``[(method, url_path, range_header_or_None), ...]`` and ``bytes_served``
+    ``{url_path: body bytes written}``, as :class:`RangeHTTPServer` keeps them.
+    """
+
+    _handler_class = _PlainHandler
+
+    def __init__(self, root_dir: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.root = Path(root_dir).resolve()
+        if not self.root.is_dir():
+            raise NotADirectoryError(self.root)
+        self._lock = threading.Lock()
+        self.bytes_served: dict[str, int] = {}
+        self.requests: list[tuple[str, str, str | None]] = []
+
+    def gets(self, suffix: str = "") -> list[tuple[str, str | None]]:
+        """``(path, range_header)`` of the GET requests for paths ending in ``suffix``, in arrival order."""
+        with self._lock:
+            return [(path, rng) for method, path, rng in self.requests if method == "GET" and path.endswith(suffix)]
+
+    def reset_log(self) -> None:
+        with self._lock:
+            self.bytes_served.clear()
+            self.requests.clear()
+
+    def _log(self, method: str, path: str, range_header: str | None) -> None:
+        with self._lock:
+            self.requests.append((method, path, range_header))
+
+    def _add_bytes(self, path: str, n: int) -> None:
+        with self._lock:
+            self.bytes_served[path] = self.bytes_served.get(path, 0) + n
 
 
 # --------------------------------------------------------------------------------------

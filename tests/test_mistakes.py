@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import functools
 import http.server
 import socket
 import threading
@@ -14,7 +13,7 @@ import pytest
 from datasets import load_dataset
 
 import ssl4eos12
-from servers import HubServer, use_hub
+from servers import HubServer, PlainHTTPServer, use_hub
 from ssl4eos12.constants import HOSTED_ROOT
 from ssl4eos12.sources.failures import remote_cause, remote_failure_message
 
@@ -104,19 +103,21 @@ def test_unauthorized_and_forbidden(answering):
     assert message.startswith(f"{url}: HTTP {status}") and "token" in message
 
 
-def test_server_without_range_support(data_dir):
-    """Python's own file server ignores Range: said so, not "not a consolidated Zarr v2 store"."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(data_dir))
-    handler.log_message = lambda *args: None
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{server.server_port}"
-        with pytest.raises(ssl4eos12.SSL4EOS12FileError) as info:
-            list(load_dataset("ssl4eos12", "S2L2A", root=url, split="train", streaming=True))
-        server.shutdown()
-    message = str(info.value)
-    assert message.startswith(f"{url}/train/S2L2A/") and "does not support HTTP Range requests" in message
-    assert "data_dir=" in message and "consolidated" not in message
+def test_fsspecs_error_for_a_server_without_range_support_is_recognised(tmp_path):
+    """Python's own file server ignores Range. The readers fetch whole files from such a server (test_remote) when
+    fsspec raises this error; it is recognised from fsspec's words, and said in one line where it surfaces."""
+    from fsspec.implementations.http import HTTPFileSystem
+
+    (tmp_path / "f.bin").write_bytes(bytes(100_000))
+    with PlainHTTPServer(tmp_path) as srv:
+        url = srv.url + "/f.bin"
+        with HTTPFileSystem(skip_instance_cache=True).open(url, "rb", cache_type="none") as f:
+            f.seek(50_000)
+            with pytest.raises(ValueError) as info:
+                f.read(10)
+    assert remote_cause(info.value)[0] == "no-range"
+    message = remote_failure_message(url, info.value)
+    assert message.startswith(f"{url}: the server does not support HTTP Range requests") and "data_dir=" in message
 
 
 def test_dns_failure_is_called_offline():

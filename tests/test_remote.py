@@ -4,6 +4,7 @@ survived, and nothing (thread, connection, buffer) left behind by a cancelled it
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import threading
 from pathlib import Path
@@ -17,8 +18,8 @@ from datasets.distributed import split_dataset_by_node
 import ssl4eos12
 from conftest import traced_peak
 from nginx import NginxServer, nginx_binary
-from reference import assert_example_equal, split_files
-from servers import HubServer, RangeHTTPServer, use_hub
+from reference import assert_example_equal, expected_examples, split_files
+from servers import HubServer, PlainHTTPServer, RangeHTTPServer, use_hub
 from ssl4eos12.sources import fastzip, remote
 
 MODALITIES = ["S2L1C", "S2L2A", "S2RGB", "S1GRD"]
@@ -253,9 +254,10 @@ def test_a_stalled_read_is_retried_from_where_it_stopped(data_dir, fast_retries,
         assert files[path] <= size <= 1.05 * files[path], (path, size)
 
 
-def test_a_server_that_stalls_for_good_gets_a_clear_error(data_dir, fast_retries, monkeypatch):
+@pytest.mark.parametrize("ranges", [True, False])
+def test_a_server_that_stalls_for_good_gets_a_clear_error(data_dir, fast_retries, monkeypatch, ranges):
     monkeypatch.setattr(datasets.config, "STREAMING_READ_MAX_RETRIES", 2)
-    with RangeHTTPServer(data_dir) as srv:
+    with RangeHTTPServer(data_dir, ranges=ranges) as srv:
         remote_ds = load_dataset("ssl4eos12", "S2L2A", root=srv.url, split="train", streaming=True,
                                  remote_timeout=0.2)
         srv.stall_next(100, after_bytes=0)  # headers, then nothing: no attempt makes progress
@@ -432,6 +434,201 @@ def test_http_access_denied_is_named_and_not_retried(data_dir, fast_retries):
             next(iter(ds))
         assert f"{srv.url}/train/S2L2A/{split_files(data_dir, 'train')[0]}" in str(info.value)
         assert len([r for r in srv.requests if r[0] == "GET" and r[1].endswith(".zarr.zip")]) == 1
+
+
+# -- a server without Range support (python -m http.server): each file whole, with one GET -----------------------
+
+def range_notes(caplog, url: str) -> list[logging.LogRecord]:
+    """The package's log records that say the server at ``url`` does not support Range requests."""
+    return [r for r in caplog.records if r.name.startswith("ssl4eos12") and r.levelno >= logging.INFO
+            and url in r.getMessage() and "Range" in r.getMessage()]
+
+
+def test_a_server_without_range_support_streams_each_file_whole_with_one_get(data_dir, caplog):
+    """Python's own http.server ignores Range: each file comes whole, with one plain GET, values as xarray reads
+    them; the reader says once (not per file) that the server reads whole files only."""
+    caplog.set_level(logging.INFO, logger="ssl4eos12")
+    with PlainHTTPServer(data_dir) as srv:
+        ds = load_dataset("ssl4eos12", "all", root=srv.url, split="train", streaming=True)
+        srv.reset_log()  # the features' probe (the first file of each modality)
+        assert_same_examples(ds, list(expected_examples(data_dir, "train", MODALITIES)))
+        gets = srv.gets(".zarr.zip")
+        assert len(range_notes(caplog, srv.url)) == 1
+    files = [f"/train/{m}/{name}" for m in MODALITIES for name in split_files(data_dir, "train")]
+    assert sorted(path for path, _ in gets) == sorted(files)  # one GET per file
+    assert all(byte_range is None for _, byte_range in gets)
+
+
+def test_a_selection_of_timestamps_from_a_server_without_range_support_reads_whole_files(tmp_path, caplog):
+    """single_timestamp with a time filter reads only the kept timestamps' chunks by range; a server that ignores
+    Range sends whole files instead: one GET per file with a match, a note said once, the same values."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from ssl4eos12.index import build_index
+
+    caplog.set_level(logging.INFO, logger="ssl4eos12")
+    root = ssl4eos12.synth.synthesize(tmp_path / "d", splits=("train",), files=3, samples=6, size=16, seed=5)
+    build_index(root, workers=1)
+    index = pq.read_table(root / "splits" / "ssl4eos12_train_index.parquet").to_pandas()
+    start = index[[f"{m}_time" for m in MODALITIES]].min().min()
+    end = start + pd.Timedelta(days=60)
+    expected = [e for e in expected_examples(root, "train", MODALITIES, single_timestamp=True)
+                if all(start <= e[f"{m}_time"] < end for m in MODALITIES)]
+    assert expected and len({int(e["time_index"]) for e in expected}) < 4  # some timestamps only
+    with PlainHTTPServer(root) as srv:
+        ds = load_dataset("ssl4eos12", "all", root=srv.url, split="train", streaming=True, single_timestamp=True,
+                          time_range=(start.isoformat(), end.isoformat()))
+        srv.reset_log()
+        assert_same_examples(ds, expected)
+        gets = srv.gets(".zarr.zip")
+        assert len(range_notes(caplog, srv.url)) == 1
+    kept = {e["file"] for e in expected}
+    assert sorted(path for path, _ in gets) == sorted(f"/train/{m}/{name}" for m in MODALITIES for name in kept)
+
+
+def test_a_stall_on_a_server_without_range_support_restarts_the_file(data_dir, fast_retries):
+    """No byte ranges, so neither parallel connections nor a resumed read: one GET, and after a stall the file
+    again from its first byte (the Range asked for is ignored), values exact."""
+    first = f"/train/S2L2A/{split_files(data_dir, 'train')[0]}"
+    size = (Path(data_dir) / first.lstrip("/")).stat().st_size
+    with RangeHTTPServer(data_dir, ranges=False) as srv:
+        ds = load_dataset("ssl4eos12", "S2L2A", root=srv.url, split="train", streaming=True, remote_timeout=0.5,
+                          remote_connections=3)
+        srv.reset_log()
+        srv.stall_next(1, after_bytes=1000, path=first)
+        assert_same_examples(ds, list(expected_examples(data_dir, "train", ["S2L2A"])))
+        gets = [r[2] for r in srv.requests if r[0] == "GET" and r[1] == first]
+        served = srv.bytes_served[first]
+    assert gets == [None, f"bytes=1000-{size - 1}"]  # the rest asked for; the server sent all of it again
+    assert served == 1000 + size
+
+
+def authors_metadata(path: Path, files: int = 34, samples: int = 64) -> list[str]:
+    """A Parquet file laid out as the authors' ``splits/val_metadata.parquet`` (one row per location and timestamp,
+    a WKB footprint each), of their validation split's size (~0.3 MB: far more than the few kB a reader gets from
+    a Parquet footer's first read); returns its file names in order."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ssl4eos12.index import polygon_wkb
+
+    rng = np.random.default_rng(8)
+    names = [f"ssl4eos12_val_seasonal_data_{i + 1:06d}.zarr.zip" for i in range(files)]
+    n = files * samples * 4
+    lon, lat = rng.uniform(-180, 180, n // 4).repeat(4), rng.uniform(-60, 70, n // 4).repeat(4)
+    corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1], [-1, -1]]) * 0.012
+    pq.write_table(pa.table({
+        "sample_id": [f"{i // 4:07d}" for i in range(n)], "time_id": np.tile(np.arange(4), n // 4),
+        "time": pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 365 * 86400, n), unit="s"),
+        "tile_id": [f"T{i % 60:02d}ABC" for i in range(n)],
+        "geometry": [polygon_wkb(corners + (x, y)) for x, y in zip(lon, lat)],
+        "tile_crs": np.full(n, 32632), "file": np.repeat(names, samples * 4),
+    }), path)
+    return names
+
+
+def test_the_authors_metadata_from_a_server_without_range_support(tmp_path, monkeypatch):
+    """A Parquet file is read by ranges from its end (its footer): from a server that ignores Range, whole; as the
+    split's file list and as its index (the authors' metadata of the Zarr release), equal to a local read."""
+    from ssl4eos12.index import load_index
+    from ssl4eos12.sources.chunked import list_split_files
+
+    (tmp_path / "splits").mkdir()
+    files = authors_metadata(tmp_path / "splits" / "val_metadata.parquet")
+    assert (tmp_path / "splits" / "val_metadata.parquet").stat().st_size > 200_000
+    with PlainHTTPServer(tmp_path) as srv:
+        assert list_split_files(srv.url, "val", "S2L2A") == files
+        # (after fsspec's GET for exists()) the first read asks for a range, gets the whole file, fetches it whole;
+        # from then on, one GET each
+        (_, asked), whole = srv.gets(".parquet")[-2:]
+        assert asked.startswith("bytes=") and whole == ("/splits/val_metadata.parquet", None)
+        srv.reset_log()
+        remote_index = load_index(srv.url, "val")
+        assert srv.gets("val_metadata.parquet") == [("/splits/val_metadata.parquet", None)]
+        # remembered for a while only: then a range is tried again
+        monkeypatch.setattr(remote, "RANGES_MEMORY", 0.0)
+        assert remote.serves_ranges(srv.url)
+    local_index = load_index(str(tmp_path), "val")
+    assert len(remote_index) == len(local_index) == len(files) * 64 * 4
+    pytest.importorskip("pandas.testing").assert_frame_equal(remote_index, local_index)
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_a_file_read_front_to_back_from_a_server_without_range_support(tmp_path, monkeypatch, streamed):
+    """One GET, read window by window (never the whole file in memory), also where windows would be ranges."""
+    payload = np.random.default_rng(6).integers(0, 256, 100_001, dtype=np.uint8).tobytes()
+    (tmp_path / "f.bin").write_bytes(payload)
+    sizes = []
+    allocate = remote._allocate
+    monkeypatch.setattr(remote, "_allocate", lambda size: sizes.append(size) or allocate(size))
+    with PlainHTTPServer(tmp_path) as srv:
+        with remote.open_sequential(srv.url + "/f.bin", window=7_000, ahead=2, streamed=streamed) as f:
+            assert f.read(1) == payload[:1]
+            assert f.read() == payload[1:]
+        assert srv.gets() == [("/f.bin", None)]
+    assert sizes and max(sizes) <= 7_000
+    assert not ssl4eos12_threads()
+
+
+def test_a_file_read_front_to_back_that_stalls_without_range_support_restarts(tmp_path, fast_retries, monkeypatch):
+    """A stall mid-file: the file again from its start (the Range asked for is ignored), the bytes already read
+    skipped, so the reader sees each byte once, in order, and memory holds a few windows, never the file."""
+    payload = np.random.default_rng(7).integers(0, 256, 100_001, dtype=np.uint8).tobytes()
+    (tmp_path / "f.bin").write_bytes(payload)
+    sizes = []
+    allocate = remote._allocate
+    monkeypatch.setattr(remote, "_allocate", lambda size: sizes.append(size) or allocate(size))
+    with RangeHTTPServer(tmp_path, ranges=False) as srv:
+        srv.stall_next(1, after_bytes=20_000, path="/f.bin")
+        options = remote.FetchOptions(timeout=0.5)
+        with remote.open_sequential(srv.url + "/f.bin", options=options, window=7_000, ahead=2) as f:
+            assert f.read() == payload
+        gets = [r[2] for r in srv.requests if r[0] == "GET"]
+        assert srv.bytes_served["/f.bin"] == 20_000 + len(payload)
+    assert gets == [None, f"bytes=20000-{len(payload) - 1}"]
+    assert sizes and max(sizes) <= 7_000
+    assert not ssl4eos12_threads()
+
+
+def test_a_file_read_front_to_back_through_fsspec_from_a_server_without_range_support(tmp_path, monkeypatch):
+    """Through fsspec (a proxy set for the host): windows by range; from a server that ignores ranges, the file as
+    one stream from there on, the bytes already read skipped."""
+    payload = np.random.default_rng(9).integers(0, 256, 50_001, dtype=np.uint8).tobytes()
+    (tmp_path / "f.bin").write_bytes(payload)
+    monkeypatch.setattr(remote, "_proxy_for", lambda url: "http://proxy.invalid:3128")  # fsspec reads it then
+    for server in (RangeHTTPServer(tmp_path), PlainHTTPServer(tmp_path)):
+        with server as srv:
+            with remote.open_sequential(srv.url + "/f.bin", window=7_000, ahead=2) as f:
+                assert f.read(10) == payload[:10]
+                assert f.read() == payload[10:]
+            gets = [r[2] for r in srv.requests if r[0] == "GET"]
+        windows = [f"bytes={a}-{min(a + 7_000, len(payload)) - 1}" for a in range(0, len(payload), 7_000)]
+        if isinstance(srv, RangeHTTPServer):
+            assert gets == windows
+        else:  # the first window's range came whole (fsspec kept its start), the second's too: a stream from there
+            assert gets == [*windows[:2], None]
+    assert not ssl4eos12_threads()
+
+
+def test_a_range_ignored_where_a_file_is_split_over_connections_is_named(tmp_path, small_pieces):
+    """A server that says it serves ranges (Accept-Ranges) but sends the whole file to each: one clear line."""
+    import servers
+
+    class Pretending(servers._RangeHandler):
+        def end_headers(self) -> None:
+            if self.command == "HEAD":
+                self.send_header("Accept-Ranges", "bytes")
+            super().end_headers()
+
+    class PretendingServer(RangeHTTPServer):
+        _handler_class = Pretending
+
+    (tmp_path / "f.bin").write_bytes(bytes(200_003))
+    with PretendingServer(tmp_path, ranges=False) as srv:
+        with pytest.raises(remote.RemoteFileError, match=r"f\.bin: the server ignores byte ranges \(HTTP 200 to bytes="):
+            remote.fetch(srv.url + "/f.bin", options=remote.FetchOptions(connections=3))
 
 
 # -- files read front to back (the webdataset tars) ----------------------------------------------------------------

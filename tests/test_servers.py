@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from servers import HubServer, RangeHTTPServer, parse_range, use_hub  # noqa: E402
+from servers import HubServer, PlainHTTPServer, RangeHTTPServer, parse_range, use_hub  # noqa: E402
 
 TOKEN = "hf_valid"
 USER = "user"
@@ -176,6 +176,30 @@ def test_range_server_drop_next_truncates_body(range_server, http_fs, retrying_g
     assert response.content == DATA
     assert range_server.bytes_served["/sub/blob.bin"] == len(DATA) // 2 + len(DATA)
     assert len([r for r in range_server.requests if r[0] == "GET"]) == 4
+
+
+@pytest.mark.parametrize("server", ["plain", "ranges=False"])
+def test_servers_without_range_support_send_the_whole_file(tmp_path, server):
+    """Python's own server, and the Range server told to act like it: a Range header is ignored (200, the whole
+    file), no Accept-Ranges is sent, and the log holds what the client asked for and what it was sent."""
+    (tmp_path / "blob.bin").write_bytes(DATA)
+    with (PlainHTTPServer(tmp_path) if server == "plain" else RangeHTTPServer(tmp_path, ranges=False)) as srv:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+        try:
+            conn.request("HEAD", "/blob.bin")
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200 and resp.getheader("Content-Length") == str(len(DATA))
+            assert resp.getheader("Accept-Ranges") is None
+            conn.close()
+            conn.request("GET", "/blob.bin", headers={"Range": "bytes=100-199"})
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.getheader("Content-Range") is None
+            assert resp.read() == DATA
+        finally:
+            conn.close()
+        assert [r for r in srv.requests if r[0] == "GET"] == [("GET", "/blob.bin", "bytes=100-199")]
+        assert srv.bytes_served == {"/blob.bin": len(DATA)}
 
 
 # --------------------------------------------------------------------------------------

@@ -158,3 +158,20 @@ def test_prepared_in_spawned_workers(data_dir, tmp_path):
     # len: a collate_fn from builtins, so nothing but the dataset itself can import ssl4eos12 in the worker
     sizes = list(DataLoader(prepared, batch_size=4, collate_fn=len, num_workers=1, multiprocessing_context="spawn"))
     assert sizes == [4, 2]
+
+
+def test_collate_without_torch_names_the_extra(data_dir, monkeypatch):
+    """One line naming the torch extra, for every kind of batch collate takes (as the Loader and plot say theirs)."""
+    import sys
+
+    import pyarrow as pa
+
+    examples = list(load_dataset("ssl4eos12", "S2RGB", data_dir=str(data_dir), split="train", streaming=True))[:2]
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails from here on
+    for batch in (examples, pa.table({"S2RGB_x": [[1.0], [2.0]]}), {"center_lat": np.zeros(2)}):
+        with pytest.raises(ImportError) as info:
+            ssl4eos12.collate(batch)
+        message = str(info.value)
+        assert message.startswith("ssl4eos12.collate (torch tensors) needs torch, an optional extra: "
+                                  "pip install 'ssl4eos12[torch]'; "), message
+        assert "\n" not in message and info.value.__suppress_context__

@@ -22,7 +22,7 @@ from datasets.distributed import split_dataset_by_node
 import ssl4eos12
 from conftest import arrow_rows, open_with_xarray, traced_peak
 from reference import assert_example_equal
-from servers import HubServer, RangeHTTPServer, use_hub
+from servers import HubServer, PlainHTTPServer, RangeHTTPServer, use_hub
 from ssl4eos12.synth.webdataset import synthesize_webdataset, write_tar
 
 CLASSIC = ["S2L1C", "S2L2A", "S2RGB", "S1GRD"]
@@ -256,6 +256,22 @@ def test_http_features_probe_reads_only_the_first_tars(wds_dir):
         gets = [path for method, path, _ in srv.requests if method == "GET" and path.endswith(".tar")]
     # the split asked for is the one probed: its first tars
     assert sorted(gets) == sorted(f"/val/{m}/ssl4eos12_shard_000001.tar" for m in SEVEN)
+
+
+def test_tars_and_metadata_from_a_server_without_range_support(wds_dir, tmp_path):
+    """Python's own http.server ignores Range: the metadata parquet is read whole, the features' probe reads the
+    first tars' start from one plain GET each (never a tar whole), and each tar streams with one GET."""
+    with PlainHTTPServer(wds_dir) as srv:
+        remote = load_dataset("ssl4eos12", "all", modalities=SEVEN, root=srv.url, split="validation", streaming=True)
+        probed = srv.gets(".tar")
+        assert any(path == "/val_metadata.parquet" for path, _ in srv.gets())
+        srv.reset_log()
+        check(streamed(remote), wds_dir, "validation", SEVEN, tmp_path)
+        gets = srv.gets(".tar")
+    assert sorted(probed) == sorted((f"/train/{m}/ssl4eos12_shard_000001.tar", None) for m in SEVEN)
+    tars = {f"/{p.relative_to(wds_dir).as_posix()}" for p in (Path(wds_dir) / "val").rglob("*.tar")}
+    assert all(rng is None for _, rng in gets), gets
+    assert sorted(path for path, _ in gets) == sorted(tars)  # one request per tar
 
 
 def test_hub_root_streaming_and_prepared_and_default_root(wds_dir, tmp_path):

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from ..constants import ZARR_ZIP_SUFFIX, split_list_path, split_metadata_path
 from ..errors import SSL4EOS12DataError, SSL4EOS12FileError
 from .base import Block, Layout, ModalityFile, Source
-from .remote import is_remote, url_to_fs
+from .remote import is_remote, open_random_access, serves_ranges, url_to_fs
 from .zarrzip import (fetch_zip, probe_layout_and_size, read_modality_file, read_modality_times,
                       wants_whole_file)
 
@@ -45,7 +45,7 @@ def list_split_files(root: str, split_folder: str, modality: str, download_confi
             return [line.strip() for line in f if line.strip()]
     metadata_file = posixpath.join(root_path, split_metadata_path(split_folder))
     if fs.exists(metadata_file):
-        with fs.open(metadata_file, "rb") as f:
+        with open_random_access(posixpath.join(root, split_metadata_path(split_folder)), download_config) as f:
             names = pq.read_table(f, columns=["file"]).column("file").to_pylist()
         return list(dict.fromkeys(names))  # unique, in order of first appearance
     modality_dir = posixpath.join(split_dir, modality)
@@ -112,7 +112,9 @@ class ChunkedSource(Source):
         """Remote files: only the chunks of ``times`` (one per timestamp and big variable) are fetched, by range
         reads; local files are read as :meth:`blocks` reads them (decoding from the page cache is cheap)."""
         times = sorted(set(int(t) for t in times))
-        if not is_remote(self.root) or len(times) >= min(layout.num_times for layout in layouts):
+        # a server that ignores Range sends whole files anyway: fetched as such, once each (logged by remote)
+        if (not is_remote(self.root) or len(times) >= min(layout.num_times for layout in layouts)
+                or not serves_ranges(self.root)):
             yield from self.blocks(split_folder, shard, layouts)
             return
         parts = {

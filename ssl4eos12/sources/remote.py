@@ -20,6 +20,12 @@ is fetched right after, in the prefetch's thread, while the file is already bein
 Other protocols, proxied URLs and storage options this client does not understand go through fsspec, with
 the same retries.
 
+A server without Range support (``python -m http.server``, some mirrors) sends the whole file to every request.
+Such a file is fetched whole over one connection, and a stalled fetch restarts from its first byte (the bytes
+already read are skipped); :func:`open_random_access` reads parts of a file (a zip's directory, a Parquet footer)
+by range, and the whole file where the server ignores ranges. What each server did is remembered for a while
+(:func:`serves_ranges`), and a server that ignores ranges is logged once.
+
 :func:`open_sequential` reads a file once, front to back (a webdataset tar), in windows fetched ahead into
 pooled buffers: one request per file, each byte sent once, memory bounded by a few windows.
 """
@@ -32,11 +38,13 @@ import functools
 import http.client
 import io
 import ipaddress
+import logging
 import mmap
 import os
 import socket
 import ssl
 import threading
+import time
 import urllib.request
 import weakref
 from dataclasses import dataclass
@@ -46,6 +54,9 @@ from urllib.parse import urljoin, urlsplit
 import fsspec
 
 from ..prefetch import Cancelled, CancelScope, current_scope, prefetch
+from .failures import remote_cause
+
+logger = logging.getLogger(__name__)
 
 #: Parallel connections per file for hosts that are not on this machine: one connection to a WAN host is
 #: usually limited well below the link (TCP window x round trip, per-connection CDN limits). Measured: see
@@ -63,6 +74,8 @@ _STEP = 8 << 20
 #: arrays and cloud masks of these files, ~5 MB of S2L2A's), its body arriving while it is decoded.
 TAIL = 8 << 20
 _REDIRECTS = 5
+#: At most this many bytes per read when skipping what a whole-file answer sends before the bytes wanted.
+_SKIP_STEP = 1 << 20
 _HUGE_PAGE = 2 << 20
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -120,6 +133,144 @@ def open_remote(url: str, download_config=None):
     remote_file = fs.open(path, "rb", cache_type="none")
     # datasets' own policy for streamed files: config.STREAMING_READ_MAX_RETRIES / STREAMING_READ_RETRY_INTERVAL
     return file_utils._add_retries_to_file_obj_read_method(remote_file)
+
+
+def open_random_access(url: str, download_config=None, options: FetchOptions | None = None):
+    """Open a file to read parts of it (a zip's directory and a few of its members, a Parquet footer and a few
+    columns): a local file as it is; a remote one part by part, each by a range request, or, from a server that
+    ignores Range (it sends the whole file to every request), whole, fetched once (:func:`fetch`) and read in
+    memory."""
+    if not is_remote(url):
+        fs, path = url_to_fs(url, download_config)
+        return fs.open(path, "rb")
+    if not serves_ranges(url):
+        return fetch(url, download_config, options)
+    return _PartsFile(url, download_config, options)
+
+
+class _PartsFile(io.RawIOBase):
+    """A remote file read where it is asked (:func:`open_random_access`): by range requests (fsspec, no read-ahead)
+    until the server answers one with the whole file, then from the whole file, fetched once."""
+
+    def __init__(self, url: str, download_config, options: FetchOptions | None):
+        super().__init__()
+        self.name = url
+        self._download_config, self._options = download_config, options
+        self._lock = threading.Lock()
+        self._whole: FetchedFile | None = None
+        self._pos = 0
+        self._ranged = open_remote(url, download_config)
+        self.size = self._ranged.size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check_closed()
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        self._check_closed()
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        self._check_closed()
+        with self._lock:  # the position and the switch to the whole file, for readers on several threads
+            if self._whole is None:
+                try:
+                    self._ranged.seek(self._pos)
+                    data = self._ranged.read(size)
+                except Exception as err:
+                    if not _ignores_ranges(err):
+                        raise
+                    self._switch_to_whole()
+            if self._whole is not None:
+                self._whole.seek(self._pos)
+                data = self._whole.read(size)
+            self._pos += len(data)
+            return data
+
+    def readinto(self, target) -> int:
+        target = memoryview(target).cast("B")
+        data = self.read(len(target))
+        target[:len(data)] = data
+        return len(data)
+
+    def _check_closed(self) -> None:
+        if self.closed:
+            raise ValueError(f"{self.name}: I/O operation on a closed file")
+
+    def _switch_to_whole(self) -> None:
+        _learn_ranges(self.name, False)
+        self._whole = fetch(self.name, self._download_config, self._options)
+        ranged, self._ranged = self._ranged, None
+        ranged.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            for file in (self._ranged, self._whole):
+                if file is not None:
+                    file.close()
+            self._ranged = self._whole = None
+        super().close()
+
+
+# A server's Range support is learned from what it does, not from its Accept-Ranges header: many servers that serve
+# ranges do not send it. Remembered, so a server that ignores ranges costs one wasted request, not one per file; for
+# a while only, so a server replaced on the same address (a mirror upgraded) is asked again. What is remembered is
+# only ever a cost (a whole file where a part would do, or a range tried in vain), never a value.
+_RANGES_LOCK = threading.Lock()
+#: ``scheme://host:port`` -> (whether the server answered its last Range request with the range (206) rather than the
+#: whole file (200), when: ``time.monotonic()``).
+_SERVES_RANGES: dict[str, tuple[bool, float]] = {}
+#: Seconds a server's answer is remembered.
+RANGES_MEMORY = 600.0
+_NOTED: set[str] = set()
+
+
+def _ignores_ranges(err: BaseException) -> bool:
+    """Whether ``err`` says the server answered a range request with the whole file (fsspec's error)."""
+    return (remote_cause(err) or ("",))[0] == "no-range"
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def serves_ranges(url: str) -> bool:
+    """Whether the server of ``url`` serves HTTP Range requests: ``False`` once it answered one with the whole
+    file, ``True`` before it was asked (ranges are tried first)."""
+    served, when = _SERVES_RANGES.get(_origin(url), (True, 0.0))
+    return served or time.monotonic() - when > RANGES_MEMORY
+
+
+def forget_servers() -> None:
+    """Forget what every server did with Range requests (and that it was logged)."""
+    with _RANGES_LOCK:
+        _SERVES_RANGES.clear()
+        _NOTED.clear()
+
+
+def _learn_ranges(url: str, served: bool) -> None:
+    origin = _origin(url)
+    with _RANGES_LOCK:
+        _SERVES_RANGES[origin] = (served, time.monotonic())
+        note = not served and origin not in _NOTED
+        _NOTED.add(origin)
+    if note:
+        logger.warning(
+            f"{origin} does not support HTTP Range requests (it answered one with the whole file): each file from it "
+            "is fetched whole, with one GET over one connection, also where only its metadata or some of its "
+            "timestamps are read (single_timestamp with a time or cloud filter), and a stalled fetch restarts from "
+            "the first byte; a server with Range support (nginx, Apache, the Hub) sends less")
 
 
 def is_remote(url: str) -> bool:
@@ -571,8 +722,14 @@ def _window_reader(url: str, download_config, options: FetchOptions, streamed: b
     target = _http_target(url, download_config)
     if target is None:
         return _FsspecWindows(url, download_config)
+    ranges = True  # a size from the Hub's listing: the Hub serves byte ranges
     if target.size is None:
-        target = dataclasses.replace(target, size=_probe(target.url, target.headers, options, current_scope()))
+        size, ranges = _probe(target.url, target.headers, options, current_scope())
+        target = dataclasses.replace(target, size=size)
+    if not (ranges and serves_ranges(target.url)):
+        # windows of one request, where each range request would get the whole file: a reader that stops early
+        # (a probe of the first member) is sent little more than it read
+        streamed = True
     return _HttpWindows(url, target, options, streamed)
 
 
@@ -622,17 +779,21 @@ class _HttpWindows:
 
 
 class _FsspecWindows:
-    """Windows of a file that fsspec reads (other protocols, proxies): consecutive reads of one open file."""
+    """Windows of a file that fsspec reads (other protocols, proxies): consecutive reads of one open file, each
+    a range request; from an HTTP server that ignores ranges, one stream of the whole file."""
 
     def __init__(self, url: str, download_config):
         self.name = url
+        self._download_config = download_config
         self._file = open_remote(url, download_config)
         self.size = self._file.size
+        self._position = 0
+        self._streamed = False
         self._lock = threading.Lock()
 
     def read(self, stop: int) -> FetchedFile:
         with self._lock:
-            data = self._file.read(stop - self._file.tell())
+            data = self._read(stop - self._position)
         if not data:
             raise RemoteFileError(f"{self.name}: the file ends before byte {stop}")
         buffer = _allocate(len(data))
@@ -641,10 +802,46 @@ class _FsspecWindows:
 
     def read_all(self) -> FetchedFile:
         with self._lock:
-            data = self._file.read()
+            data = self._read(-1)
         buffer = _allocate(len(data))
         buffer[:len(data)] = data
         return FetchedFile(buffer, len(data), self.name)
+
+    def _read(self, size: int) -> bytes:
+        if not self._streamed:
+            try:
+                data = self._file.read(size)
+            except Exception as err:
+                if not _ignores_ranges(err):
+                    raise
+                self._stream()
+            else:
+                self._position += len(data)
+                return data
+        parts, have = [], 0
+        while size < 0 or have < size:  # a stream returns what has arrived
+            part = self._file.read(-1 if size < 0 else size - have)
+            if not part:
+                break
+            parts.append(part)
+            have += len(part)
+        self._position += have
+        return b"".join(parts)
+
+    def _stream(self) -> None:
+        """From here on, the file as one stream (one GET, no range), the bytes already read skipped."""
+        _learn_ranges(self.name, False)
+        fs, path = url_to_fs(self.name, self._download_config)
+        stream = fs.open(path, "rb", block_size=0)  # fsspec's streaming HTTP file
+        skip = self._position
+        while skip:
+            part = stream.read(min(skip, _SKIP_STEP))
+            if not part:
+                stream.close()
+                raise RemoteFileError(f"{self.name}: the file ends before byte {self._position}")
+            skip -= len(part)
+        self._file.close()
+        self._file, self._streamed = stream, True
 
     def close(self) -> None:
         with self._lock:
@@ -701,14 +898,18 @@ def _fetch_http(url: str, headers: dict[str, str], options: FetchOptions, size: 
     connections = options.connections or (LOOPBACK_CONNECTIONS if _is_loopback(url) else REMOTE_CONNECTIONS)
     scope = current_scope()
     arriving = connections == 1 and scope.deferrable  # inside a prefetch, which fetches the body after handing over
+    ranges = size is not None  # a size from the Hub's listing: the Hub serves byte ranges
     if (connections > 1 or arriving) and size is None:
         try:
-            size = _probe(url, headers, options, scope)
+            size, ranges = _probe(url, headers, options, scope)
         except PermissionError:  # a HEAD refused (a URL signed for GET only): the GET below says what it gets
-            size = None
-    if arriving and size is not None and size >= 2 * TAIL:
+            size, ranges = None, False
+    if not (ranges and serves_ranges(url)):
+        # neither pieces on parallel connections nor the tail first: one GET of the whole file
+        return _fetch_single(url, headers, options, scope, size, name)
+    if arriving and size >= 2 * TAIL:
         return _fetch_arriving(url, headers, options, scope, size, name)
-    if size is None or connections == 1 or size < 2 * MIN_PIECE:
+    if connections == 1 or size < 2 * MIN_PIECE:
         return _fetch_single(url, headers, options, scope, size, name)
     pieces = min(connections, size // MIN_PIECE)
     bounds = [size * i // pieces for i in range(pieces + 1)]
@@ -808,8 +1009,9 @@ def _read_ranges(url, headers, options, parent: CancelScope, view: memoryview, r
     parent.check()
 
 
-def _probe(url: str, headers: dict[str, str], options: FetchOptions, scope: CancelScope) -> int | None:
-    """The size of ``url`` from a HEAD request, or ``None`` when the server does not serve byte ranges."""
+def _probe(url: str, headers: dict[str, str], options: FetchOptions, scope: CancelScope) -> tuple[int | None, bool]:
+    """The size of ``url`` from a HEAD request (``None`` if not told), and whether the server says it serves byte
+    ranges (``Accept-Ranges: bytes``)."""
     failures = 0
     while True:
         scope.check()
@@ -822,9 +1024,9 @@ def _probe(url: str, headers: dict[str, str], options: FetchOptions, scope: Canc
                 if response.status in _RETRY_STATUSES:
                     raise _Retryable(f"HTTP {response.status}")
                 length = response.getheader("Content-Length")
-                if response.status != 200 or "bytes" not in (response.getheader("Accept-Ranges") or "") or not length:
-                    return None
-                return int(length)
+                if response.status != 200 or not length:
+                    return None, False
+                return int(length), "bytes" in (response.getheader("Accept-Ranges") or "")
         except (_Retryable, OSError, http.client.HTTPException) as err:
             if isinstance(err, (FileNotFoundError, PermissionError)) or scope.cancelled:
                 scope.check()
@@ -890,7 +1092,8 @@ def _abort(connection: http.client.HTTPConnection) -> None:
 
 class _Piece:
     """Bytes ``start``..``stop`` of ``url`` (a file of ``size`` bytes) into ``view``, resumed where it stopped
-    after each failed attempt.
+    after each failed attempt (from the file's first byte, the bytes before the view's skipped, where the server
+    answers the range with the whole file: only a piece that runs to the end of the file can).
 
     ``stop=size=None``: the whole file, whose size the first response tells (``allocate`` then makes
     ``view``). Attempts that make progress reset the retry count, so only a server that stops giving bytes
@@ -912,6 +1115,7 @@ class _Piece:
         self.progress = None  # called with the offset reached after each read, if set
         self._response = None
         self._drain = False
+        self._skip = 0  # bytes of the body before the ones wanted (a whole-file answer to a range request)
 
     def run(self, until: int | None = None) -> None:
         keep_open = until is not None
@@ -947,6 +1151,7 @@ class _Piece:
     def _open(self) -> None:
         whole = self.offset == 0 and self.stop == self.size  # the whole file (also when its size is not known)
         byte_range = None if whole else f"bytes={self.offset}-{'' if self.stop is None else self.stop - 1}"
+        self._skip = 0
         request = contextlib.ExitStack()
         try:
             response = request.enter_context(
@@ -970,34 +1175,49 @@ class _Piece:
             raise _denied(self.url, status)
         if status in _RETRY_STATUSES:
             raise _Retryable(f"HTTP {status}")
-        if status == 200:
-            if self.offset != 0 and self.base != 0:
-                raise RemoteFileError(f"{self.url}: the server ignores byte ranges (HTTP 200 to {byte_range})")
-            self.offset = 0  # the whole file again: its first bytes overwrite the same bytes
+        if status == 200:  # the whole file, whatever was asked
+            if byte_range is not None:
+                _learn_ranges(self.url, False)
+                if self.start != 0 or (self.stop is not None and self.stop != self.size):
+                    raise RemoteFileError(f"{self.url}: the server ignores byte ranges (HTTP 200 to {byte_range})")
             total = response.length
             if self.stop is None:
                 if total is None:
                     raise RemoteFileError(f"{self.url}: the server sends no Content-Length")
                 self.view = self.allocate(total)
                 self.stop = self.size = total
-            elif total is not None and total != self.stop:
-                raise RemoteFileError(f"{self.url}: the file has {total} bytes, expected {self.stop} "
+            elif total is not None and total != self.size:
+                raise RemoteFileError(f"{self.url}: the file has {total} bytes, expected {self.size} "
                                       "(changed on the server?)")
+            # from the first byte again: the bytes before this view's are skipped (a window read front to back has
+            # handed them over already), the view's own overwritten with the same bytes
+            self._skip = self.base
+            self.offset = self.base
         elif status == 206:
+            _learn_ranges(self.url, True)
             first = _content_range_start(response.getheader("Content-Range"))
             if first != self.offset:
                 got = response.getheader("Content-Range")
                 raise RemoteFileError(f"{self.url}: asked for {byte_range}, got {got}")
+            if response.length is not None and response.length != self.stop - self.offset:
+                raise RemoteFileError(f"{self.url}: the server sends {response.length} bytes for "
+                                      f"{self.stop - self.offset}")
         else:
             raise RemoteFileError(f"{self.url}: HTTP {status} {response.reason}")
-        if response.length is not None and response.length != self.stop - self.offset:
-            raise RemoteFileError(f"{self.url}: the server sends {response.length} bytes for "
-                                  f"{self.stop - self.offset}")
 
     def _read_body(self, until: int) -> None:
         # One socket read per call, straight into the buffer (BufferedReader.readinto1): a read that times out
         # loses nothing already received, so the retry resumes at the exact byte.
         response, view = self._response, self.view
+        while self._skip:
+            self.scope.check()
+            try:
+                data = (response.read1 if response.chunked else response.fp.read1)(min(self._skip, _SKIP_STEP))
+            except socket.timeout as err:
+                raise _Retryable(f"no data for {self.options.timeout:g} s after byte {self.base - self._skip}") from err
+            if not data:
+                raise _Retryable(f"connection closed after byte {self.base - self._skip} of {self.stop}")
+            self._skip -= len(data)
         read = response.readinto if response.chunked else response.fp.readinto1
         while self.offset < until:
             self.scope.check()

@@ -43,7 +43,7 @@ from ..errors import SSL4EOS12DataError, SSL4EOS12FileError
 from .base import Block, Layout, ModalityFile, Source
 from .chunked import join_on_sample
 from ..prefetch import Cancelled, produced_ahead
-from .remote import is_remote, open_sequential, url_to_fs
+from .remote import is_remote, open_random_access, open_sequential, url_to_fs
 from .zarrzip import EXPECTED_DTYPES, ZIP_SOURCE, _describe, _dtype_matches, open_zarr_zip
 
 #: Locations per block: a full-size location of all seven modalities decodes to ~20 MB.
@@ -111,10 +111,9 @@ class WebDatasetSource(Source):
     @functools.lru_cache(maxsize=None)  # noqa: B019 - one small column per split, for the source's life
     def _metadata(self, split_folder: str) -> Optional[tuple[str, ...]]:
         """The shard (tar name) of each location, from the split's metadata parquet; ``None`` without one."""
-        fs, root_path = url_to_fs(self.root, self.download_config)
-        path = posixpath.join(root_path, webdataset_metadata_path(split_folder))
+        path = posixpath.join(self.root, webdataset_metadata_path(split_folder))
         try:
-            with fs.open(path, "rb") as f:
+            with open_random_access(path, self.download_config) as f:
                 table = pq.read_table(f, columns=["tar"])
         except (FileNotFoundError, KeyError):
             return None

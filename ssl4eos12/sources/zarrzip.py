@@ -31,7 +31,7 @@ from ..constants import BANDS_DTYPE, CLOUD_MASKED
 from ..errors import SSL4EOS12FileError
 from .base import Layout, ModalityFile
 from .failures import remote_cause, remote_failure_message
-from .remote import FetchedFile, FetchOptions, RemoteFileError, fetch, is_remote, open_remote
+from .remote import FetchedFile, FetchOptions, RemoteFileError, fetch, is_remote, open_random_access, serves_ranges
 
 #: Variables every modality's file has, with their dimensions (``bands`` may have any trailing dims
 #: for modalities beyond the four).
@@ -64,18 +64,19 @@ def open_zarr_zip(url: str, download_config=None, whole: bool = True, data: byte
                   fetched: FetchedFile | None = None, options: FetchOptions | None = None) -> Iterator[xr.Dataset]:
     """Open a Zarr v2 zip lazily as an ``xarray.Dataset`` (no dask), closing everything on exit.
 
-    ``whole``: a remote file is fetched whole (:func:`fetch_zip`, to read all of it), else piecewise.
+    ``whole``: a remote file is fetched whole (:func:`fetch_zip`, to read all of it), else piecewise (by range
+    requests; whole all the same from a server that ignores them).
     ``data``: the zip's bytes, already read (a tar member); ``url`` then only names it in errors.
     ``fetched``: the remote file, fetched already (it is closed on exit).
     """
     with contextlib.ExitStack() as stack:
         if fetched is not None:
             stack.enter_context(fetched)
-        elif data is None and whole and is_remote(url):
+        elif data is None and is_remote(url) and (whole or not serves_ranges(url)):
             fetched = stack.enter_context(fetch_zip(url, download_config, options))
         store = None
         try:
-            store, source = _open_store(url, download_config, stack, data if fetched is None else fetched)
+            store, source = _open_store(url, download_config, stack, data if fetched is None else fetched, options)
             dataset = xr.open_zarr(store, consolidated=True, chunks=None, zarr_format=2)
             dataset.encoding[ZIP_SOURCE] = source
         except FileNotFoundError as err:
@@ -113,7 +114,8 @@ def fetch_zip(url: str, download_config=None, options: FetchOptions | None = Non
         raise SSL4EOS12FileError(url, f"could not be fetched ({err})") from err
 
 
-def _open_store(url: str, download_config, stack: contextlib.ExitStack, data: bytes | FetchedFile | None = None):
+def _open_store(url: str, download_config, stack: contextlib.ExitStack, data: bytes | FetchedFile | None = None,
+                options: FetchOptions | None = None):
     """The zarr store of a zip, and the zip for :func:`fastzip.read_arrays` (a path, a file in memory or None).
 
     ``data``: the zip in memory, as bytes (a tar member) or fetched (:class:`FetchedFile`, closed by the caller).
@@ -125,7 +127,7 @@ def _open_store(url: str, download_config, stack: contextlib.ExitStack, data: by
         stack.callback(lambda: store._is_open and store.close())
         return store, buffer
     if is_remote(url):  # read piecewise: the metadata, or a few timestamps' chunks
-        remote_file = stack.enter_context(open_remote(url, download_config))
+        remote_file = stack.enter_context(open_random_access(url, download_config, options))
         zip_fs = ZipFileSystem(fo=remote_file, skip_instance_cache=True)
         stack.callback(zip_fs.close)
         # Build the listing now, in this thread: the async wrapper reads from several threads, and fsspec fills
