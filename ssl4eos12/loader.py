@@ -7,29 +7,28 @@ process itself (Blosc and :mod:`~ssl4eos12.sources.fastzip` release the GIL), ea
 each batch once, straight from the decoded arrays into its batch buffers (page-locked where CUDA is available),
 ready for a non-blocking copy to the device. No worker processes, no per-example Python dicts.
 
-One epoch runs as a pipeline (all of it seeded by ``(seed, epoch)``, so the same seed and epoch give the same
-batches whatever the thread timing):
+One epoch runs as a pipeline. Its order is computed before anything is decoded, from ``(seed, epoch)`` and each
+shard's number of examples alone (:mod:`ssl4eos12.sampling`), so the same seed and epoch give the same batches
+whatever the thread timing, every rank knows its number of batches up front, and a position is a few integers:
 
 - **plan**: the builder resolves the split as ``load_dataset`` would (config, modalities, ``single_timestamp``,
-  root, and any builder keyword that selects files or rows) into one :class:`ShardRead` per shard
-  (:func:`shard_reads` is the seam); shards are shuffled per epoch and dealt to the ranks, so every example
-  is read by exactly one rank once per epoch;
-- **decode**: up to ``prefetch`` shards at a time, by ``num_threads`` threads (``Source.blocks``);
-- **shuffle**: a window of ``shuffle_window`` decoded shards (a source file of the Zarr release, a tar of the
-  webdataset release); each example is drawn uniformly from the examples left in the window; a drained shard
-  leaves it, the next decoded one enters (so examples mix across ``shuffle_window`` files; without shuffling
-  they come in order);
+  root, and any builder keyword that selects files or rows) into a :class:`~ssl4eos12.catalog.Catalog`, one
+  entry per shard with its number of examples; the epoch's shard order is seeded, and every rank takes a
+  contiguous, equally long stretch of it (:func:`~ssl4eos12.sampling.partition`), shuffled across
+  ``shuffle_window`` consecutive shards at a time (:func:`~ssl4eos12.sampling.rank_order`);
+- **decode**: the shards of the current window, and up to ``prefetch`` shards of the next ones, by
+  ``num_threads`` threads (``Source.blocks``);
 - **gather**: each batch is copied (cropped, and standardized when asked) into its buffers by gather threads;
 - **hand-over**: batches in order; with ``device=``, copied to the device one batch ahead (CUDA: on a side
   stream, non-blocking, from pinned memory).
 
-Memory, stated: at most ``prefetch + shuffle_window + 1`` decoded shards, plus the shards that batches still
-being gathered draw from (none once their gather ends; a few at most, as a batch is gathered within
-milliseconds), plus ``batches_ahead + 2`` batch buffers and the batches the consumer keeps. One S2L2A file of
+Memory, stated: at most ``prefetch + 2 * shuffle_window`` decoded shards (the window being read, the next one
+and those decoded ahead beyond it), plus the shards that batches still being gathered draw from (none once their
+gather ends), plus ``batches_ahead + 2`` batch buffers and the batches the consumer keeps. One S2L2A file of
 64 locations is 446 MB decoded, one file of all four modalities 1.07 GB: with 16 threads and the defaults,
-streaming ``S2L2A`` holds at most about (16 + 4 + 1) x 446 MB ~ 9.4 GB. Lower ``prefetch`` to bound it further
-(decoding then runs on at most ``prefetch`` threads). The decoded files' big arrays are decoded into again once
-nothing refers to them (a fresh file-sized array costs the kernel more than decoding it: see
+streaming ``S2L2A`` holds at most about (16 + 8) x 446 MB ~ 10.7 GB. Lower ``prefetch`` to bound it further
+(decoding then runs on at most ``prefetch`` threads beyond the window). The decoded files' big arrays are decoded
+into again once nothing refers to them (a fresh file-sized array costs the kernel more than decoding it: see
 :class:`~ssl4eos12.sources.fastzip.ArrayPool`); they are kept across epochs within that bound, and dropped by a
 ``break`` or an exception.
 """
@@ -451,7 +450,7 @@ class Loader:
     the ``even`` rule); the epochs after run as a fresh run on the new world size. The order of an epoch depends
     on ``(seed, epoch)`` only (and, within a resumed epoch, on the world sizes it ran on).
 
-    Memory: at most ``prefetch + shuffle_window + 1`` decoded shards plus ``batches_ahead + 2`` batches and what
+    Memory: at most ``prefetch + 2 * shuffle_window`` decoded shards plus ``batches_ahead + 2`` batches and what
     the consumer keeps (see the module docstring for figures).
     """
 

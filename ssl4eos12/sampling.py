@@ -116,7 +116,7 @@ def remaining(order: np.ndarray, segments: Sequence[Segment], seed: int, epoch: 
         for rank in range(segment.world_size):
             slice_, positions = partition(left, rank, segment.world_size, even)
             reordered, _ = rank_order(np.c_[slice_, positions], seed, epoch, rank, window, shuffle, index)
-            done = reordered[:segment.batches * segment.batch_size, 2]
+            done = reordered[:segment.batches * segment.batch_size, -1]
             consumed[done] = True
         left = left[~consumed]
     return left

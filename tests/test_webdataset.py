@@ -268,7 +268,7 @@ def test_tars_and_metadata_from_a_server_without_range_support(wds_dir, tmp_path
         srv.reset_log()
         check(streamed(remote), wds_dir, "validation", SEVEN, tmp_path)
         gets = srv.gets(".tar")
-    assert sorted(probed) == sorted((f"/train/{m}/ssl4eos12_shard_000001.tar", None) for m in SEVEN)
+    assert sorted(probed) == sorted((f"/val/{m}/ssl4eos12_shard_000001.tar", None) for m in SEVEN)
     tars = {f"/{p.relative_to(wds_dir).as_posix()}" for p in (Path(wds_dir) / "val").rglob("*.tar")}
     assert all(rng is None for _, rng in gets), gets
     assert sorted(path for path, _ in gets) == sorted(tars)  # one request per tar
