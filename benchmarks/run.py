@@ -69,6 +69,8 @@ ROWS = [
     ("stream:S2L2A", "S2L2A", "ours: builder streaming, no format", "≥ 0.6× ceiling, ≥ 1.2× authors"),
     *((f"loader-t{n}:S2L2A", "S2L2A", f"ours: ssl4eos12.Loader(batch 8, shuffled), {n} decode thread{'s' * (n > 1)}",
        "best ≥ 0.7× aggregate ceiling" if n == LOADER_THREADS[-1] else None) for n in LOADER_THREADS),
+    ("resume:S2L2A", "S2L2A", f"ours: ssl4eos12.Loader({LOADER_THREADS[-1]} threads) resumed mid-epoch by "
+     "load_state_dict, the rest of the epoch", None),
     ("torch:S2L2A", "S2L2A", "ours: streaming → DataLoader(batch 8, ssl4eos12.collate), 0 workers", None),
     ("torch1:S2L2A", "S2L2A", "ours: same, 1 worker", None),
     ("torch2:S2L2A", "S2L2A", "ours: same, 2 workers", "≥ 1.3× 0 workers"),
@@ -344,6 +346,56 @@ def row_loader(data: Path, group: str, repeat: int, threads: int) -> dict:
     info = {"threads": threads, "pinned": loader.pin_memory, "note": f"files read {loader_repeat(data)}x per pass"}
 
     return passes(batch_pass(loader, group, info), repeat)
+
+
+def row_resume(data: Path, group: str, repeat: int) -> dict:
+    """What resuming costs: ``state_dict()`` (the first call fingerprints the data: one listing of the root; later
+    calls reuse it), and the time to the first batch of a new ``Loader`` after ``load_state_dict`` against a fresh
+    one's; each pass then reads the rest of the epoch (half of it) from the saved position."""
+    import ssl4eos12
+
+    split = repeated_split(data, loader_repeat(data))
+    threads = LOADER_THREADS[-1]
+
+    def make():
+        return ssl4eos12.Loader(group, data_dir=str(data), split=split, batch_size=8, num_threads=threads)
+
+    first = make()
+    batches = iter(first)
+    for _ in range(len(first) // 2):
+        next(batches)
+    start = time.perf_counter()
+    state = first.state_dict()
+    state_first = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(100):
+        first.state_dict()
+    state_again = (time.perf_counter() - start) / 100
+    batches.close()
+    to_first = {"fresh": [], "resumed": []}
+    for _ in range(3):
+        for kind in to_first:
+            start = time.perf_counter()
+            loader = make()
+            if kind == "resumed":
+                loader.load_state_dict(state)
+            it = iter(loader)
+            next(it)
+            to_first[kind].append(time.perf_counter() - start)
+            it.close()
+    info = {"state_dict_first_s": state_first, "state_dict_s": state_again, "state_bytes": len(json.dumps(state)),
+            "first_batch_fresh_s": min(to_first["fresh"]), "first_batch_resumed_s": min(to_first["resumed"]),
+            "note": f"state_dict() {state_first * 1e3:.1f} ms the first time (the data's fingerprint), "
+                    f"{state_again * 1e6:.0f} µs after, {len(json.dumps(state))} bytes of JSON; first batch "
+                    f"{min(to_first['resumed']):.2f} s after load_state_dict vs {min(to_first['fresh']):.2f} s fresh "
+                    f"(new Loader included)"}
+
+    def one(count_bytes):
+        loader = make()
+        loader.load_state_dict(state)
+        return batch_pass(loader, group, info)(count_bytes)
+
+    return passes(one, repeat)
 
 
 def row_zarr(data: Path, group: str, repeat: int) -> dict:
@@ -697,7 +749,7 @@ ROW_FUNCTIONS = {
     "authors": row_authors, "stream": row_stream, "torch": row_torch, "torch1": row_torch1, "torch2": row_torch2,
     "prepare": row_prepare,
     "convert": row_convert, "published-arrow": row_published_arrow, "published-rows": row_published_rows,
-    "curl": row_curl, "fetch": row_fetch, "http": row_http, "hf": row_hf, "wds": row_wds, "wdshttp": row_wdshttp,
+    "resume": row_resume, "curl": row_curl, "fetch": row_fetch, "http": row_http, "hf": row_hf, "wds": row_wds, "wdshttp": row_wdshttp,
 }
 
 
@@ -863,6 +915,11 @@ def summarize(results: dict[str, dict], one_file: dict[str, int]) -> tuple[list[
           best and ratio(best["name"], "blosc-procs:S2L2A"), 0.7,
           detail=best and f"{best['examples_per_s']:.0f} examples/s with {best['name'].split(':')[0][8:]} thread(s)"
                           + cpu_per_example(results, best["name"], "blosc-procs:S2L2A"))
+    r = results.get("resume:S2L2A", {})
+    checks.append({"what": "resuming the `Loader` mid-epoch (`S2L2A`)", "ok": None,
+                   "detail": r.get("note", "not measured") + (f"; the rest of the epoch at "
+                   f"{ratio('resume:S2L2A', best['name']):.2f}× an uninterrupted epoch's examples/s"
+                   if best and "resume:S2L2A" in by_name else "")})
     check("DataLoader 2 workers vs 0 workers (`S2L2A`, examples/s)", ratio("torch2:S2L2A", "torch:S2L2A"), 1.3)
     p = by_name.get("published-arrow:S2L2A")
     check("streaming the published copy with plain `datasets` (`S2L2A`, arrow) vs ceiling", p and p.get("ratio"), 0.5,
