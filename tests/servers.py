@@ -330,7 +330,34 @@ class _RangeHandler(_BaseHandler):
             self.wfile.write(body)
 
 
-class RangeHTTPServer(_BackgroundServer):
+class _FileServer(_BackgroundServer):
+    """Serves the files under ``root_dir`` and logs what it was asked for and how many body bytes it sent."""
+
+    def __init__(self, root_dir: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.root = Path(root_dir).resolve()
+        if not self.root.is_dir():
+            raise NotADirectoryError(self.root)
+        self._lock = threading.Lock()
+        self.bytes_served: dict[str, int] = {}
+        self.requests: list[tuple[str, str, str | None]] = []
+
+    def gets(self, suffix: str = "") -> list[tuple[str, str | None]]:
+        """``(path, range_header)`` of the GET requests for paths ending in ``suffix``, in arrival order."""
+        with self._lock:
+            return [(path, rng) for method, path, rng in self.requests if method == "GET" and path.endswith(suffix)]
+
+    def reset_log(self) -> None:
+        with self._lock:
+            self.bytes_served.clear()
+            self.requests.clear()
+
+    def _add_bytes(self, path: str, n: int) -> None:
+        with self._lock:
+            self.bytes_served[path] = self.bytes_served.get(path, 0) + n
+
+
+class RangeHTTPServer(_FileServer):
     """Static file server for ``root_dir`` with byte-range support and fault injection.
 
     ``ranges=False``: a server without Range support, as many plain static servers are: a ``Range`` header is
@@ -344,14 +371,8 @@ class RangeHTTPServer(_BackgroundServer):
     _handler_class = _RangeHandler
 
     def __init__(self, root_dir: str | os.PathLike[str], *, ranges: bool = True) -> None:
-        super().__init__()
+        super().__init__(root_dir)
         self.ranges = ranges
-        self.root = Path(root_dir).resolve()
-        if not self.root.is_dir():
-            raise NotADirectoryError(self.root)
-        self._lock = threading.Lock()
-        self.bytes_served: dict[str, int] = {}
-        self.requests: list[tuple[str, str, str | None]] = []
         # queue of pending faults, consumed by GET requests in arrival order
         self._faults: list[tuple[str, Any]] = []
         self._stopping = threading.Event()  # ends stalls when the server stops
@@ -394,11 +415,6 @@ class RangeHTTPServer(_BackgroundServer):
         with self._lock:
             self._faults.extend([("stall", (after_bytes, seconds), path)] * n)
 
-    def reset_log(self) -> None:
-        with self._lock:
-            self.bytes_served.clear()
-            self.requests.clear()
-
     # -- used by the handler -----------------------------------------------------------
 
     def _record_and_take_fault(
@@ -411,10 +427,6 @@ class RangeHTTPServer(_BackgroundServer):
                     if len(fault) < 3 or fault[2] in (None, path):  # a fault for any path, or for this one
                         return self._faults.pop(i)[:2]
         return None
-
-    def _add_bytes(self, path: str, n: int) -> None:
-        with self._lock:
-            self.bytes_served[path] = self.bytes_served.get(path, 0) + n
 
     def _resolve(self, url_path: str) -> Path | None:
         rel = posixpath.normpath("/" + unquote(url_path)).lstrip("/")
@@ -454,7 +466,7 @@ class _PlainHandler(SimpleHTTPRequestHandler):
         pass
 
 
-class PlainHTTPServer(_BackgroundServer):
+class PlainHTTPServer(_FileServer):
     """``python -m http.server`` for ``root_dir`` on 127.0.0.1: no Range support, as many mirrors are.
 
     Attributes: ``requests`` ``[(method, url_path, range_header_or_None), ...]`` and ``bytes_served``
@@ -463,32 +475,9 @@ class PlainHTTPServer(_BackgroundServer):
 
     _handler_class = _PlainHandler
 
-    def __init__(self, root_dir: str | os.PathLike[str]) -> None:
-        super().__init__()
-        self.root = Path(root_dir).resolve()
-        if not self.root.is_dir():
-            raise NotADirectoryError(self.root)
-        self._lock = threading.Lock()
-        self.bytes_served: dict[str, int] = {}
-        self.requests: list[tuple[str, str, str | None]] = []
-
-    def gets(self, suffix: str = "") -> list[tuple[str, str | None]]:
-        """``(path, range_header)`` of the GET requests for paths ending in ``suffix``, in arrival order."""
-        with self._lock:
-            return [(path, rng) for method, path, rng in self.requests if method == "GET" and path.endswith(suffix)]
-
-    def reset_log(self) -> None:
-        with self._lock:
-            self.bytes_served.clear()
-            self.requests.clear()
-
     def _log(self, method: str, path: str, range_header: str | None) -> None:
         with self._lock:
             self.requests.append((method, path, range_header))
-
-    def _add_bytes(self, path: str, n: int) -> None:
-        with self._lock:
-            self.bytes_served[path] = self.bytes_served.get(path, 0) + n
 
 
 # --------------------------------------------------------------------------------------

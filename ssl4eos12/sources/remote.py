@@ -148,7 +148,46 @@ def open_random_access(url: str, download_config=None, options: FetchOptions | N
     return _PartsFile(url, download_config, options)
 
 
-class _PartsFile(io.RawIOBase):
+def _read_into(read, target) -> int:
+    """``readinto`` by way of ``read`` (one copy), for files whose reads hand out ``bytes``."""
+    target = memoryview(target).cast("B")
+    data = read(len(target))
+    target[:len(data)] = data
+    return len(data)
+
+
+class _Positioned(io.RawIOBase):
+    """A read-only, seekable file of a known size (``_extent()``) that keeps its own position."""
+
+    _pos = 0
+
+    def _extent(self) -> int:
+        raise NotImplementedError
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check_open()
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._extent()}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._pos
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"{self.name}: I/O operation on a closed file")
+
+
+class _PartsFile(_Positioned):
     """A remote file read where it is asked (:func:`open_random_access`): by range requests (fsspec, no read-ahead)
     until the server answers one with the whole file, then from the whole file, fetched once."""
 
@@ -162,26 +201,11 @@ class _PartsFile(io.RawIOBase):
         self._ranged = open_remote(url, download_config)
         self.size = self._ranged.size
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._check_closed()
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset}")
-        self._pos = base + offset
-        return self._pos
-
-    def tell(self) -> int:
-        self._check_closed()
-        return self._pos
+    def _extent(self) -> int:
+        return self.size
 
     def read(self, size: int = -1) -> bytes:
-        self._check_closed()
+        self._check_open()
         with self._lock:  # the position and the switch to the whole file, for readers on several threads
             if self._whole is None:
                 try:
@@ -198,14 +222,7 @@ class _PartsFile(io.RawIOBase):
             return data
 
     def readinto(self, target) -> int:
-        target = memoryview(target).cast("B")
-        data = self.read(len(target))
-        target[:len(data)] = data
-        return len(data)
-
-    def _check_closed(self) -> None:
-        if self.closed:
-            raise ValueError(f"{self.name}: I/O operation on a closed file")
+        return _read_into(self.read, target)
 
     def _switch_to_whole(self) -> None:
         _learn_ranges(self.name, False)
@@ -348,7 +365,7 @@ def _give(buffer: mmap.mmap, pool: BufferPool | None) -> None:
         _close_buffer(buffer)
 
 
-class FetchedFile(io.RawIOBase):
+class FetchedFile(_Positioned):
     """A whole remote file in memory, read-only and seekable; :meth:`getbuffer` gives its bytes without a copy
     (as ``io.BytesIO.getbuffer`` does). Closing it hands the memory back: to the pool of the iteration
     that fetched it, else to the OS."""
@@ -372,12 +389,6 @@ class FetchedFile(io.RawIOBase):
         self._fill_scope: CancelScope | None = None
         self._filler: int | None = None  # the thread that runs _fill(*_fill_args) once the file is handed over
         self._fill_args: tuple = ()
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
 
     def getbuffer(self, complete: bool = True) -> memoryview:
         """The file's bytes, valid until the file is closed (closing releases the view).
@@ -428,21 +439,10 @@ class FetchedFile(io.RawIOBase):
         return out
 
     def readinto(self, target) -> int:
-        data = self.read(len(memoryview(target).cast("B")))
-        memoryview(target).cast("B")[:len(data)] = data
-        return len(data)
+        return _read_into(self.read, target)
 
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._check_open()
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset}")
-        self._pos = base + offset
-        return self._pos
-
-    def tell(self) -> int:
-        self._check_open()
-        return self._pos
+    def _extent(self) -> int:
+        return self._size
 
     def close(self) -> None:
         if not self.closed:
@@ -456,10 +456,6 @@ class FetchedFile(io.RawIOBase):
                 _give(self._buffer, self._pool)
             self._buffer = self._handed_out = None
         super().close()
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise ValueError(f"{self.name}: I/O operation on a closed fetched file")
 
     # -- the bytes that arrive after the file was handed over ---------------------------------------------
 
@@ -689,10 +685,7 @@ class SequentialFile(io.RawIOBase):
         return data
 
     def readinto(self, target) -> int:
-        target = memoryview(target).cast("B")
-        data = self.read(len(target))
-        target[:len(data)] = data
-        return len(data)
+        return _read_into(self.read, target)
 
     def close(self) -> None:
         if not self.closed:
