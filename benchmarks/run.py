@@ -917,9 +917,9 @@ def summarize(results: dict[str, dict], one_file: dict[str, int]) -> tuple[list[
                           + cpu_per_example(results, best["name"], "blosc-procs:S2L2A"))
     r = results.get("resume:S2L2A", {})
     checks.append({"what": "resuming the `Loader` mid-epoch (`S2L2A`)", "ok": None,
-                   "detail": r.get("note", "not measured") + (f"; the rest of the epoch at "
-                   f"{ratio('resume:S2L2A', best['name']):.2f}× an uninterrupted epoch's examples/s"
-                   if best and "resume:S2L2A" in by_name else "")})
+                   "detail": r.get("note", "not measured") + (f"; a new Loader resumed halfway and read to the end "
+                   f"of the epoch, start-up included, at {ratio('resume:S2L2A', best['name']):.2f}× an uninterrupted "
+                   f"epoch's examples/s" if best and "resume:S2L2A" in by_name else "")})
     check("DataLoader 2 workers vs 0 workers (`S2L2A`, examples/s)", ratio("torch2:S2L2A", "torch:S2L2A"), 1.3)
     p = by_name.get("published-arrow:S2L2A")
     check("streaming the published copy with plain `datasets` (`S2L2A`, arrow) vs ceiling", p and p.get("ratio"), 0.5,
