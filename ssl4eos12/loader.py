@@ -75,9 +75,18 @@ CROP_MODES = ("random", "center")
 
 def distributed_rank(rank: Optional[int] = None, world_size: Optional[int] = None) -> tuple[int, int]:
     """``(rank, world_size)``: the arguments, else ``torch.distributed`` when initialized, else the environment's
-    ``RANK``/``WORLD_SIZE``, else ``(0, 1)``."""
+    ``RANK``/``WORLD_SIZE``, else ``(0, 1)``. Arguments given while ``torch.distributed`` is initialized must be its
+    own (``ValueError`` otherwise): a loader planned for another world size leaves examples out or reads them
+    twice, and one planned for another rank repeats a neighbour's batches."""
+    job = _torch_distributed_rank()
+    if job is not None:
+        wrong = [f"{name}={given!r}" for name, given, actual in (("rank", rank, job[0]), ("world_size", world_size, job[1]))
+                 if given is not None and given != actual]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} given, but torch.distributed runs this process as rank {job[0]} of "
+                             f"world_size {job[1]}: leave rank= and world_size= out (they default to torch.distributed's)")
     if rank is None or world_size is None:
-        found = _environment_rank()
+        found = job or _environment_rank()
         rank = found[0] if rank is None else rank
         world_size = found[1] if world_size is None else world_size
     if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
@@ -85,10 +94,14 @@ def distributed_rank(rank: Optional[int] = None, world_size: Optional[int] = Non
     return rank, world_size
 
 
-def _environment_rank() -> tuple[int, int]:
+def _torch_distributed_rank() -> Optional[tuple[int, int]]:
     torch = sys.modules.get("torch")  # a torch.distributed job has imported torch; do not import it for numpy users
     if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return None
+
+
+def _environment_rank() -> tuple[int, int]:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         try:
             return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
