@@ -453,8 +453,9 @@ class Loader:
     uint8, float16; float32 where standardized), timestamps as int64 nanoseconds since the epoch, strings as
     lists. ``len()`` counts the batches of an epoch on this rank, the same on every rank (from each shard's
     number of examples: the filters' selection, the index or metadata, else a probe of each shard's metadata,
-    once). ``iter()`` starts the next epoch; ``set_epoch(n)`` chooses it. A ``break``, an exception or dropping
-    the iterator stops and joins every thread (after the decodes in progress, at most one file's decoding time).
+    once). Iterating runs the next epoch, which begins with its first batch (an iterator dropped unused moves
+    nothing on); ``set_epoch(n)`` chooses it. A ``break``, an exception or dropping the iterator stops and joins
+    every thread (after the decodes in progress, at most one file's decoding time).
 
     Resuming: :meth:`state_dict` is the position after the last batch handed out (a small JSON-serialisable
     dict); :meth:`load_state_dict` on a new ``Loader`` with the same arguments continues with exactly the
@@ -628,20 +629,27 @@ class Loader:
 
     def __iter__(self) -> Iterator[dict]:
         plan = self.plan()  # errors (nothing to read on this rank) here, before the epoch's threads start
-        self._epoch += 1
-        self._segments = []
         return self._batches(plan)
 
     def _batches(self, plan: _RankPlan) -> Iterator[dict]:
+        # the epoch moves on when its first batch is asked for, not at iter(): an iterator made and dropped unused
+        # (Lightning makes one to check that a loader is iterable) neither skips an epoch nor loses a resumed position
+        self._epoch = plan.epoch + 1
+        self._segments = []
         run = _EpochRun(self, plan)
         stage = _DeviceStage(self.device, self._device_norms) if self.device is not None else None
         segments = [*plan.segments[:-1], dataclasses.replace(plan.segments[-1])]
         self._position = (plan.epoch, segments)
         finished = False
+        left = -(-(len(plan.order) - plan.skip) // self.batch_size)  # the batches this run hands out
 
         def handed_out():
+            nonlocal left
+            left -= 1
             segments[-1] = dataclasses.replace(segments[-1], batches=segments[-1].batches + 1)
-            self._position = (plan.epoch, list(segments))
+            # the last batch out ends the epoch: a loop that stops after len(loader) batches without exhausting the
+            # iterator (Lightning's does) saves the next epoch's start, not an epoch with nothing left to read
+            self._position = (plan.epoch + 1, []) if left == 0 else (plan.epoch, list(segments))
 
         try:
             if stage is None:
