@@ -39,7 +39,8 @@ class SSL4EOS12DataModule(LightningDataModule):
         batch_size: examples per batch and process.
         val_batch_size: the same for validation (default: ``batch_size``).
         **loader_keywords: any other ``Loader`` keyword (``crop``, ``normalize``, ``device``, ``num_threads``,
-            ``seed``, ``even``, the builder's filters, ...). Validation takes them too, except those of
+            ``seed``, ``even``, the builder's filters, ...) but ``split``, ``rank`` and ``world_size``, which the
+            module sets (``TypeError``). Validation takes them too, except those of
             :data:`TRAIN_ONLY`: it runs with ``shuffle=False``, ``even="pad"`` and every last batch, so every
             validation example is evaluated (at most ``world_size - 1`` of them twice, as with Lightning's own
             ``DistributedSampler``; for exact metrics validate on one device, or count each ``sample`` once), and
