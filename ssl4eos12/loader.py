@@ -74,9 +74,18 @@ CROP_MODES = ("random", "center")
 
 def distributed_rank(rank: Optional[int] = None, world_size: Optional[int] = None) -> tuple[int, int]:
     """``(rank, world_size)``: the arguments, else ``torch.distributed`` when initialized, else the environment's
-    ``RANK``/``WORLD_SIZE``, else ``(0, 1)``."""
+    ``RANK``/``WORLD_SIZE``, else ``(0, 1)``. Arguments given while ``torch.distributed`` is initialized must be its
+    own (``ValueError`` otherwise): a loader planned for another world size leaves examples out or reads them
+    twice, and one planned for another rank repeats a neighbour's batches."""
+    job = _torch_distributed_rank()
+    if job is not None:
+        wrong = [f"{name}={given!r}" for name, given, actual in (("rank", rank, job[0]), ("world_size", world_size, job[1]))
+                 if given is not None and given != actual]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} given, but torch.distributed runs this process as rank {job[0]} of "
+                             f"world_size {job[1]}: leave rank= and world_size= out (they default to torch.distributed's)")
     if rank is None or world_size is None:
-        found = _environment_rank()
+        found = job or _environment_rank()
         rank = found[0] if rank is None else rank
         world_size = found[1] if world_size is None else world_size
     if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
@@ -84,10 +93,14 @@ def distributed_rank(rank: Optional[int] = None, world_size: Optional[int] = Non
     return rank, world_size
 
 
-def _environment_rank() -> tuple[int, int]:
+def _torch_distributed_rank() -> Optional[tuple[int, int]]:
     torch = sys.modules.get("torch")  # a torch.distributed job has imported torch; do not import it for numpy users
     if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return None
+
+
+def _environment_rank() -> tuple[int, int]:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         try:
             return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -439,8 +452,9 @@ class Loader:
     uint8, float16; float32 where standardized), timestamps as int64 nanoseconds since the epoch, strings as
     lists. ``len()`` counts the batches of an epoch on this rank, the same on every rank (from each shard's
     number of examples: the filters' selection, the index or metadata, else a probe of each shard's metadata,
-    once). ``iter()`` starts the next epoch; ``set_epoch(n)`` chooses it. A ``break``, an exception or dropping
-    the iterator stops and joins every thread (after the decodes in progress, at most one file's decoding time).
+    once). Iterating runs the next epoch, which begins with its first batch (an iterator dropped unused moves
+    nothing on); ``set_epoch(n)`` chooses it. A ``break``, an exception or dropping the iterator stops and joins
+    every thread (after the decodes in progress, at most one file's decoding time).
 
     Resuming: :meth:`state_dict` is the position after the last batch handed out (a small JSON-serialisable
     dict); :meth:`load_state_dict` on a new ``Loader`` with the same arguments continues with exactly the
@@ -614,20 +628,27 @@ class Loader:
 
     def __iter__(self) -> Iterator[dict]:
         plan = self.plan()  # errors (nothing to read on this rank) here, before the epoch's threads start
-        self._epoch += 1
-        self._segments = []
         return self._batches(plan)
 
     def _batches(self, plan: _RankPlan) -> Iterator[dict]:
+        # the epoch moves on when its first batch is asked for, not at iter(): an iterator made and dropped unused
+        # (Lightning makes one to check that a loader is iterable) neither skips an epoch nor loses a resumed position
+        self._epoch = plan.epoch + 1
+        self._segments = []
         run = _EpochRun(self, plan)
         stage = _DeviceStage(self.device, self._device_norms) if self.device is not None else None
         segments = [*plan.segments[:-1], dataclasses.replace(plan.segments[-1])]
         self._position = (plan.epoch, segments)
         finished = False
+        left = -(-(len(plan.order) - plan.skip) // self.batch_size)  # the batches this run hands out
 
         def handed_out():
+            nonlocal left
+            left -= 1
             segments[-1] = dataclasses.replace(segments[-1], batches=segments[-1].batches + 1)
-            self._position = (plan.epoch, list(segments))
+            # the last batch out ends the epoch: a loop that stops after len(loader) batches without exhausting the
+            # iterator (Lightning's does) saves the next epoch's start, not an epoch with nothing left to read
+            self._position = (plan.epoch + 1, []) if left == 0 else (plan.epoch, list(segments))
 
         try:
             if stage is None:

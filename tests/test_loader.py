@@ -193,6 +193,30 @@ def test_len_and_drop_last(many_files):
     assert [len(b["sample"]) for b in dropped] == [4] * 5
 
 
+def test_an_epoch_begins_with_its_first_batch_and_ends_with_its_last(many_files):
+    """Iterators made and dropped unused move nothing on (Lightning makes one to check that a loader iterates);
+    once an epoch's last batch is out, the position is the next epoch's start, though the iterator was not run to
+    its end (Lightning's loop stops after len(loader) batches)."""
+    def make():
+        return ssl4eos12.Loader("S2L2A", data_dir=str(many_files), batch_size=4, num_threads=1)
+
+    loader = make()
+    start = loader.state_dict()
+    iter(loader), iter(loader)
+    assert loader.epoch == 0 and loader.state_dict() == start
+    iterator = iter(loader)
+    first = [next(iterator)["sample"] for _ in range(len(loader) - 1)]
+    assert (loader.state_dict()["epoch"], loader.state_dict()["segments"]) == (0, [
+        {"world_size": 1, "batch_size": 4, "batches": len(loader) - 1}])
+    first.append(next(iterator)["sample"])
+    assert (loader.epoch, loader.state_dict()["epoch"], loader.state_dict()["segments"]) == (1, 1, [])
+    resumed = make()
+    resumed.load_state_dict(loader.state_dict())
+    second = [b["sample"] for b in resumed]
+    assert second == [b["sample"] for b in loader], "the saved position is where the next epoch starts"
+    assert sorted(s for b in second for s in b) == sorted(s for b in first for s in b) and second != first
+
+
 def test_buffers_are_reused_once_released(many_files, monkeypatch):
     """Batches the consumer lets go of are gathered into again; kept ones never are (see the values test)."""
     import ssl4eos12.loader

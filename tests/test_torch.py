@@ -175,3 +175,28 @@ def test_collate_without_torch_names_the_extra(data_dir, monkeypatch):
         assert message.startswith("ssl4eos12.collate (torch tensors) needs torch, an optional extra: "
                                   "pip install 'ssl4eos12[torch]'; "), message
         assert "\n" not in message and info.value.__suppress_context__
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stateful_dataloader_resumes_a_streaming_dataset_mid_epoch(data_dir, workers):
+    """torchdata's StatefulDataLoader keeps the streaming dataset's own state_dict per worker (the README's recipe):
+    the batches after a saved position are the ones the uninterrupted epoch gives, the builder's read-ahead
+    notwithstanding."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    def loader():
+        streamed = load_dataset("ssl4eos12", "S2L2A", data_dir=str(data_dir), split="train", streaming=True)
+        return StatefulDataLoader(streamed, batch_size=2, collate_fn=ssl4eos12.collate, num_workers=workers)
+
+    full = [batch["sample"] for batch in loader()]
+    assert sorted(s for batch in full for s in batch) == sorted(
+        e["sample"] for e in expected_examples(data_dir, "train", ["S2L2A"]))
+    for done in range(1, len(full)):
+        interrupted = loader()
+        iterator = iter(interrupted)
+        assert [next(iterator)["sample"] for _ in range(done)] == full[:done]
+        state = interrupted.state_dict()
+        del iterator
+        resumed = loader()
+        resumed.load_state_dict(state)
+        assert [batch["sample"] for batch in resumed] == full[done:], f"resumed after {done} batch(es)"
