@@ -203,11 +203,13 @@ class WebDatasetSource(Source):
         return self.member_blocks(split_folder, shard, layouts, members, variables)
 
     def member_blocks(self, split_folder: str, shard: str, layouts: Sequence[Layout], members,
-                      variables: Optional[dict[str, Sequence[str]]] = None) -> Iterator[Block]:
+                      variables: Optional[dict[str, Sequence[str]]] = None, readers: Optional[dict] = None,
+                      ) -> Iterator[Block]:
         """The blocks of the chosen ``members`` (:class:`~ssl4eos12.members.ShardMembers`) of a shard, fetched by
         range (:func:`~ssl4eos12.members.read_members`): a block per run of up to :data:`BLOCK_LOCATIONS`
         consecutive members, its ``offset`` their position in the tar. Remote blocks are fetched
-        :data:`BLOCKS_AHEAD` ahead of their use (memory: that many blocks' member bytes and arrays)."""
+        :data:`BLOCKS_AHEAD` ahead of their use (memory: that many blocks' member bytes and arrays). ``readers``:
+        a dict of :class:`~ssl4eos12.sources.remote.RangeReader` per tar URL kept across calls."""
         runs, run = [], []
         for i, position in enumerate(members.positions.tolist()):
             if run and (position != members.positions[run[-1]] + 1 or len(run) == BLOCK_LOCATIONS):
@@ -216,16 +218,16 @@ class WebDatasetSource(Source):
             run.append(i)
         if run:
             runs.append(run)
-        blocks = self._member_blocks(split_folder, shard, layouts, members, runs, variables)
+        blocks = self._member_blocks(split_folder, shard, layouts, members, runs, variables,
+                                     {} if readers is None else readers)
         if len(runs) > 1 and (is_remote(self.root) or fastzip.decode_threads() > 1):
             blocks = produced_ahead(blocks, BLOCKS_AHEAD, "ssl4eos12-members")
         yield from blocks
 
-    def _member_blocks(self, split_folder, shard, layouts, members, runs, variables) -> Iterator[Block]:
+    def _member_blocks(self, split_folder, shard, layouts, members, runs, variables, readers) -> Iterator[Block]:
         from ..members import read_members
 
         urls = {layout.modality: self.url(split_folder, layout.modality, shard) for layout in layouts}
-        readers: dict = {}
         for run in runs:
             chosen = members.take(run)
             datas = read_members(urls, chosen, self.download_config, self.fetch_options, readers)
