@@ -368,3 +368,28 @@ def test_a_stale_index_is_named_never_read(root, expected, tmp_path, change):
     locations = ssl4eos12.Locations("all", data_dir=str(copy), modalities=MODALITIES)
     with pytest.raises(SSL4EOS12DataError, match=r"S1GRD/ssl4eos12_shard_000002\.tar.*stale"):
         locations[PER_TAR + 2]
+
+
+# --- show ---------------------------------------------------------------------------------------------------------
+
+@needs_nginx
+def test_show_on_a_remote_tar_root_fetches_only_that_location(root, index, expected, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from ssl4eos12.cli import main
+    from ssl4eos12.plot import find_example
+
+    example = expected[PER_TAR + 3]
+    sample, file = example["sample"], example["file"]
+    out = tmp_path / "show.png"
+    with NginxServer(root) as srv:
+        main(["show", srv.url, "--sample", sample, "--config", "S2L2A", "--split", "train", "--out", str(out)])
+        served = tar_bytes(srv)
+        found = find_example(srv.url, sample, config="S1GRD",
+                             index=str(Path(root) / "splits" / "ssl4eos12_train_index.parquet"))
+    assert out.stat().st_size > 0 and str(out) in capsys.readouterr().out
+    chosen = {p: n for p, n in member_bytes(index, [sample]).items() if "/S2L2A/" in p}
+    probe = {p: n for p, n in probes(index, file).items() if "/S2L2A/" in p}
+    assert_within(served, chosen, probe, "show")
+    local = next(e for e in datasets.load_dataset("ssl4eos12", "S1GRD", data_dir=str(root), split="train",
+                                                  streaming=True) if e["sample"] == sample)
+    assert_example_equal(found, local, "find_example")
