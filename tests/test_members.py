@@ -112,10 +112,16 @@ def test_index_offsets_match_tarfile(root, index):
 @needs_nginx
 @pytest.mark.parametrize("headers_only", [False, True])
 def test_remote_index_written_elsewhere(root, index, tmp_path, headers_only):
+    out = tmp_path / "out.parquet"
     with NginxServer(root) as srv:
-        written = build_index(f"{srv.url}", tmp_path / "out.parquet", workers=1, headers_only=headers_only)
+        if headers_only:  # as a user runs it
+            from ssl4eos12.cli import main
+
+            main(["index", srv.url, "--out", str(out), "--headers-only", "--workers", "1"])
+        else:
+            build_index(srv.url, out, workers=1)
         served = tar_bytes(srv)
-    remote = pq.read_table(written["train"]).to_pandas()
+    remote = pq.read_table(out).to_pandas()
     columns = ["sample", "file", "key", "position", *(f"{m}_{w}" for m in MODALITIES
                                                         for w in ("offset", "size", "tar_size"))]
     local = index[columns].drop_duplicates(["file", "position"]).reset_index(drop=True)
