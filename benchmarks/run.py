@@ -91,6 +91,10 @@ ROWS = [
     ("wds:S2L2A", "S2L2A", "ours: builder streaming the webdataset tars (same sizes), no format", "≥ 0.6× ceiling"),
     ("wdshttp:S2L2A", "S2L2A", "ours: webdataset tars over HTTP from nginx on 127.0.0.1", "≥ 0.8× local tars"),
     ("wds:all", "all", "ours: builder streaming the webdataset tars (same sizes), no format", "≥ 0.6× ceiling"),
+    ("wdsrandom:S2L2A", "S2L2A", "ours: random `ssl4eos12.Locations[i]` over HTTP from nginx (indexed tars): "
+     "locations/s; bytes sent per member byte in the note", None),
+    ("wdsselect:S2L2A", "S2L2A", "ours: a 1% `samples=` selection streamed from nginx (indexed tars): bytes sent "
+     "against the members' and against streaming the selected tars whole, in the note", None),
 ]
 #: Run order: as shown, except that conversion runs before the rows that stream its output.
 RUN_ORDER = sorted((name for name, *_ in ROWS), key=lambda n: (not n.startswith("convert"), [r[0] for r in ROWS].index(n)))
@@ -744,12 +748,86 @@ def row_wdshttp(data: Path, group: str, repeat: int) -> dict:
     return result
 
 
+def _index_wds(root: Path, group: str) -> None:
+    """The member index of the look-alike (headers and the metadata only: no member decoded), into its splits/."""
+    from ssl4eos12.index import build_index
+
+    build_index(str(root), modalities=list(GROUPS[group]), splits=["validation"], workers=1, headers_only=True)
+
+
+def _tars_served(srv) -> int:
+    return sum(v for k, v in srv.bytes_served().items() if k.endswith(".tar"))
+
+
+def row_wdsrandom(data: Path, group: str, repeat: int) -> dict:
+    """32 random locations by ``Locations[i]`` over HTTP; the tars' bytes sent against the members' bytes."""
+    import numpy as np
+
+    import ssl4eos12
+
+    root = wds_root(data)
+    _index_wds(root, group)
+    with _servers_module("nginx").NginxServer(root) as srv:
+        chosen = ssl4eos12.Locations(group, root=srv.url, split="validation", modalities=list(GROUPS[group]))
+        picks = np.random.default_rng(0).choice(len(chosen), min(32, len(chosen)), replace=False).tolist()
+        members = 0
+        for i in picks:  # the member bytes of each pick, from the index
+            location = int(chosen._location[i])
+            entry, row = int(chosen._entry[location]), int(chosen._row[location])
+            members += sum(int(sizes[row]) for sizes in chosen._members[entry].sizes.values())
+        before = _tars_served(srv)
+
+        def one(count_bytes):
+            total = 0
+            for i in picks:
+                example = chosen[i]
+                if count_bytes:
+                    total += nbytes(example)
+            return len(picks), total, {"dtype": "native"}
+
+        result = passes(one, repeat)
+        served = _tars_served(srv) - before
+    rounds = len(result["times"]) + 1
+    result["wire"] = True
+    result["note"] = (f"{served / (members * rounds):.3f}x the members' bytes sent; {members / len(picks) / MB:.2f} MB "
+                      f"of members per location")
+    return result
+
+
+def row_wdsselect(data: Path, group: str, repeat: int) -> dict:
+    """A 1% selection (``samples=``) streamed from nginx with the member index, against its tars streamed whole."""
+    import math
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    root = wds_root(data)
+    _index_wds(root, group)
+    rows = pq.read_table(root / "splits" / "ssl4eos12_val_index.parquet").to_pandas().drop_duplicates("sample")
+    picked = rows.iloc[np.random.default_rng(0).choice(len(rows), max(1, math.ceil(len(rows) / 100)), replace=False)]
+    members = int(sum(picked[f"{m}_size"].sum() for m in GROUPS[group]))
+    whole = int(sum(picked.drop_duplicates("file")[f"{m}_tar_size"].sum() for m in GROUPS[group]))
+    with _servers_module("nginx").NginxServer(root) as srv:
+        dataset = _load(group, root=srv.url, samples=picked["sample"].tolist())
+        probe = _tars_served(srv)  # the features' probe: the first selected tar's first header and member, once
+        result = passes(_iterate(dataset, group), repeat)
+        served = _tars_served(srv) - probe
+    rounds = len(result["times"]) + 1
+    result["wire"] = True
+    result["note"] = (f"{len(picked)} of {len(rows)} locations: {served / rounds / MB:.1f} MB sent per pass, "
+                      f"{served / rounds / members:.3f}x the members' {members / MB:.1f} MB, "
+                      f"{served / rounds / whole:.3f}x streaming their tars whole ({whole / MB:.0f} MB); "
+                      f"probe {probe / MB:.1f} MB once")
+    return result
+
+
 ROW_FUNCTIONS = {
     "zipread": row_zipread, "blosc": row_blosc, "blosc-procs": row_blosc_procs, "zarr": row_zarr,
     "authors": row_authors, "stream": row_stream, "torch": row_torch, "torch1": row_torch1, "torch2": row_torch2,
     "prepare": row_prepare,
     "convert": row_convert, "published-arrow": row_published_arrow, "published-rows": row_published_rows,
-    "resume": row_resume, "curl": row_curl, "fetch": row_fetch, "http": row_http, "hf": row_hf, "wds": row_wds, "wdshttp": row_wdshttp,
+    "resume": row_resume, "curl": row_curl, "fetch": row_fetch, "http": row_http, "hf": row_hf, "wds": row_wds,
+    "wdshttp": row_wdshttp, "wdsrandom": row_wdsrandom, "wdsselect": row_wdsselect,
 }
 
 

@@ -7,6 +7,7 @@ from .builder import SSL4EOS12, SSL4EOS12Config
 from .constants import BANDS, MEAN, MODALITIES, STD, WEBDATASET_MODALITIES, standardization
 from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12EmptySelectionWarning, SSL4EOS12FileError
 from .loader import Loader
+from .locations import Locations
 from .plot import plot  # the function; matplotlib is imported on first call
 from .registration import register
 from .torch import arrow_to_numpy, collate, install_formats
@@ -17,7 +18,7 @@ register()
 install_formats()
 
 __all__ = [
-    "BANDS", "MEAN", "MODALITIES", "STD", "SSL4EOS12", "Loader", "SSL4EOS12Config", "SSL4EOS12BadFileWarning",
+    "BANDS", "MEAN", "MODALITIES", "STD", "SSL4EOS12", "Loader", "Locations", "SSL4EOS12Config", "SSL4EOS12BadFileWarning",
     "SSL4EOS12DataError", "SSL4EOS12EmptySelectionWarning", "SSL4EOS12FileError", "WEBDATASET_MODALITIES", "arrow_to_numpy", "collate", "plot",
     "register", "standardization",
 ]

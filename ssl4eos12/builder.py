@@ -52,6 +52,7 @@ from .constants import (CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, M
                         WEBDATASET_HOSTED_ROOT, WEBDATASET_ONLY_MODALITIES, split_list_path)
 from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12EmptySelectionWarning, SSL4EOS12FileError
 from .index import Filters, count_examples, select_split, selected_times
+from .members import members_of
 from .prefetch import prefetch
 from .schema import example_features, location_examples
 from .sources.failures import diagnose_root, remote_failure_message
@@ -269,6 +270,10 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         examples = count_examples({f: selection[f] for f in files})
         logger.info(f"{split_generator.name}: {filters.describe()} selects {len(files)} of {len(gen_kwargs['files'])} "
                     f"file(s), {examples} example(s)")
+        if source.keyed and is_remote(source.root) and files and members_of(selection[files[0]]) is None:
+            logger.warning(f"{split_generator.name}: the index of {source.root} does not record where the members "
+                           f"are, so each selected tar is streamed whole; `ssl4eos12 index {source.root} --out PATH` "
+                           f"(and index=PATH) records them, and the selection then fetches only its members")
         if not examples and streaming:
             warnings.warn(_empty_selection(filters, split_generator.name, len(gen_kwargs["files"])),
                           SSL4EOS12EmptySelectionWarning, stacklevel=2)
@@ -394,7 +399,9 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         thunks = []
         for name, selection in zip(files, selections):
             times = selected_times(selection)  # a remote file then sends only those timestamps' chunks
-            if times is None:
+            if members_of(selection) is not None:  # an index that records the members: only those are read
+                thunks.append(functools.partial(_deferred, source.blocks_for, split_folder, name, layouts, selection))
+            elif times is None:
                 thunks.append(functools.partial(source.fetch, split_folder, name, layouts))
             else:  # read by range when decoded: nothing to fetch ahead
                 thunks.append(functools.partial(_deferred, source.blocks_at, split_folder, name, layouts, times))

@@ -24,7 +24,8 @@ SSL4EO-S12 v1.1: generate sample data in the real format, convert the Zarr zips 
 and a dataset card, verify a converted folder against its sources, and push it to the Hugging Face Hub.
 
   ssl4eos12 synth DATA_DIR                     sample data (real format, small)
-  ssl4eos12 index DATA_DIR                     GeoParquet index: place, time, cloud cover (filters use it)
+  ssl4eos12 index DATA_DIR                     GeoParquet index: place, time, cloud cover (filters use it);
+                                               on the tar release also each member's offset (range reads)
   ssl4eos12 show DATA_DIR --sample ID          plot one location to a PNG
   ssl4eos12 convert DATA_DIR OUT_DIR           Arrow shards + manifest + dataset card in OUT_DIR
   ssl4eos12 verify DATA_DIR OUT_DIR            every shard and value against the source files
@@ -186,7 +187,7 @@ def _index(args: argparse.Namespace) -> None:
                          f"load with index=FILE.parquet)")
     start = time.perf_counter()
     written = build_index(root, args.out, splits=args.splits, modalities=args.modalities, workers=args.workers,
-                          scheduler=args.scheduler)
+                          scheduler=args.scheduler, headers_only=args.headers_only)
     for split, path in written.items():
         print(f"{split}: {path}")
     print(f"indexed {root} in {time.perf_counter() - start:.1f} s")
@@ -197,7 +198,7 @@ def _show(args: argparse.Namespace) -> None:
 
     try:
         out = show(args.data_dir, args.sample, out=args.out, config=args.config, split=args.split,
-                   single_timestamp=args.time_index)
+                   single_timestamp=args.time_index, index=args.index)
     except ImportError as err:  # matplotlib is an optional extra; the message says how to install it
         raise UsageError(str(err)) from None
     print(f"wrote {out}")
@@ -282,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPU count)")
     index.add_argument("--scheduler", metavar="ADDRESS",
                        help="address of a Dask distributed scheduler to run the tasks on instead")
+    index.add_argument("--headers-only", action="store_true",
+                       help="tar release: read only the tars' headers (512 bytes per member: a remote root's tars are "
+                            "never downloaded) and take locations, centres and cloud cover from the authors' metadata; "
+                            "serves samples, bbox, max_cloud_fraction and the range reads, not time_range")
     index.set_defaults(func=_index)
 
     show = commands.add_parser(
@@ -293,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config", default="all", help="config to plot (default: all)")
     show.add_argument("--split", choices=splits, help="split the location is in (default: looked up)")
     show.add_argument("--time-index", type=int, default=None, help="plot this timestamp only")
+    show.add_argument("--index", metavar="PATH", help="the index, when not in DATA_DIR/splits/ (e.g. a remote root's, "
+                                                      "written with `ssl4eos12 index ROOT --out PATH`)")
     show.set_defaults(func=_show)
 
     push = commands.add_parser("push", parents=[debug], help="upload a converted folder to the Hugging Face Hub",

@@ -37,7 +37,7 @@ import shutil
 import struct
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -59,7 +59,7 @@ INDEX_VARIABLES = ("center_lat", "center_lon", "crs", "time_", "x_", "y_")
 GEO_VERSION = "1.1.0"
 #: The time a static layer states for its one timestamp (DEM): no date, exempt from the time filter.
 _NO_DATE = np.datetime64(0, "ns")
-_INDEX_FORMAT = 1
+_INDEX_FORMAT = 2
 
 #: What :func:`select` returns: per file (in order), the locations kept, each with the time indices kept
 #: (``None``: the whole time series).
@@ -223,14 +223,112 @@ class IndexTask:
     modalities: tuple[str, ...]
     part: str  # where the shard's rows go (a Parquet file; its existence means done)
 
+    #: ``headers_only``: the rows of the authors' metadata for this shard (a webdataset root): only the tars'
+    #: headers are read, never their members (see :func:`header_rows`).
+    metadata: Optional[pd.DataFrame] = field(default=None, compare=False)
+
     def run(self) -> str:
         source = open_source(self.root, self.modalities)
         folder = SPLIT_FOLDERS[self.split]
+        if self.metadata is not None:
+            write_atomic(header_rows(source, folder, self.shard, self.split, self.metadata), self.part)
+            return self.part
         layouts = source.layouts(folder, self.shard)
-        tables = [block_rows(block, self.split)
-                  for block in source.blocks(folder, self.shard, layouts, index_variables(layouts))]
-        write_atomic(pa.concat_tables(tables), self.part)
+        tables, keys = [], []
+        for block in source.blocks(folder, self.shard, layouts, index_variables(layouts)):
+            tables.append(block_rows(block, self.split))
+            if block.keys is not None:
+                keys += [str(k) for k in block.keys]
+        table = pa.concat_tables(tables)
+        if source.keyed:
+            table = with_members(table, keys, member_columns(source, folder, self.shard, keys))
+        write_atomic(table, self.part)
         return self.part
+
+
+def member_columns(source, split_folder: str, shard: str, keys: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+    """Per location of a shard (in tar order): ``key``, ``position``, and per modality the member's data
+    ``{M}_offset``, ``{M}_size`` and its tar's ``{M}_tar_size``, from the tars' headers (:func:`walk_tar`, every
+    modality's tar in parallel). ``keys``: the keys the shard's members must have, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .members import walk_tar
+
+    urls = {m: source.url(split_folder, m, shard) for m in source.modalities}
+    with ThreadPoolExecutor(len(urls), thread_name_prefix="ssl4eos12-headers") as pool:
+        walked = dict(zip(urls, pool.map(lambda url: walk_tar(url, source.download_config, source.fetch_options),
+                                         urls.values())))
+    first = source.modalities[0]
+    names = [member.key for member in walked[first][0]]
+    if keys is not None and list(keys) != names:
+        raise SSL4EOS12FileError(urls[first], "its headers list other members than reading it gave (changed "
+                                              "while it was indexed?)")
+    columns = {"key": np.array(names, dtype=object), "position": np.arange(len(names), dtype=np.int64)}
+    for modality, (members, tar_size) in walked.items():
+        if [member.key for member in members] != names:
+            raise SSL4EOS12FileError(urls[modality], f"its members' keys differ from those of {urls[first]}: the "
+                                                     f"modalities are not aligned")
+        columns[f"{modality}_offset"] = np.array([member.offset for member in members], dtype=np.int64)
+        columns[f"{modality}_size"] = np.array([member.size for member in members], dtype=np.int64)
+        columns[f"{modality}_tar_size"] = np.full(len(members), tar_size, dtype=np.int64)
+    return columns
+
+
+def with_members(table: pa.Table, keys: Sequence[str], columns: dict[str, np.ndarray]) -> pa.Table:
+    """``table`` (rows of locations in ``keys``' order, each repeated per timestamp) with the member columns:
+    ``key`` and ``position`` after ``file``, the offsets and sizes before ``geometry``."""
+    repeats = table.num_rows // max(len(keys), 1)
+    if repeats * len(keys) != table.num_rows:
+        raise ValueError(f"{table.num_rows} index rows for {len(keys)} locations")
+    at = table.schema.get_field_index("file") + 1
+    table = table.add_column(at, "key", pa.array(np.repeat(columns["key"], repeats).tolist(), pa.string()))
+    table = table.add_column(at + 1, "position", pa.array(np.repeat(columns["position"], repeats), pa.int64()))
+    at = table.schema.get_field_index("geometry")
+    for name, values in columns.items():
+        if name not in ("key", "position"):
+            table = table.add_column(at, name, pa.array(np.repeat(values, repeats), pa.int64()))
+            at += 1
+    return table
+
+
+def header_rows(source, split_folder: str, shard: str, split: str, metadata: pd.DataFrame) -> pa.Table:
+    """The index rows of one tar shard from its headers and the authors' metadata alone (no member is read).
+
+    ``metadata``: the shard's rows of ``{split}_metadata.parquet`` (:func:`from_webdataset_metadata`: the location
+    id, centre and cloud cover per timestamp), matched to the members by ``key`` where the metadata has that
+    column, else by order. No crs, no times: ``time_range`` needs the full index; the footprint is the patch's
+    size (264 x 264 pixels of 10 m) around its centre in its UTM zone.
+    """
+    columns = member_columns(source, split_folder, shard)
+    keys = list(columns["key"])
+    frame = metadata.reset_index(drop=True)
+    times = int(frame["time_index"].max()) + 1 if len(frame) else 1
+    where = source.url(split_folder, source.modalities[0], shard)
+    if "key" in frame.columns:
+        order = {key: i for i, key in enumerate(keys)}
+        missing = sorted(set(frame["key"]) ^ set(keys))
+        if missing:
+            raise SSL4EOS12FileError(where, f"the metadata and the tar hold different keys ({missing[:3]})")
+        frame = frame.assign(_at=frame["key"].map(order)).sort_values(["_at", "time_index"], kind="stable")
+        frame = frame.drop(columns=["_at", "key"])
+    if len(frame) != len(keys) * times:
+        raise SSL4EOS12FileError(where, f"the metadata lists {len(frame) // times} locations of this tar, its "
+                                        f"headers {len(keys)}")
+    if "sample" not in frame.columns:
+        raise SSL4EOS12DataError(f"{where}: the metadata names no location id (sample): index without "
+                                 f"--headers-only (it reads the members)")
+    lon, lat = frame["center_lon"].to_numpy(np.float64), frame["center_lat"].to_numpy(np.float64)
+    rings = centred_footprints(lon, lat, utm_epsg(lon, lat), 264, 264)
+    data = {"sample": pa.array(frame["sample"].astype(str).tolist(), pa.string()),
+            "file": pa.array([shard] * len(frame), pa.string()),
+            "split": pa.array([split] * len(frame), pa.string()),
+            "time_index": pa.array(frame["time_index"].to_numpy(np.int64)),
+            "center_lon": pa.array(lon), "center_lat": pa.array(lat)}
+    for column in frame.columns:
+        if column.endswith("_cloud_fraction") and column.removesuffix("_cloud_fraction") in source.modalities:
+            data[column] = pa.array(frame[column].to_numpy(np.float32))
+    data["geometry"] = pa.array([polygon_wkb(ring) for ring in rings], pa.binary())
+    return with_members(pa.table(data), keys, columns)
 
 
 def _run_task(task: IndexTask) -> str:
@@ -266,6 +364,7 @@ def present_modalities(source_root: str, split_folder: str, shard: str, candidat
 def build_index(
     data_dir: str, out: Optional[str] = None, *, splits: Optional[Iterable[str]] = None,
     modalities: Optional[Sequence[str]] = None, workers: Optional[int] = None, scheduler: Optional[str] = None,
+    headers_only: bool = False,
 ) -> dict[str, Path]:
     """Index every split of ``data_dir``; return the written file of each split.
 
@@ -278,6 +377,14 @@ def build_index(
         modalities: the modalities to index (default: those of the four the root has).
         workers, scheduler: as :func:`ssl4eos12.publish.convert`: a local process pool of ``workers`` (1: in this
             process) or a Dask distributed cluster; each task indexes one shard.
+        headers_only: a webdataset root: read only the tars' headers (512 bytes per member, by range requests for
+            a remote root: the tars are never downloaded) and take the rest from the authors' metadata parquet
+            (location ids, centres, cloud cover per timestamp; see :func:`header_rows`). Serves ``samples``,
+            ``bbox`` and ``max_cloud_fraction`` and the selective reads, not ``time_range``.
+
+    On a webdataset root the index also records where each location's members are: ``key``, ``position`` (in the
+    tar) and, per modality ``M``, ``{M}_offset``/``{M}_size`` (the member's data in its tar) and ``{M}_tar_size``
+    (the tar's size, which tells a stale index); the tar is the ``file`` column (:mod:`ssl4eos12.members`).
 
     Resumable: each shard's rows go to a part file (hidden folder beside the output) as soon as it is done, and a
     rerun skips the parts there are; the index is assembled, atomically, once all parts exist.
@@ -306,10 +413,24 @@ def build_index(
         split, names = next(iter(shards.items()))
         modalities = present_modalities(root, SPLIT_FOLDERS[split], names[0], MODALITIES)
     modalities = tuple(modalities)
+    metadata: dict[str, dict[str, pd.DataFrame]] = {}
+    if headers_only:
+        if open_source(root, modalities[:1]).name != "webdataset":
+            raise SSL4EOS12DataError(f"{root}: headers_only (--headers-only) needs the webdataset release (tars)")
+        for split in shards:
+            url = posixpath.join(root, f"{SPLIT_FOLDERS[split]}_metadata.parquet")
+            frame = _read_parquet(url)
+            if frame is None:
+                raise SSL4EOS12DataError(f"{url}: not found: --headers-only takes the locations from the authors' "
+                                         f"metadata; index without it (it reads the members)")
+            rows = from_webdataset_metadata(frame, url)
+            metadata[split] = {name: group for name, group in rows.groupby("file", sort=False)}
     single_file = str(out).endswith(".parquet")
     out_path = Path(out)
-    parts_dir = (out_path.parent if single_file else out_path) / f".ssl4eos12-index-parts-{_fingerprint(root, modalities)}"
-    tasks = [IndexTask(root, split, name, modalities, str(parts_dir / SPLIT_FOLDERS[split] / f"{name}.parquet"))
+    parts_dir = (out_path.parent if single_file else out_path) / \
+        f".ssl4eos12-index-parts-{_fingerprint(root, modalities, headers_only)}"
+    tasks = [IndexTask(root, split, name, modalities, str(parts_dir / SPLIT_FOLDERS[split] / f"{name}.parquet"),
+                       _shard_metadata(metadata, split, name, root) if headers_only else None)
              for split, names in shards.items() for name in names]
     todo = [task for task in tasks if not os.path.exists(task.part)]
     if len(todo) < len(tasks):
@@ -332,8 +453,16 @@ def build_index(
     return written
 
 
-def _fingerprint(root: str, modalities: tuple[str, ...]) -> str:
-    spec = json.dumps({"format": _INDEX_FORMAT, "root": root, "modalities": modalities})
+def _shard_metadata(metadata: dict, split: str, shard: str, root: str) -> pd.DataFrame:
+    try:
+        return metadata[split][shard]
+    except KeyError:
+        raise SSL4EOS12DataError(f"{root}: the {SPLIT_FOLDERS[split]} metadata lists no location of {shard}: "
+                                 f"index without --headers-only (it reads the members)") from None
+
+
+def _fingerprint(root: str, modalities: tuple[str, ...], headers_only: bool = False) -> str:
+    spec = json.dumps({"format": _INDEX_FORMAT, "root": root, "modalities": modalities, "headers": headers_only})
     return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
@@ -433,6 +562,8 @@ def from_webdataset_metadata(frame: pd.DataFrame, url: str) -> pd.DataFrame:
                              "center_lon": frame["center_lon"].to_numpy(), "center_lat": frame["center_lat"].to_numpy()})
         if id_column is not None:
             part.insert(0, "sample", frame[id_column].astype(str).to_numpy())
+        if "key" in frame.columns:  # the member key: matches the rows to the tars' members
+            part["key"] = frame["key"].astype(str).to_numpy()
         if column is not None:
             for modality in ("S2L1C", "S2L2A", "S2RGB"):
                 part[f"{modality}_cloud_fraction"] = frame[column].to_numpy(dtype=np.float32)
@@ -615,11 +746,49 @@ def select(rows: pd.DataFrame, modalities: Sequence[str], filters: Filters, sing
     if single_timestamp:
         for (file, sample), group in keys[keys["passes"]].groupby(["file", "sample"], sort=False):
             selection.setdefault(file, {})[sample] = frozenset(int(t) for t in group["time_index"])
+    else:
+        kept = keys.groupby(["file", "sample"], sort=False)["passes"].all()
+        for file, sample in kept.index[kept.to_numpy()]:
+            selection.setdefault(file, {})[sample] = None
+    return with_member_positions(selection, rows, modalities)
+
+
+def member_positions(rows: pd.DataFrame, modalities: Sequence[str]) -> Optional[dict[str, "ShardMembers"]]:
+    """Per tar, where every location's members are (in tar order), from an index that records them (``None``
+    where it does not record them for all of ``modalities``)."""
+    from .members import ShardMembers
+
+    needed = ["file", "sample", "key", "position",
+              *(f"{m}_{what}" for m in modalities for what in ("offset", "size", "tar_size"))]
+    if any(column not in rows.columns for column in needed):
+        return None
+    firsts = rows[needed].drop_duplicates(["file", "position"]).sort_values(["file", "position"], kind="stable")
+    out = {}
+    for file, part in firsts.groupby("file", sort=False):
+        out[file] = ShardMembers(
+            tuple(part["key"].astype(str)), part["position"].to_numpy(np.int64),
+            {m: part[f"{m}_offset"].to_numpy(np.int64) for m in modalities},
+            {m: part[f"{m}_size"].to_numpy(np.int64) for m in modalities},
+            {m: int(part[f"{m}_tar_size"].iloc[0]) for m in modalities}, part["sample"].astype(str).to_numpy())
+    return out
+
+
+def with_member_positions(selection: Selection, rows: pd.DataFrame, modalities: Sequence[str]) -> Selection:
+    """``selection`` with each tar's :class:`~ssl4eos12.members.MemberSelection` where the index records the
+    members (the readers then fetch only those), else as it is."""
+    from .members import MemberSelection
+
+    if not selection:
         return selection
-    kept = keys.groupby(["file", "sample"], sort=False)["passes"].all()
-    for file, sample in kept.index[kept.to_numpy()]:
-        selection.setdefault(file, {})[sample] = None
-    return selection
+    positions = member_positions(rows[rows["file"].isin(list(selection))], modalities)
+    if positions is None:
+        return selection
+    out: Selection = {}
+    for file, samples in selection.items():
+        members = positions[file]
+        chosen = np.flatnonzero(np.isin(members.samples, list(samples)))
+        out[file] = MemberSelection(samples, members.take(chosen))
+    return out
 
 
 def count_examples(selection: Selection) -> int:

@@ -938,9 +938,12 @@ class _EpochRun:
             return None
         catalog, entry = self.catalog, self.catalog.entries[shard]
         try:
-            times = selected_times(entry.selection)  # a remote file then sends only those timestamps' chunks
-            blocks = (catalog.source.blocks(catalog.split_folder, entry.shard, catalog.layouts) if times is None
-                      else catalog.source.blocks_at(catalog.split_folder, entry.shard, catalog.layouts, times))
+            selection = entry.selection
+            if entry.rows is not None and selection is not None:  # rows count the shard's locations, block by block
+                selection = dict(selection)
+            # only the selected members of a tar, by range, where the index records them; a remote Zarr file sends
+            # only the selected timestamps' chunks
+            blocks = catalog.source.blocks_for(catalog.split_folder, entry.shard, catalog.layouts, selection)
             blocks = list(fastzip.decoding(blocks, self.loader._decode_memory))
         except SSL4EOS12FileError as err:
             if catalog.on_bad_file != "skip":

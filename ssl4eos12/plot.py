@@ -243,14 +243,17 @@ def _describe(example: dict, separator: str) -> str:
 
 
 def show(data_dir: str, sample: str, out: Optional[str] = None, *, config: str = "all",
-         split: Optional[str] = None, single_timestamp: Optional[int] = None, **plot_kwargs) -> str:
+         split: Optional[str] = None, single_timestamp: Optional[int] = None, index: Optional[str] = None,
+         **plot_kwargs) -> str:
     """Plot location ``sample`` of ``data_dir`` to a PNG (default ``SAMPLE.png``); return its path.
 
-    The location is found through the index (``samples=[sample]``, only its file is read) where there is one,
-    else by reading the splits in turn. ``single_timestamp``: plot that time index only.
+    The location is found through the index (``samples=[sample]``) where there is one: on the tar release only its
+    members are fetched (:meth:`ssl4eos12.Locations.by_sample`), on the Zarr release its file is read; else the
+    splits are read in turn. ``single_timestamp``: plot that time index only. ``index``: the index, when it is not
+    in ``DATA_DIR/splits/`` (a remote root's, written elsewhere with ``ssl4eos12 index ROOT --out PATH``).
     """
     _matplotlib()
-    example = find_example(data_dir, sample, config=config, split=split)
+    example = find_example(data_dir, sample, config=config, split=split, index=index)
     if single_timestamp is not None:
         example = one_timestamp(example, single_timestamp)
     out = out or f"{sample}.png"
@@ -259,22 +262,39 @@ def show(data_dir: str, sample: str, out: Optional[str] = None, *, config: str =
     return os.fspath(out)
 
 
-def find_example(data_dir: str, sample: str, *, config: str = "all", split: Optional[str] = None) -> dict:
-    """The example of location ``sample`` (streamed; through the index where there is one)."""
+def find_example(data_dir: str, sample: str, *, config: str = "all", split: Optional[str] = None,
+                 index: Optional[str] = None) -> dict:
+    """The example of location ``sample``: through the index where there is one (:class:`ssl4eos12.Locations`,
+    ``samples=[sample]``: on the tar release only that location's members are fetched), else streamed until it
+    turns up."""
+    import warnings
+
     import datasets
 
     from .constants import SPLIT_FOLDERS
-    from .errors import SSL4EOS12DataError
+    from .errors import SSL4EOS12DataError, SSL4EOS12EmptySelectionWarning
+    from .locations import Locations
 
     splits = [split] if split else list(SPLIT_FOLDERS)
     for name in splits:
         try:
-            stream = datasets.load_dataset("ssl4eos12", config, data_dir=str(data_dir), split=name, streaming=True,
-                                           samples=[sample])
-            found = next(iter(stream), None)
-        except SSL4EOS12DataError:  # no index: read until it turns up
-            stream = datasets.load_dataset("ssl4eos12", config, data_dir=str(data_dir), split=name, streaming=True)
-            found = next((e for e in stream if e["sample"] == sample), None)
+            with warnings.catch_warnings():  # a split without the location: the next one is tried
+                warnings.simplefilter("ignore", SSL4EOS12EmptySelectionWarning)
+                locations = Locations(config, data_dir=str(data_dir), split=name, samples=[sample], index=index)
+            try:
+                found = locations.by_sample(sample)
+            except KeyError:
+                found = None
+        except SSL4EOS12DataError:  # an index without member offsets: its tar streamed; no index: the split
+            kwargs = {} if index is None else {"index": index}
+            try:
+                stream = datasets.load_dataset("ssl4eos12", config, data_dir=str(data_dir), split=name,
+                                               streaming=True, samples=[sample], **kwargs)
+                found = next(iter(stream), None)
+            except SSL4EOS12DataError:
+                stream = datasets.load_dataset("ssl4eos12", config, data_dir=str(data_dir), split=name,
+                                               streaming=True)
+                found = next((e for e in stream if e["sample"] == sample), None)
         except ValueError as err:  # datasets: no such split in this root
             if "split" not in str(err).lower():
                 raise

@@ -136,6 +136,17 @@ class Source(abc.ABC):
         """
         return self.blocks(split_folder, shard, layouts)
 
+    def blocks_for(self, split_folder: str, shard: str, layouts: Sequence[Layout], selection=None,
+                   variables: Optional[dict[str, Sequence[str]]] = None) -> Iterator[Block]:
+        """The blocks a reader of ``selection`` (``{sample: time indices or None}``, or ``None``: every location)
+        needs: at least the selected locations (others may come too: the reader filters), read as cheaply as the
+        source can (:meth:`blocks_at` where only some timestamps are needed)."""
+        if selection is None or any(times is None for times in selection.values()):
+            return self.blocks(split_folder, shard, layouts, variables)
+        if not selection:
+            return iter(())
+        return self.blocks_at(split_folder, shard, layouts, sorted(set().union(*selection.values())))
+
     def fetch(
         self, split_folder: str, shard: str, layouts: Sequence[Layout],
         variables: Optional[dict[str, Sequence[str]]] = None,

@@ -1037,6 +1037,14 @@ class RemoteFileError(Exception):
     """The server answered, but not with the file (no byte ranges where they are needed, a changed size)."""
 
 
+class ChangedFileError(RemoteFileError):
+    """The file's size is not the one expected: it changed since it was measured (an index is stale)."""
+
+    def __init__(self, url: str, size: int, expected: int):
+        super().__init__(f"{url}: the file has {size} bytes, expected {expected} (changed on the server?)")
+        self.url, self.size, self.expected = url, size, expected
+
+
 class _Retryable(Exception):
     """A failed attempt worth retrying (a server error status, a stalled or truncated body)."""
 
@@ -1109,6 +1117,7 @@ class _Piece:
         self._response = None
         self._drain = False
         self._skip = 0  # bytes of the body before the ones wanted (a whole-file answer to a range request)
+        self.total = None  # the file's size, as a range answer's Content-Range tells it
 
     def run(self, until: int | None = None) -> None:
         keep_open = until is not None
@@ -1180,14 +1189,18 @@ class _Piece:
                 self.view = self.allocate(total)
                 self.stop = self.size = total
             elif total is not None and total != self.size:
-                raise RemoteFileError(f"{self.url}: the file has {total} bytes, expected {self.size} "
-                                      "(changed on the server?)")
+                raise ChangedFileError(self.url, total, self.size)
             # from the first byte again: the bytes before this view's are skipped (a window read front to back has
             # handed them over already), the view's own overwritten with the same bytes
             self._skip = self.base
             self.offset = self.base
         elif status == 206:
             _learn_ranges(self.url, True)
+            total = _content_range_total(response.getheader("Content-Range"))
+            if total is not None:
+                self.total = total
+                if self.size is not None and total != self.size:
+                    raise ChangedFileError(self.url, total, self.size)
             first = _content_range_start(response.getheader("Content-Range"))
             if first != self.offset:
                 got = response.getheader("Content-Range")
@@ -1235,6 +1248,13 @@ class _Piece:
                 self.progress(self.offset)
 
 
+def _content_range_total(header: str | None) -> int | None:
+    """The file size of a ``Content-Range: bytes a-b/size`` header (``None``: not told, or ``*``)."""
+    with contextlib.suppress(AttributeError, ValueError, IndexError):
+        return int(header.rsplit("/", 1)[1])
+    return None
+
+
 def _content_range_start(header: str | None) -> int | None:
     with contextlib.suppress(AttributeError, ValueError, IndexError):
         return int(header.split()[1].split("-")[0])
@@ -1251,3 +1271,81 @@ def _wait_retry(url: str, failures: int, err: BaseException, scope: CancelScope)
     if scope.wait(datasets_config.STREAMING_READ_RETRY_INTERVAL):
         raise Cancelled
     return failures
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Byte ranges of a file (members of a tar)
+# ------------------------------------------------------------------------------------------------------------
+
+class RangeReader:
+    """Byte ranges of one file, each by one range request (``http(s)://`` and ``hf://`` through this module's
+    client, with its retries; other protocols through fsspec; local files by seek and read).
+
+    ``size``: the file's size as last measured; a file of another size raises :class:`ChangedFileError` (a range
+    answer's ``Content-Range`` tells the size at no cost). :attr:`size` is what the last answer told. Pickles
+    without its resolved URL (a ``DataLoader`` worker resolves its own) and opens a connection per request, so
+    every process and thread reads on its own connections.
+    """
+
+    def __init__(self, url: str, download_config=None, options: FetchOptions | None = None,
+                 size: int | None = None):
+        self.url = url
+        self.download_config = download_config
+        self.options = options or FetchOptions()
+        self.size = size
+        self._target: _HttpTarget | None | bool = False  # False: not resolved yet
+
+    def __getstate__(self):
+        return {**self.__dict__, "_target": False}
+
+    def _resolve(self):
+        if self._target is False:
+            self._target = _http_target(self.url, self.download_config) if is_remote(self.url) else None
+        return self._target
+
+    def read(self, start: int, stop: int, size: int | None = None) -> bytearray:
+        """Bytes ``start:stop`` (``stop`` at most the file's size); ``size``: the file's expected size."""
+        expected = size if size is not None else None
+        if not is_remote(self.url):
+            fs, path = url_to_fs(self.url, self.download_config)
+            with fs.open(path, "rb") as f:
+                actual = f.size if getattr(f, "size", None) is not None else fs.size(path)
+                if expected is not None and actual != expected:
+                    raise ChangedFileError(self.url, actual, expected)
+                self.size = actual
+                f.seek(start)
+                data = bytearray(f.read(stop - start))
+        else:
+            target = self._resolve()
+            if target is None:  # fsspec: its own range reads, the size from its metadata
+                fs, path = url_to_fs(self.url, self.download_config)
+                actual = fs.size(path)
+                if expected is not None and actual != expected:
+                    raise ChangedFileError(self.url, actual, expected)
+                self.size = actual
+                data = bytearray(fs.cat_file(path, start, stop))
+            else:
+                if expected is None and target.size is not None:
+                    expected = target.size
+                data = bytearray(stop - start)
+                view = memoryview(data)
+                piece = _Piece(target.url, target.headers, self.options, current_scope(), start, stop, expected,
+                               view, None)
+                try:
+                    piece.run()
+                finally:
+                    view.release()
+                if piece.total is not None:
+                    self.size = piece.total
+                elif expected is not None:
+                    self.size = expected
+        if len(data) != stop - start:
+            raise RemoteFileError(f"{self.url}: {len(data)} bytes at {start}, expected {stop - start} (the file "
+                                  f"ends first: truncated or changed?)")
+        return data
+
+
+def read_range(url: str, start: int, stop: int, download_config=None, options: FetchOptions | None = None,
+               size: int | None = None) -> bytearray:
+    """Bytes ``start:stop`` of ``url`` in one range request (see :class:`RangeReader`)."""
+    return RangeReader(url, download_config, options).read(start, stop, size)

@@ -43,7 +43,7 @@ from ..errors import SSL4EOS12DataError, SSL4EOS12FileError
 from .base import Block, Layout, ModalityFile, Source
 from .chunked import join_on_sample
 from ..prefetch import Cancelled, produced_ahead
-from .remote import is_remote, open_random_access, open_sequential, url_to_fs
+from .remote import is_remote, open_random_access, open_sequential, serves_ranges, url_to_fs
 from .zarrzip import EXPECTED_DTYPES, ZIP_SOURCE, _describe, _dtype_matches, open_zarr_zip
 
 #: Locations per block: a full-size location of all seven modalities decodes to ~20 MB.
@@ -100,6 +100,16 @@ class WebDatasetSource(Source):
 
     def _first_layout(self, split_folder: str, shard: str, modality: str) -> Layout:
         url = self.url(split_folder, modality, shard)
+        if is_remote(url) and serves_ranges(url):
+            from ..members import first_member
+
+            with _tar_errors(url):
+                first = first_member(url, self.download_config, self.fetch_options)
+            if first is not None:  # its header and its bytes by range: the probe sends one member
+                key, data = first
+                where = f"{url}:{key}{ZARR_ZIP_SUFFIX}"
+                with open_zarr_zip(where, data=data) as dataset:
+                    return member_layout(where, modality, dataset.variables, set(dataset.coords))
         with contextlib.closing(iter_members(url, self.download_config, probe=True,
                                              options=self.fetch_options)) as members:
             for key, data in members:
@@ -179,6 +189,60 @@ class WebDatasetSource(Source):
                                              f"members of the same key hold different samples near key {keys[0]}")
                 yield Block(shard, parts, orders, offset=offset, keys=np.array(keys))
                 offset += len(keys)
+
+
+    def blocks_for(self, split_folder: str, shard: str, layouts: Sequence[Layout], selection=None,
+                   variables: Optional[dict[str, Sequence[str]]] = None) -> Iterator[Block]:
+        """As :meth:`Source.blocks_for`; a selection that knows where its members are
+        (:class:`~ssl4eos12.members.MemberSelection`, from an index that records them) reads only those."""
+        from ..members import members_of
+
+        members = members_of(selection)
+        if members is None or (is_remote(self.root) and not serves_ranges(self.root)):  # ranges or nothing
+            return super().blocks_for(split_folder, shard, layouts, selection, variables)
+        return self.member_blocks(split_folder, shard, layouts, members, variables)
+
+    def member_blocks(self, split_folder: str, shard: str, layouts: Sequence[Layout], members,
+                      variables: Optional[dict[str, Sequence[str]]] = None, readers: Optional[dict] = None,
+                      ) -> Iterator[Block]:
+        """The blocks of the chosen ``members`` (:class:`~ssl4eos12.members.ShardMembers`) of a shard, fetched by
+        range (:func:`~ssl4eos12.members.read_members`): a block per run of up to :data:`BLOCK_LOCATIONS`
+        consecutive members, its ``offset`` their position in the tar. Remote blocks are fetched
+        :data:`BLOCKS_AHEAD` ahead of their use (memory: that many blocks' member bytes and arrays). ``readers``:
+        a dict of :class:`~ssl4eos12.sources.remote.RangeReader` per tar URL kept across calls."""
+        runs, run = [], []
+        for i, position in enumerate(members.positions.tolist()):
+            if run and (position != members.positions[run[-1]] + 1 or len(run) == BLOCK_LOCATIONS):
+                runs.append(run)
+                run = []
+            run.append(i)
+        if run:
+            runs.append(run)
+        blocks = self._member_blocks(split_folder, shard, layouts, members, runs, variables,
+                                     {} if readers is None else readers)
+        if len(runs) > 1 and (is_remote(self.root) or fastzip.decode_threads() > 1):
+            blocks = produced_ahead(blocks, BLOCKS_AHEAD, "ssl4eos12-members")
+        yield from blocks
+
+    def _member_blocks(self, split_folder, shard, layouts, members, runs, variables, readers) -> Iterator[Block]:
+        from ..members import read_members
+
+        urls = {layout.modality: self.url(split_folder, layout.modality, shard) for layout in layouts}
+        for run in runs:
+            chosen = members.take(run)
+            datas = read_members(urls, chosen, self.download_config, self.fetch_options, readers)
+            keys = list(chosen.keys)
+            parts = {
+                layout.modality: _read_members([f"{urls[layout.modality]}:{key}{ZARR_ZIP_SUFFIX}" for key in keys],
+                                               layout, datas[layout.modality],
+                                               None if variables is None else variables.get(layout.modality))
+                for layout in layouts
+            }
+            orders = join_on_sample(self.url(split_folder, "*", shard), parts)
+            if any(not np.array_equal(order, np.arange(len(keys))) for order in orders.values()):
+                raise SSL4EOS12FileError(self.url(split_folder, "*", shard),
+                                         f"members of the same key hold different samples near key {keys[0]}")
+            yield Block(shard, parts, orders, offset=int(chosen.positions[0]), keys=np.array(keys))
 
 
 def list_tars(fs, folder: str) -> list[str]:
