@@ -557,7 +557,7 @@ class Loader:
         """Batches of an epoch on this rank: the same on every rank."""
         return batch_count(self.num_examples, self.batch_size, self.drop_last)
 
-    def plan(self, epoch: Optional[int] = None) -> _RankPlan:
+    def _plan(self, epoch: Optional[int] = None) -> _RankPlan:
         """This rank's part of an epoch (default: the next iter()'s), computed from the counts, the seed and the
         epoch alone (:mod:`ssl4eos12.sampling`): what it reads, in which order, and where it resumes."""
         resuming = epoch is None or epoch == self._epoch
@@ -577,7 +577,7 @@ class Loader:
 
     def shards(self, epoch: Optional[int] = None) -> list[Entry]:
         """The entries of the shards this rank reads in an epoch (default: the next), in reading order."""
-        shards = self.plan(epoch).order[:, 0]
+        shards = self._plan(epoch).order[:, 0]
         return [self.catalog.entries[i] for i in dict.fromkeys(shards.tolist())]
 
     def _nothing_to_read(self, left: int, total: int) -> str:
@@ -627,7 +627,7 @@ class Loader:
     # -- iteration ----------------------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[dict]:
-        plan = self.plan()  # errors (nothing to read on this rank) here, before the epoch's threads start
+        plan = self._plan()  # errors (nothing to read on this rank) here, before the epoch's threads start
         return self._batches(plan)
 
     def _batches(self, plan: _RankPlan) -> Iterator[dict]:
