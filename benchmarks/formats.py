@@ -77,8 +77,8 @@ def write(path: Path, features, batches, how: str) -> None:
                        use_content_defined_chunking=datasets.config.DEFAULT_CDC_OPTIONS)
     else:
         leaf = "S2L2A.list.element.list.element.list.element.list.element"
-        options = dict(compression="zstd", compression_level=1, use_dictionary=False,
-                       column_encoding={leaf: "BYTE_STREAM_SPLIT"}, write_page_index=True)
+        options = {"compression": "zstd", "compression_level": 1, "use_dictionary": False,
+                   "column_encoding": {leaf: "BYTE_STREAM_SPLIT"}, "write_page_index": True}
     with pq.ParquetWriter(path, schema, **options) as writer:
         for table in batches:
             writer.write_table(table)

@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import run  # noqa: E402  (the benchmark's data and split helpers)
+import run
 
 
 def vit(torch, size: int, dim: int, depth: int, heads: int, bands: int = 12, patch: int = 16):

@@ -18,7 +18,22 @@ register()
 install_formats()
 
 __all__ = [
-    "BANDS", "MEAN", "MODALITIES", "STD", "SSL4EOS12", "Loader", "Locations", "SSL4EOS12Config", "SSL4EOS12BadFileWarning",
-    "SSL4EOS12DataError", "SSL4EOS12EmptySelectionWarning", "SSL4EOS12FileError", "WEBDATASET_MODALITIES", "arrow_to_numpy", "collate", "plot",
-    "register", "standardization",
+    "BANDS",
+    "MEAN",
+    "MODALITIES",
+    "SSL4EOS12",
+    "STD",
+    "WEBDATASET_MODALITIES",
+    "Loader",
+    "Locations",
+    "SSL4EOS12BadFileWarning",
+    "SSL4EOS12Config",
+    "SSL4EOS12DataError",
+    "SSL4EOS12EmptySelectionWarning",
+    "SSL4EOS12FileError",
+    "arrow_to_numpy",
+    "collate",
+    "plot",
+    "register",
+    "standardization",
 ]

@@ -23,15 +23,15 @@ import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
-from .constants import (SPLIT_FOLDERS, index_path, split_list_path, split_metadata_path,
-                        webdataset_metadata_path)
+from .constants import SPLIT_FOLDERS, index_path, split_list_path, split_metadata_path, webdataset_metadata_path
 from .errors import SSL4EOS12BadFileWarning, SSL4EOS12FileError
 from .sources import Layout, Source
 from .sources.remote import is_remote, normalize_root, url_to_fs
+
 
 @dataclass(frozen=True, eq=False)
 class Entry:
@@ -43,11 +43,11 @@ class Entry:
     """
 
     shard: str
-    rows: Optional[np.ndarray] = None
-    selection: Optional[Mapping[str, Optional[frozenset]]] = None
-    locations: Optional[int] = None
+    rows: np.ndarray | None = None
+    selection: Mapping[str, frozenset | None] | None = None
+    locations: int | None = None
 
-    def examples(self, num_times: int) -> Optional[int]:
+    def examples(self, num_times: int) -> int | None:
         """Examples this entry gives (``num_times``: timestamps per location when an example is one timestamp,
         else 1); ``None`` when it needs the shard's number of locations, and that is not known yet."""
         if self.selection is not None and self.rows is None:  # the filters name every example
@@ -71,9 +71,9 @@ class Catalog:
     single_timestamp: bool
     on_bad_file: str
     time_order: str = "file"
-    index: Optional[str] = None
+    index: str | None = None
     _counts: dict[int, int] = field(default_factory=dict, repr=False)
-    _fingerprint: Optional[str] = field(default=None, repr=False)
+    _fingerprint: str | None = field(default=None, repr=False)
 
     @property
     def times_per_example(self) -> int:
@@ -156,7 +156,7 @@ _REMOTE_IDENTITY = ("ETag", "etag", "blob_id", "lfs", "last_commit", "mtime", "L
 _INFO_THREADS = 16
 
 
-def fingerprint(root: str, modalities: Sequence[str], index: Optional[str] = None, download_config=None) -> str:
+def fingerprint(root: str, modalities: Sequence[str], index: str | None = None, download_config=None) -> str:
     """A short hex digest that changes whenever a file that ``modalities`` of ``root`` would read changes.
 
     Local files count by name, size and modification time (nanoseconds); remote ones by what their listing or
@@ -171,7 +171,7 @@ def fingerprint(root: str, modalities: Sequence[str], index: Optional[str] = Non
     return digest.hexdigest()[:16]
 
 
-def _identities(root: str, modalities: Sequence[str], index: Optional[str], download_config) -> list[tuple]:
+def _identities(root: str, modalities: Sequence[str], index: str | None, download_config) -> list[tuple]:
     folders = [posixpath.join(folder, modality) for folder in SPLIT_FOLDERS.values() for modality in modalities]
     files = [path for folder in SPLIT_FOLDERS.values() for path in
              (split_list_path(folder), split_metadata_path(folder), webdataset_metadata_path(folder),
@@ -223,7 +223,7 @@ def _remote(root: str, folders: list[str], files: list[str], download_config) ->
             listing = fs.ls(posixpath.join(root_path, folder), detail=True)
         except (FileNotFoundError, NotADirectoryError):
             continue
-        except Exception:  # noqa: BLE001 - a server that does not list folders: the shard files come from the lists
+        except Exception:  # noqa: BLE001, S112 - a server that does not list folders: the shards come from the lists
             continue
         for info in listing:
             identity = _identity(info)
@@ -244,7 +244,7 @@ def _remote_path(url: str, download_config) -> list[tuple]:
     return [entry] if entry else []
 
 
-def _remote_info(fs, path: str) -> Optional[tuple]:
+def _remote_info(fs, path: str) -> tuple | None:
     try:
         return path, _identity(fs.info(path))
     except (FileNotFoundError, NotADirectoryError):

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Optional
 
 from .constants import MODALITIES, SPLIT_FOLDERS
 from .errors import SSL4EOS12DataError
 from .sources.remote import is_remote
 
 
-def present_modalities(root: str) -> Optional[list[str]]:
+def present_modalities(root: str) -> list[str] | None:
     """Modality folders under the split folders of a local root, sorted; ``None`` where it cannot be listed
     (a remote root, a missing folder): then the files themselves are the check."""
     if is_remote(root):
@@ -29,7 +28,7 @@ def present_modalities(root: str) -> Optional[list[str]]:
     return sorted(found) if found else None
 
 
-def present_splits(root: str) -> Optional[list[str]]:
+def present_splits(root: str) -> list[str] | None:
     """Splits whose folder a local root has (``None`` for a remote root)."""
     if is_remote(root):
         return None
@@ -37,7 +36,7 @@ def present_splits(root: str) -> Optional[list[str]]:
     return [split for split, folder in SPLIT_FOLDERS.items() if os.path.isdir(os.path.join(root, folder))]
 
 
-def check_modalities_keyword(modalities, config_name: Optional[str]) -> None:
+def check_modalities_keyword(modalities, config_name: str | None) -> None:
     """``modalities=`` is a list of names, and keeps the modality of a single-modality config name."""
     if modalities is None:
         return

@@ -14,7 +14,6 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
 
 from .constants import MODALITIES, SPLIT_FOLDERS, WEBDATASET_MODALITIES
 from .errors import SSL4EOS12DataError, SSL4EOS12FileError
@@ -55,7 +54,7 @@ def _check_data_dir(data_dir: str) -> str:
     return root
 
 
-def _check_names(root: str, configs: Optional[list[str]], splits: Optional[list[str]]) -> None:
+def _check_names(root: str, configs: list[str] | None, splits: list[str] | None) -> None:
     """``--configs`` and ``--splits`` against what DATA_DIR holds (a local root), before any file is read."""
     from .checks import present_modalities, present_splits
     from .publish.plan import OVERVIEW_CONFIGS
@@ -204,7 +203,7 @@ def _show(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
-def _check_workers(workers: Optional[int]) -> None:
+def _check_workers(workers: int | None) -> None:
     if workers is not None and workers < 1:
         raise UsageError(f"--workers: must be at least 1, got {workers}; leave it out for one per CPU")
 
@@ -341,7 +340,7 @@ def _show_progress_messages(debug: bool) -> None:
         logger.addHandler(handler)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
     _show_progress_messages(debug)

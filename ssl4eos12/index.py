@@ -39,18 +39,30 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .constants import (CLOUD_CLASSES, CLOUD_MASKED, MODALITIES, SPLIT_FOLDERS, UNDATED_MODALITIES, index_path,
-                        split_metadata_path)
+from .constants import (
+    CLOUD_CLASSES,
+    CLOUD_MASKED,
+    MODALITIES,
+    SPLIT_FOLDERS,
+    UNDATED_MODALITIES,
+    index_path,
+    split_metadata_path,
+)
 from .errors import SSL4EOS12DataError, SSL4EOS12FileError
 from .sources import Block, normalize_root, open_source
 from .sources.remote import is_remote, open_random_access
+
+if TYPE_CHECKING:  # annotations only: datasets is imported where features are made, members where read
+    import datasets
+
+    from .members import ShardMembers
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +75,7 @@ _INDEX_FORMAT = 2
 
 #: What :func:`select` returns: per file (in order), the locations kept, each with the time indices kept
 #: (``None``: the whole time series).
-Selection = dict[str, dict[str, Optional[frozenset[int]]]]
+Selection = dict[str, dict[str, frozenset[int] | None]]
 
 
 # --- cloud fraction and footprints ------------------------------------------------------------------------
@@ -198,7 +210,7 @@ def index_variables(layouts: Iterable) -> dict[str, list[str]]:
     return {layout.modality: list(INDEX_VARIABLES) + ["cloud_mask"] * layout.has_cloud_mask for layout in layouts}
 
 
-def index_features(layouts: Sequence) -> "datasets.Features":
+def index_features(layouts: Sequence) -> datasets.Features:
     """The columns of :func:`block_rows` as ``datasets`` features (the converted copy's ``index`` config)."""
     import datasets
 
@@ -225,7 +237,7 @@ class IndexTask:
 
     #: ``headers_only``: the rows of the authors' metadata for this shard (a webdataset root): only the tars'
     #: headers are read, never their members (see :func:`header_rows`).
-    metadata: Optional[pd.DataFrame] = field(default=None, compare=False)
+    metadata: pd.DataFrame | None = field(default=None, compare=False)
 
     def run(self) -> str:
         source = open_source(self.root, self.modalities)
@@ -246,7 +258,7 @@ class IndexTask:
         return self.part
 
 
-def member_columns(source, split_folder: str, shard: str, keys: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+def member_columns(source, split_folder: str, shard: str, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Per location of a shard (in tar order): ``key``, ``position``, and per modality the member's data
     ``{M}_offset``, ``{M}_size`` and its tar's ``{M}_tar_size``, from the tars' headers (:func:`walk_tar`, every
     modality's tar in parallel). ``keys``: the keys the shard's members must have, in order."""
@@ -362,8 +374,8 @@ def present_modalities(source_root: str, split_folder: str, shard: str, candidat
 
 
 def build_index(
-    data_dir: str, out: Optional[str] = None, *, splits: Optional[Iterable[str]] = None,
-    modalities: Optional[Sequence[str]] = None, workers: Optional[int] = None, scheduler: Optional[str] = None,
+    data_dir: str, out: str | None = None, *, splits: Iterable[str] | None = None,
+    modalities: Sequence[str] | None = None, workers: int | None = None, scheduler: str | None = None,
     headers_only: bool = False,
 ) -> dict[str, Path]:
     """Index every split of ``data_dir``; return the written file of each split.
@@ -474,7 +486,7 @@ def _write_index(table: pa.Table, path: Path) -> None:
 
 # --- reading an index, or the authors' metadata ------------------------------------------------------------
 
-def load_index(root: str, split_folder: str, index: Optional[str] = None, download_config=None) -> pd.DataFrame:
+def load_index(root: str, split_folder: str, index: str | None = None, download_config=None) -> pd.DataFrame:
     """The index rows of one split as a ``DataFrame`` (``geometry`` left out), from the best table there is.
 
     In order: ``index`` (a ``.parquet`` file or URL holding one or more splits, or a folder or URL prefix holding
@@ -510,7 +522,7 @@ def _split_name(split_folder: str) -> str:
     return next((name for name, folder in SPLIT_FOLDERS.items() if folder == split_folder), split_folder)
 
 
-def _read_parquet(url: str, download_config=None, geometry: bool = False) -> Optional[pd.DataFrame]:
+def _read_parquet(url: str, download_config=None, geometry: bool = False) -> pd.DataFrame | None:
     """The table at ``url`` (its geometry only if asked: selecting needs none), or ``None`` if there is none."""
     try:
         with open_random_access(url, download_config) as f:
@@ -580,16 +592,16 @@ def from_webdataset_metadata(frame: pd.DataFrame, url: str) -> pd.DataFrame:
 class Filters:
     """The selection keywords, checked and normalised (see :meth:`from_keywords`)."""
 
-    bbox: Optional[tuple[float, float, float, float]] = None
-    time_range: Optional[tuple[np.datetime64, np.datetime64]] = None
-    max_cloud_fraction: Optional[float] = None
-    samples: Optional[frozenset[str]] = None
+    bbox: tuple[float, float, float, float] | None = None
+    time_range: tuple[np.datetime64, np.datetime64] | None = None
+    max_cloud_fraction: float | None = None
+    samples: frozenset[str] | None = None
 
     def __bool__(self) -> bool:
         return any(v is not None for v in (self.bbox, self.time_range, self.max_cloud_fraction, self.samples))
 
     @classmethod
-    def from_keywords(cls, bbox=None, time_range=None, max_cloud_fraction=None, samples=None) -> "Filters":
+    def from_keywords(cls, bbox=None, time_range=None, max_cloud_fraction=None, samples=None) -> Filters:
         """Check the builder keywords; a bad one raises ``ValueError`` naming it and what it takes."""
         return cls(_check_bbox(bbox), _check_time_range(time_range), _check_cloud(max_cloud_fraction),
                    _check_samples(samples))
@@ -609,7 +621,7 @@ class Filters:
         return ", ".join(parts)
 
 
-def _check_bbox(bbox) -> Optional[tuple[float, float, float, float]]:
+def _check_bbox(bbox) -> tuple[float, float, float, float] | None:
     if bbox is None:
         return None
     try:
@@ -641,7 +653,7 @@ def _to_utc_datetime64(value, name: str) -> np.datetime64:
     raise ValueError(f"time_range {name} must be an ISO string, datetime or datetime64, got {value!r}")
 
 
-def _check_time_range(time_range) -> Optional[tuple[np.datetime64, np.datetime64]]:
+def _check_time_range(time_range) -> tuple[np.datetime64, np.datetime64] | None:
     if time_range is None:
         return None
     if isinstance(time_range, str) or len(time_range) != 2:
@@ -652,7 +664,7 @@ def _check_time_range(time_range) -> Optional[tuple[np.datetime64, np.datetime64
     return start, end
 
 
-def _check_cloud(value) -> Optional[float]:
+def _check_cloud(value) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0 <= value <= 1:
@@ -660,7 +672,7 @@ def _check_cloud(value) -> Optional[float]:
     return float(value)
 
 
-def _check_samples(samples) -> Optional[frozenset[str]]:
+def _check_samples(samples) -> frozenset[str] | None:
     if samples is None:
         return None
     if isinstance(samples, (str, bytes)) or not isinstance(samples, Iterable):
@@ -753,7 +765,7 @@ def select(rows: pd.DataFrame, modalities: Sequence[str], filters: Filters, sing
     return with_member_positions(selection, rows, modalities)
 
 
-def member_positions(rows: pd.DataFrame, modalities: Sequence[str]) -> Optional[dict[str, "ShardMembers"]]:
+def member_positions(rows: pd.DataFrame, modalities: Sequence[str]) -> dict[str, ShardMembers] | None:
     """Per tar, where every location's members are (in tar order), from an index that records them (``None``
     where it does not record them for all of ``modalities``)."""
     from .members import ShardMembers
@@ -796,7 +808,7 @@ def count_examples(selection: Selection) -> int:
     return sum(1 if times is None else len(times) for samples in selection.values() for times in samples.values())
 
 
-def selected_times(samples: Optional[dict[str, Optional[frozenset[int]]]]) -> Optional[list[int]]:
+def selected_times(samples: dict[str, frozenset[int] | None] | None) -> list[int] | None:
     """The time indices a file's selection needs (sorted), or ``None`` when it needs them all."""
     if samples is None or any(times is None for times in samples.values()):
         return None
@@ -804,8 +816,8 @@ def selected_times(samples: Optional[dict[str, Optional[frozenset[int]]]]) -> Op
 
 
 def select_split(root: str, split_folder: str, modalities: Sequence[str], filters: Filters,
-                 single_timestamp: bool = False, index: Optional[str] = None, download_config=None,
-                 files: Optional[Sequence[str]] = None) -> Selection:
+                 single_timestamp: bool = False, index: str | None = None, download_config=None,
+                 files: Sequence[str] | None = None) -> Selection:
     """:func:`select` over the index of one split of ``root`` (see :func:`load_index` for where it is read).
 
     ``files``: the split's shards; one the index does not list raises (a stale index would drop it silently).

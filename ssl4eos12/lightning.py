@@ -17,7 +17,7 @@ makes data-parallel groups smaller than the job, every process of a group would 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 try:
     from lightning.pytorch import LightningDataModule
@@ -53,8 +53,8 @@ class SSL4EOS12DataModule(LightningDataModule):
     from ``torch.distributed`` or the environment, as ``Loader`` does.
     """
 
-    def __init__(self, config: str = "all", *, data_dir: Optional[str] = None, root: Optional[str] = None,
-                 batch_size: int = 8, val_batch_size: Optional[int] = None, **loader_keywords: Any):
+    def __init__(self, config: str = "all", *, data_dir: str | None = None, root: str | None = None,
+                 batch_size: int = 8, val_batch_size: int | None = None, **loader_keywords: Any):
         super().__init__()
         for name in ("split", "rank", "world_size"):
             if name in loader_keywords:
@@ -66,8 +66,8 @@ class SSL4EOS12DataModule(LightningDataModule):
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.loader_keywords = loader_keywords
-        self.train_loader: Optional[Loader] = None
-        self._state: Optional[Mapping] = None  # a checkpoint's position, loaded before the loader exists
+        self.train_loader: Loader | None = None
+        self._state: Mapping | None = None  # a checkpoint's position, loaded before the loader exists
 
     def _loader(self, split: str, batch_size: int, **keywords) -> Loader:
         return Loader(self.config, data_dir=self.data_dir, root=self.root, split=split, batch_size=batch_size,
@@ -116,4 +116,4 @@ class SSL4EOS12DataModule(LightningDataModule):
             self._state = state
 
 
-__all__ = ["SSL4EOS12DataModule", "TRAIN_ONLY"]
+__all__ = ["TRAIN_ONLY", "SSL4EOS12DataModule"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from typing import Optional
 
 import numpy as np
 
@@ -52,8 +51,8 @@ class Locations:
     authors' metadata names locations, not where they are, and raises :class:`SSL4EOS12DataError` saying so.
     """
 
-    def __init__(self, config: Optional[str] = None, *, data_dir: Optional[str] = None, root: Optional[str] = None,
-                 split: str = "train", modalities=None, index: Optional[str] = None, cache_files: int = CACHE_FILES,
+    def __init__(self, config: str | None = None, *, data_dir: str | None = None, root: str | None = None,
+                 split: str = "train", modalities=None, index: str | None = None, cache_files: int = CACHE_FILES,
                  **builder_keywords):
         from .builder import SSL4EOS12
 
@@ -149,7 +148,7 @@ class Locations:
         self._lock = threading.Lock()
         self._files: collections.OrderedDict = collections.OrderedDict()
         self._readers: dict = {}
-        self._samples: Optional[dict[str, int]] = None
+        self._samples: dict[str, int] | None = None
 
     def __getstate__(self):
         return {name: value for name, value in self.__dict__.items()

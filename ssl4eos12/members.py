@@ -22,8 +22,7 @@ import posixpath
 import tarfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -79,7 +78,7 @@ def walk_tar(url: str, download_config=None, options=None) -> tuple[list[TarMemb
     members: list[TarMember] = []
     position, buffer, buffer_start = 0, first, 0
     pax: dict[str, str] = {}
-    long_name: Optional[str] = None
+    long_name: str | None = None
     read_size = BLOCK
 
     def block_at(start: int, length: int) -> memoryview:
@@ -122,7 +121,7 @@ def walk_tar(url: str, download_config=None, options=None) -> tuple[list[TarMemb
     return members, size
 
 
-def first_member(url: str, download_config=None, options=None) -> Optional[tuple[str, bytes]]:
+def first_member(url: str, download_config=None, options=None) -> tuple[str, bytes] | None:
     """``(key, bytes)`` of a remote tar's first member by two range requests (its header, then its data): a
     layout probe that sends one member and 512 bytes. ``None`` where the first header is not a plain one (a pax
     or GNU long-name header: the caller reads the tar's start instead)."""
@@ -161,18 +160,18 @@ class ShardMembers:
     sizes: Mapping[str, np.ndarray]
     tar_sizes: Mapping[str, int]
     #: The location id of each (where the index names them).
-    samples: Optional[np.ndarray] = None
+    samples: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def take(self, rows) -> "ShardMembers":
+    def take(self, rows) -> ShardMembers:
         rows = np.asarray(rows, dtype=np.int64)
         return ShardMembers(tuple(self.keys[i] for i in rows), self.positions[rows],
                             {m: v[rows] for m, v in self.offsets.items()}, {m: v[rows] for m, v in self.sizes.items()},
                             dict(self.tar_sizes), None if self.samples is None else self.samples[rows])
 
-    def nbytes(self, modalities: Optional[Sequence[str]] = None) -> int:
+    def nbytes(self, modalities: Sequence[str] | None = None) -> int:
         """The chosen members' bytes (of ``modalities``; default all)."""
         return int(sum(self.sizes[m].sum() for m in (modalities or self.sizes)))
 
@@ -191,7 +190,7 @@ class MemberSelection(dict):
         return MemberSelection, (dict(self), self.members)
 
 
-def members_of(selection) -> Optional[ShardMembers]:
+def members_of(selection) -> ShardMembers | None:
     """The member positions a selection carries, or ``None``."""
     return getattr(selection, "members", None)
 
@@ -219,7 +218,7 @@ def coalesce(spans: Sequence[tuple[int, int]], max_gap: int = MAX_GAP, share: fl
 
 
 def read_members(urls: Mapping[str, str], members: ShardMembers, download_config=None, options=None,
-                 readers: Optional[dict] = None) -> dict[str, list[bytes]]:
+                 readers: dict | None = None) -> dict[str, list[bytes]]:
     """The bytes of the chosen members of every modality (``urls``: modality -> tar), in ``members``' order.
 
     Each request starts at a member's tar header, which must name the member's key and size, and the tar must

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Optional
 
 import numpy as np
 
@@ -49,8 +48,8 @@ def example_modalities(example: dict) -> list[str]:
     return [name for name in example if f"{name}_time" in example and name != "sample"]
 
 
-def plot(example: Mapping, *, index: int = 0, modalities: Optional[Sequence[str]] = None,
-         cloud_mask: Optional[str] = "outline", stretch: tuple[float, float] = STRETCH, title: Optional[str] = None):
+def plot(example: Mapping, *, index: int = 0, modalities: Sequence[str] | None = None,
+         cloud_mask: str | None = "outline", stretch: tuple[float, float] = STRETCH, title: str | None = None):
     """A ``Figure`` of one example of any config, or of one example of a batch.
 
     Args:
@@ -150,7 +149,7 @@ def _numpy(value):
     return value
 
 
-def _channels(modality: str) -> list[Optional[str]]:
+def _channels(modality: str) -> list[str | None]:
     return list(BANDS["S1GRD"]) if modality == "S1GRD" else [None]
 
 
@@ -171,7 +170,7 @@ def _band_index(modality: str, band: str) -> int:
     return BANDS[modality].index(band)
 
 
-def _images(example: dict, modality: str, channel: Optional[str], stretch) -> list[tuple[np.ndarray, dict]]:
+def _images(example: dict, modality: str, channel: str | None, stretch) -> list[tuple[np.ndarray, dict]]:
     bands = _stack(example, modality, 3)  # (T, C, H, W)
     counts = bands.dtype.kind in "iu"  # the files' integer values; floats are standardized (or rescaled)
     if modality == "S2RGB" and counts:
@@ -207,7 +206,7 @@ def _offset(example: dict) -> float:
     return float(S2_OFFSET) if str(example.get("file", "")).endswith(ZARR_ZIP_SUFFIX) else 0.0
 
 
-def _cloud_masks(example: dict, modality: str) -> Optional[np.ndarray]:
+def _cloud_masks(example: dict, modality: str) -> np.ndarray | None:
     field = f"{modality}_cloud_mask"
     return _stack(example, field, 2) if field in example else None
 
@@ -242,8 +241,8 @@ def _describe(example: dict, separator: str) -> str:
     return separator.join(parts)
 
 
-def show(data_dir: str, sample: str, out: Optional[str] = None, *, config: str = "all",
-         split: Optional[str] = None, single_timestamp: Optional[int] = None, index: Optional[str] = None,
+def show(data_dir: str, sample: str, out: str | None = None, *, config: str = "all",
+         split: str | None = None, single_timestamp: int | None = None, index: str | None = None,
          **plot_kwargs) -> str:
     """Plot location ``sample`` of ``data_dir`` to a PNG (default ``SAMPLE.png``); return its path.
 
@@ -262,8 +261,8 @@ def show(data_dir: str, sample: str, out: Optional[str] = None, *, config: str =
     return os.fspath(out)
 
 
-def find_example(data_dir: str, sample: str, *, config: str = "all", split: Optional[str] = None,
-                 index: Optional[str] = None) -> dict:
+def find_example(data_dir: str, sample: str, *, config: str = "all", split: str | None = None,
+                 index: str | None = None) -> dict:
     """The example of location ``sample``: through the index where there is one (:class:`ssl4eos12.Locations`,
     ``samples=[sample]``: on the tar release only that location's members are fetched), else streamed until it
     turns up."""

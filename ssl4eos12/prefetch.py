@@ -42,7 +42,7 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Cancelled", "CancelScope", "Prefetch", "current_scope", "prefetch", "produced_ahead"]
+__all__ = ["CancelScope", "Cancelled", "Prefetch", "current_scope", "prefetch", "produced_ahead"]
 
 
 class Cancelled(Exception):
@@ -187,12 +187,12 @@ def _work(shared: _Shared) -> None:
                 thunk = next(shared.thunks)
             except StopIteration:
                 break
-            except BaseException as err:  # the iterable of thunks itself failed: hand it over, then stop
+            except BaseException as err:  # noqa: BLE001 - the iterable of thunks itself failed: hand it over, then stop
                 _deliver(shared, False, err)
                 break
             try:
                 item = (True, thunk())
-            except BaseException as err:  # the consumer gets it for this item
+            except BaseException as err:  # noqa: BLE001 - the consumer gets it for this item
                 item = (False, err)
             del thunk
             if shared.scope.cancelled:

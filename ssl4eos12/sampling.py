@@ -23,6 +23,7 @@ position) and FFCV's ``sample_order`` (an order computed from the seed and the e
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -98,7 +99,7 @@ def _groups(shards: np.ndarray, window: int) -> list[slice]:
         return []
     starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])  # where each run begins
     cuts = [*starts[::window].tolist(), len(shards)]
-    return [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+    return [slice(a, b) for a, b in itertools.pairwise(cuts)]
 
 
 def batch_count(examples: int, batch_size: int, drop_last: bool) -> int:

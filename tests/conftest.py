@@ -18,12 +18,12 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_UPDATE_DOWNLOAD_COUNTS"] = "0"
 os.environ.pop("HF_TOKEN", None)
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import xarray as xr  # noqa: E402
-import zarr  # noqa: E402
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
 
-from ssl4eos12.synth import synthesize  # noqa: E402
+from ssl4eos12.synth import synthesize
 
 
 def pytest_sessionfinish(session, exitstatus):

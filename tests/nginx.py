@@ -158,7 +158,7 @@ http {{
             self._work.cleanup()
             self._work = None
 
-    def __enter__(self) -> NginxServer:
+    def __enter__(self) -> NginxServer:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

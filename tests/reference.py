@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from conftest import assert_identical, open_with_xarray
 
 SPLIT_FOLDERS = {"train": "train", "validation": "val"}

@@ -146,7 +146,7 @@ class _QuietThreadingHTTPServer(ThreadingHTTPServer):
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
 
-    def handle_error(self, request, client_address):  # noqa: D102 - silence client resets
+    def handle_error(self, request, client_address):
         pass
 
 
@@ -160,7 +160,7 @@ class _BaseHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: _QuietThreadingHTTPServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def read_body(self) -> bytes:
@@ -468,7 +468,7 @@ class _PlainHandler(SimpleHTTPRequestHandler):
                 owner._add_bytes(path, -len(chunk))
                 raise
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -651,7 +651,7 @@ class _HubHandler(_BaseHandler):
             self._hub._route(self, split.path, parse_qs(split.query, keep_blank_values=True), body)
         except _HubError as err:
             self.send_json(err.status, {"error": err.message, **err.extra}, headers=err.headers)
-        except Exception as err:  # a bug in the fake: make it visible in the client error
+        except Exception as err:  # noqa: BLE001 - a bug in the fake: make it visible in the client error
             detail = "".join(traceback.format_exception(err))
             self.send_json(500, {"error": f"HubServer internal error: {err!r}\n{detail}"})
         if self._response is None:
@@ -878,8 +878,7 @@ class HubServer(_BackgroundServer):
 
     def _commit_for(self, repo: _Repo, revision: str) -> _Commit | None:
         """Resolve a branch, ``refs/heads/x``, ``refs/pr/N`` or (prefix of a) commit sha."""
-        if revision.startswith("refs/heads/"):
-            revision = revision[len("refs/heads/") :]
+        revision = revision.removeprefix("refs/heads/")
         if revision in repo.refs:
             return repo.commits[repo.refs[revision]]
         if revision in repo.commits:
@@ -1132,7 +1131,7 @@ class HubServer(_BackgroundServer):
             import yaml  # PyYAML: a dependency of huggingface_hub
 
             data = yaml.safe_load(text[3:end])
-        except Exception:
+        except Exception:  # noqa: BLE001 - any unreadable front matter is no card data
             return None
         return data if isinstance(data, dict) else None
 
@@ -1308,7 +1307,7 @@ class HubServer(_BackgroundServer):
 
     def _writable_branch(self, repo: _Repo, revision: str) -> _Commit:
         """Head commit of a branch / PR ref that may receive commits."""
-        name = revision[len("refs/heads/") :] if revision.startswith("refs/heads/") else revision
+        name = revision.removeprefix("refs/heads/")
         if name in repo.refs:
             return repo.commits[repo.refs[name]]
         if self._commit_for(repo, name) is not None:
@@ -1462,7 +1461,7 @@ class HubServer(_BackgroundServer):
             repo.refs[f"refs/pr/{number}"] = commit.oid
             response["pullRequestUrl"] = f"{repo_url}/discussions/{number}"
         else:
-            name = revision[len("refs/heads/") :] if revision.startswith("refs/heads/") else revision
+            name = revision.removeprefix("refs/heads/")
             repo.refs[name] = commit.oid
         h.send_json(200, response)
 
@@ -1539,10 +1538,10 @@ def use_hub(
             directory removed on exit.
     """
     import huggingface_hub.constants as hf_constants
-    import huggingface_hub.hf_api as hf_api
     import huggingface_hub.hf_file_system as hf_fs
     import huggingface_hub.utils._detect_agent as hf_detect_agent
     import huggingface_hub.utils._http as hf_http
+    from huggingface_hub import hf_api
 
     try:
         import datasets.config as ds_config

@@ -10,10 +10,10 @@ import datasets
 import numpy as np
 import pytest
 from datasets import load_dataset
+from reference import assert_example_equal, expected_examples, split_files
 
 import ssl4eos12
 from ssl4eos12.torch import arrow_to_numpy
-from reference import assert_example_equal, expected_examples, split_files
 
 CONFIGS = {
     "S1GRD": ["S1GRD"], "S2L1C": ["S2L1C"], "S2L2A": ["S2L2A"], "S2RGB": ["S2RGB"],
@@ -125,7 +125,7 @@ def test_works_from_any_directory(data_dir, tmp_path, monkeypatch):
     relative = Path("..") / Path(data_dir).relative_to(tmp_path.parent) if Path(data_dir).parent == tmp_path.parent \
         else Path(data_dir)
     ds = load_dataset("ssl4eos12", "S1GRD", data_dir=str(relative), split="validation", streaming=True)
-    assert [row["file"] for row in ds][0] == split_files(data_dir, "validation")[0]
+    assert next(row["file"] for row in ds) == split_files(data_dir, "validation")[0]
     assert set(datasets.get_dataset_config_names("ssl4eos12")) == {*CONFIGS, "NDVI", "LULC", "DEM"}
 
 
@@ -150,7 +150,7 @@ def test_standardization_values_match_the_dataset_readme():
     if not REFERENCE_README.exists():
         pytest.skip("the dataset's README is not beside this checkout")
     published = json.loads(re.search(r"Standardization values:\n```json\n(.*?)```", REFERENCE_README.read_text(),
-                                     re.S).group(1))
+                                     re.DOTALL).group(1))
     for modality, values in published.items():
         assert list(ssl4eos12.MEAN[modality]) == values["mean"]
         assert list(ssl4eos12.STD[modality]) == values["std"]

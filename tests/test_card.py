@@ -9,15 +9,15 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+from conftest import open_with_xarray
 from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard
-
-from conftest import open_with_xarray
 from reference import SPLIT_FOLDERS, split_files
-from ssl4eos12.publish.card import render_card, size_category, template_path, write_card
+
 from ssl4eos12.constants import MEAN, STD
 from ssl4eos12.publish import read_manifest
+from ssl4eos12.publish.card import render_card, size_category, template_path, write_card
 from ssl4eos12.publish.formats import iter_tables, read_schema
 
 CONFIGS = {"S1GRD", "S2L1C", "S2L2A", "S2RGB", "default", "index"}

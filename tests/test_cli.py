@@ -112,8 +112,8 @@ def test_on_bad_file_skip_is_counted_listed_and_verified(small, tmp_path, capsys
         code, stdout, err = run(["convert", data, out, "--configs", "S1GRD", "S2RGB", "--workers", "1",
                                  "--on-bad-file", "skip"], capsys)
     assert code == 0, err
-    assert [str(w.message) for w in warned] == [f"skipping {bad}: not a readable zip file, truncated or corrupt "
-                                                "(File is not a zip file)"]
+    assert [str(w.message) for w in warned] == [(f"skipping {bad}: not a readable zip file, truncated or corrupt "
+                                                 "(File is not a zip file)")]
     assert "left out 1 unreadable source file(s)" in err and FIRST in err
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     skipped = [(s["path"], entry["name"]) for s in manifest["shards"] for entry in s.get("skipped", ())]

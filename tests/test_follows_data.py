@@ -171,7 +171,7 @@ def test_offline_without_a_data_dir_says_offline(tmp_path):
     code = ("import ssl4eos12, datasets\n"
             "datasets.load_dataset('ssl4eos12', 'S2L2A', split='train', streaming=True)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert "SSL4EOS12DataError" in last and "HF_HUB_OFFLINE=1" in last, last

@@ -17,12 +17,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-import ssl4eos12
 from conftest import arrow_rows, assert_identical, open_with_xarray
 from reference import SPLIT_FOLDERS, assert_example_equal, expected_examples, split_files
+
+import ssl4eos12
+from ssl4eos12.index import Filters, build_index, from_webdataset_metadata, index_features, select, wkb_ring
 from ssl4eos12.publish import plan
-from ssl4eos12.index import build_index, from_webdataset_metadata, index_features, select, Filters, wkb_ring
 from ssl4eos12.synth import synthesize
 
 MODALITIES = ["S2L1C", "S2L2A", "S2RGB", "S1GRD"]
@@ -459,7 +459,7 @@ def test_remote_reads_only_the_selected_timestamps(tmp_path):
     index = pq.read_table(root / "splits" / "ssl4eos12_train_index.parquet").to_pandas()
     start = index[[f"{m}_time" for m in MODALITIES]].min().min()
     window = (start.isoformat(), (start + pd.Timedelta(days=60)).isoformat())
-    keywords = dict(split="train", streaming=True, single_timestamp=True, time_range=window)
+    keywords = {"split": "train", "streaming": True, "single_timestamp": True, "time_range": window}
     local = [comparable(e) for e in datasets.load_dataset("ssl4eos12", "all", data_dir=str(root), **keywords)]
     times = {int(e["time_index"]) for e in local}
     assert local and len(times) < 4  # the window keeps some timestamps only

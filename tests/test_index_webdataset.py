@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
 from reference import assert_example_equal
-from ssl4eos12.index import Filters, build_index, select, wkb_ring
-from ssl4eos12.synth.webdataset import synthesize_webdataset
 from test_index import CLOUDY, assert_columns_equal, expected_selection
 from test_webdataset import expected_examples, open_member, streamed, tar_members
+
+from ssl4eos12.index import Filters, build_index, select, wkb_ring
+from ssl4eos12.synth.webdataset import synthesize_webdataset
 
 FOUR = ["S2L1C", "S2L2A", "S2RGB", "S1GRD"]
 

@@ -55,7 +55,7 @@ def trainer(tmp_path, callbacks=(), **kwargs) -> Trainer:
 
 @pytest.mark.parametrize("estimate", [False, True])
 def test_a_checkpoint_saved_mid_epoch_resumes_the_loader(root, tmp_path, estimate):
-    data = dict(data_dir=str(root), batch_size=BATCH_SIZE, seed=4, num_threads=1)
+    data = {"data_dir": str(root), "batch_size": BATCH_SIZE, "seed": 4, "num_threads": 1}
     saves = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{step}", every_n_train_steps=4, save_top_k=-1)
     model = Recorder(estimate)
     trainer(tmp_path, callbacks=[saves]).fit(model, datamodule=SSL4EOS12DataModule("S2L2A", **data))

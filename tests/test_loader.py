@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-import ssl4eos12
 from conftest import assert_identical, counting_reuse
 from reference import assert_example_equal, expected_examples
+
+import ssl4eos12
 from ssl4eos12.synth import synthesize
 
 
@@ -245,7 +245,7 @@ def test_break_exception_and_dropped_iterator_leave_no_thread(many_files):
 
     with pytest.raises(ZeroDivisionError):
         for _ in loader:
-            1 / 0
+            _ = 1 / 0
     gc.collect()
     assert loader_threads() == []
 
@@ -289,8 +289,8 @@ def test_bad_file_raises_and_stops_or_is_skipped(many_files, tmp_path):
         list(ssl4eos12.Loader("S2L2A", data_dir=str(root), batch_size=1, shuffle=False, num_threads=2))
     assert str(bad) in str(info.value)
     assert loader_threads() == []
+    loader = ssl4eos12.Loader("S2L2A", data_dir=str(root), batch_size=1, on_bad_file="skip", num_threads=2)
     with pytest.warns(ssl4eos12.SSL4EOS12BadFileWarning, match="truncated or corrupt"):
-        loader = ssl4eos12.Loader("S2L2A", data_dir=str(root), batch_size=1, on_bad_file="skip", num_threads=2)
         samples = order_of(loader)
     assert len(samples) == 4 and loader_threads() == []
 

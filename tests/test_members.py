@@ -17,15 +17,15 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
-import ssl4eos12
 from nginx import NginxServer, nginx_binary
 from reference import assert_example_equal
+from test_webdataset import expected_examples
+
+import ssl4eos12
 from ssl4eos12.errors import SSL4EOS12DataError
 from ssl4eos12.index import build_index
 from ssl4eos12.members import BLOCK, coalesce, walk_tar
 from ssl4eos12.synth.webdataset import synthesize_webdataset
-from test_webdataset import expected_examples
 
 needs_nginx = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed (apt-get install nginx-light)")
 

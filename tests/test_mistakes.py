@@ -11,9 +11,9 @@ import threading
 import datasets
 import pytest
 from datasets import load_dataset
+from servers import HubServer, PlainHTTPServer, use_hub
 
 import ssl4eos12
-from servers import HubServer, PlainHTTPServer, use_hub
 from ssl4eos12.constants import HOSTED_ROOT
 from ssl4eos12.sources.failures import remote_cause, remote_failure_message
 

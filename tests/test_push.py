@@ -12,12 +12,12 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
+from conftest import arrow_rows, builder_rows
 from datasets import load_dataset
 from huggingface_hub import DatasetCard, HfApi
-
-from conftest import arrow_rows, builder_rows
 from reference import assert_example_equal
 from servers import HubServer, use_hub
+
 from ssl4eos12 import cli
 from ssl4eos12.publish.hub import HubPushError, push
 
@@ -89,9 +89,9 @@ def test_bad_token_missing_token_and_bad_repo_id(folder, tmp_path, caplog, capsy
             with pytest.raises(SystemExit) as exit_:
                 cli.main(["push", str(folder), "--repo-id", REPO])
             assert "401" in str(exit_.value) and "hf_wrong_secret" not in str(exit_.value)
-        with use_hub(server, token=None, home=tmp_path / "none"):
-            with pytest.raises(HubPushError, match="no Hugging Face token: set HF_TOKEN"):
-                push(folder, REPO)
+        with use_hub(server, token=None, home=tmp_path / "none"), \
+                pytest.raises(HubPushError, match="no Hugging Face token: set HF_TOKEN"):
+            push(folder, REPO)
         requests = len(server.requests)
         with use_hub(server, token=TOKEN, home=tmp_path / "good"):
             for bad in ("org/bad name!", "a/b/c", "org/" + "x" * 100):

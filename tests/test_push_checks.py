@@ -9,8 +9,8 @@ import socket
 from pathlib import Path
 
 import pytest
-
 from servers import HubServer, use_hub
+
 from ssl4eos12 import cli
 from ssl4eos12.publish.hub import HubPushError, push
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+from conftest import traced_peak
 from datasets import load_dataset
 from datasets.distributed import split_dataset_by_node
-
-import ssl4eos12
-from conftest import traced_peak
 from nginx import NginxServer, nginx_binary
 from reference import assert_example_equal, expected_examples, split_files
 from servers import HubServer, PlainHTTPServer, RangeHTTPServer, use_hub
+
+import ssl4eos12
 from ssl4eos12.sources import fastzip, remote
 
 MODALITIES = ["S2L1C", "S2L2A", "S2RGB", "S1GRD"]
@@ -636,9 +636,9 @@ def test_a_range_ignored_where_a_file_is_split_over_connections_is_named(tmp_pat
         _handler_class = Pretending
 
     (tmp_path / "f.bin").write_bytes(bytes(200_003))
-    with PretendingServer(tmp_path, ranges=False) as srv:
-        with pytest.raises(remote.RemoteFileError, match=r"f\.bin: the server ignores byte ranges \(HTTP 200 to bytes="):
-            remote.fetch(srv.url + "/f.bin", options=remote.FetchOptions(connections=3))
+    with PretendingServer(tmp_path, ranges=False) as srv, \
+            pytest.raises(remote.RemoteFileError, match=r"f\.bin: the server ignores byte ranges \(HTTP 200 to bytes="):
+        remote.fetch(srv.url + "/f.bin", options=remote.FetchOptions(connections=3))
 
 
 # -- files read front to back (the webdataset tars) ----------------------------------------------------------------
@@ -867,7 +867,7 @@ def test_a_server_that_refuses_head_requests_still_serves_the_file(tmp_path, sma
     (tmp_path / "f.bin").write_bytes(payload)
     options = remote.FetchOptions(connections=connections)
     with NoHeadServer(tmp_path) as srv:
-        with ssl4eos12.prefetch.prefetch([lambda: remote.fetch(srv.url + "/f.bin", options=options)]) as files:
-            with next(files) as fetched:
-                assert fetched.read() == payload
+        with ssl4eos12.prefetch.prefetch([lambda: remote.fetch(srv.url + "/f.bin", options=options)]) as files, \
+                next(files) as fetched:
+            assert fetched.read() == payload
         assert [r[2] for r in srv.requests if r[0] == "GET"] == [None]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reference import assert_example_equal, expected_examples
 
 import ssl4eos12
-from reference import assert_example_equal, expected_examples
 from ssl4eos12.index import build_index
 from ssl4eos12.synth import synthesize
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ssl4eos12.sampling import (Segment, batch_count, epoch_order, partition, per_rank, rank_order, remaining)
+from ssl4eos12.sampling import Segment, batch_count, epoch_order, partition, per_rank, rank_order, remaining
 
 #: Uneven shards: single locations, one empty shard, sizes no world size divides.
 COUNTS = [1, 7, 0, 3, 12, 1, 5, 2]

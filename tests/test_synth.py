@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
-
 from conftest import open_with_xarray
+
 from ssl4eos12.synth import synthesize
 from ssl4eos12.synth.webdataset import synthesize_webdataset
 

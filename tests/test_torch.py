@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from datasets import load_dataset
-
-import ssl4eos12
 from conftest import counting_reuse
+from datasets import load_dataset
 from reference import assert_example_equal, expected_examples
 
+import ssl4eos12
+
 torch = pytest.importorskip("torch")
-from torch.utils.data import BatchSampler, DataLoader, SequentialSampler  # noqa: E402
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 ALL = ["S2L1C", "S2L2A", "S2RGB", "S1GRD"]
 NATIVE = {"S2L1C": torch.int16, "S2L2A": torch.int16, "S2RGB": torch.uint8, "S1GRD": torch.float16}

@@ -16,13 +16,13 @@ import datasets
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import arrow_rows, open_with_xarray, traced_peak
 from datasets import load_dataset
 from datasets.distributed import split_dataset_by_node
-
-import ssl4eos12
-from conftest import arrow_rows, open_with_xarray, traced_peak
 from reference import assert_example_equal
 from servers import HubServer, PlainHTTPServer, RangeHTTPServer, use_hub
+
+import ssl4eos12
 from ssl4eos12.synth.webdataset import synthesize_webdataset, write_tar
 
 CLASSIC = ["S2L1C", "S2L2A", "S2RGB", "S1GRD"]
@@ -231,8 +231,8 @@ def test_layout_is_recognised_and_can_be_forced(wds_dir, data_dir, tmp_path):
     tars = stream(root, "S2RGB", "validation", layout="webdataset")
     zips = stream(root, "S2RGB", "validation", layout="zarr")
     assert "key" in tars.features and "key" not in zips.features
-    assert [r["file"] for r in tars][0] == "ssl4eos12_shard_000001.tar"
-    assert [r["file"] for r in zips][0].endswith(".zarr.zip")
+    assert next(r["file"] for r in tars) == "ssl4eos12_shard_000001.tar"
+    assert next(r["file"] for r in zips).endswith(".zarr.zip")
     with pytest.raises(ValueError, match="layout must be one of"):
         stream(root, layout="tar")
     with pytest.raises(ssl4eos12.SSL4EOS12DataError, match=r"no SSL4EO-S12 files for S2RGB.*\*\.tar"):
@@ -364,13 +364,13 @@ def _reordered(members):
 
 @pytest.mark.parametrize("damage, message", [
     (_truncate, r"S1GRD/ssl4eos12_shard_000001\.tar: not a readable tar file, truncated or corrupt"),
-    (_rewrite(_not_zarr), r"S1GRD/ssl4eos12_shard_000001\.tar:ssl4eos12_val_seasonal_data_\d+\.zarr\.zip: not a "
-                          r"(consolidated Zarr v2 store|readable zip)"),
-    (_rewrite(_missing), r"S2L2A/ssl4eos12_shard_000001\.tar: the tars of S2L2A and S1GRD \(.*S1GRD/ssl4eos12_shard_"
-                         r"000001\.tar\) diverge at member 1: 'ssl4eos12_val_seasonal_data_0000008' in S2L2A, "
-                         r"'ssl4eos12_val_seasonal_data_0000009' in S1GRD"),
-    (_rewrite(_reordered), r"diverge at member 1: 'ssl4eos12_val_seasonal_data_0000008' in S2L2A, "
-                           r"'ssl4eos12_val_seasonal_data_0000009' in S1GRD"),
+    (_rewrite(_not_zarr), (r"S1GRD/ssl4eos12_shard_000001\.tar:ssl4eos12_val_seasonal_data_\d+\.zarr\.zip: not a "
+                           r"(consolidated Zarr v2 store|readable zip)")),
+    (_rewrite(_missing), (r"S2L2A/ssl4eos12_shard_000001\.tar: the tars of S2L2A and S1GRD \(.*S1GRD/ssl4eos12_shard_"
+                          r"000001\.tar\) diverge at member 1: 'ssl4eos12_val_seasonal_data_0000008' in S2L2A, "
+                          r"'ssl4eos12_val_seasonal_data_0000009' in S1GRD")),
+    (_rewrite(_reordered), (r"diverge at member 1: 'ssl4eos12_val_seasonal_data_0000008' in S2L2A, "
+                            r"'ssl4eos12_val_seasonal_data_0000009' in S1GRD")),
 ], ids=["truncated", "not-zarr", "missing-key", "reordered-key"])
 def test_bad_tars_raise_or_are_skipped_and_counted(wds_dir, tmp_path, damage, message):
     root, _ = broken_copy(wds_dir, tmp_path, damage)

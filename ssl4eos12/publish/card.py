@@ -15,7 +15,6 @@ import os
 import uuid
 from importlib import resources
 from pathlib import Path
-from typing import Optional
 
 import datasets
 from datasets.info import DatasetInfosDict
@@ -92,7 +91,7 @@ def card_data(manifest: dict) -> DatasetCardData:
     return data
 
 
-def render_card(manifest: dict, repo_id: Optional[str] = None) -> DatasetCard:
+def render_card(manifest: dict, repo_id: str | None = None) -> DatasetCard:
     """The dataset card of a converted folder, from its manifest."""
     configs = manifest["configs"]
     splits = [split for split in SPLIT_FOLDERS if any(split in info["splits"] for info in configs.values())]
@@ -135,7 +134,7 @@ def render_card(manifest: dict, repo_id: Optional[str] = None) -> DatasetCard:
     )
 
 
-def write_card(out_dir, manifest: Optional[dict] = None, repo_id: Optional[str] = None) -> Path:
+def write_card(out_dir, manifest: dict | None = None, repo_id: str | None = None) -> Path:
     """Render the card of ``out_dir`` (from its manifest unless given) to ``out_dir/README.md``, atomically."""
     out = Path(out_dir)
     card = render_card(manifest if manifest is not None else read_manifest(out), repo_id)
@@ -237,7 +236,7 @@ def _statistics_table(name: str, info: dict) -> dict:
     }
 
 
-def _number(value: Optional[float]) -> str:
+def _number(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 

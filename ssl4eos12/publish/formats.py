@@ -36,7 +36,6 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
 
 import datasets
 import numpy as np
@@ -71,8 +70,8 @@ class ShardWriter:
     is closed, after an ``fsync``.
     """
 
-    def __init__(self, path: Path, features: datasets.Features, metadata: Optional[dict] = None):
-        self._file = open(path, "wb", buffering=0)
+    def __init__(self, path: Path, features: datasets.Features, metadata: dict | None = None):
+        self._file = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close() / __exit__
         self._digest = new_checksum()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="ssl4eos12-shard-writer")
         self._pending: collections.deque = collections.deque()
@@ -177,7 +176,7 @@ class ShardWriter:
     def checksum(self) -> str:
         return self._digest.hexdigest()
 
-    def __enter__(self) -> ShardWriter:
+    def __enter__(self) -> ShardWriter:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, *exc) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Optional
 
 from huggingface_hub import CommitInfo, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
@@ -41,8 +40,8 @@ class HubPushError(RuntimeError):
     """A push that cannot go ahead: no token, a rejected token, a bad repository id or revision, ..."""
 
 
-def push(out_dir, repo_id: str, private: bool = False, revision: Optional[str] = None, create_pr: bool = False,
-         token: Optional[str] = None) -> CommitInfo:
+def push(out_dir, repo_id: str, private: bool = False, revision: str | None = None, create_pr: bool = False,
+         token: str | None = None) -> CommitInfo:
     """Upload the converted folder ``out_dir`` to the dataset repository ``repo_id``.
 
     Args:
@@ -78,7 +77,7 @@ def push(out_dir, repo_id: str, private: bool = False, revision: Optional[str] =
     return commit
 
 
-def check_push(repo_id: str, token: Optional[str] = None, revision: Optional[str] = None,
+def check_push(repo_id: str, token: str | None = None, revision: str | None = None,
                create_pr: bool = False) -> str:
     """Check everything a push needs before anything is converted, written or uploaded; return the token.
 
@@ -100,14 +99,14 @@ def check_push(repo_id: str, token: Optional[str] = None, revision: Optional[str
             HfApi(token=token).whoami()
         except HfHubHTTPError:
             raise  # the Hub answered: a rejected token, explained by _clear_errors
-        except Exception as err:  # no answer: httpx's connection errors, DNS
+        except Exception as err:  # noqa: BLE001 - no answer: httpx's connection errors, DNS
             raise HubPushError(f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} to check the token "
                                f"({type(err).__name__}); check the network connection and retry") from None
     return token
 
 
 @contextlib.contextmanager
-def _clear_errors(repo_id: str, revision: Optional[str], token: str):
+def _clear_errors(repo_id: str, revision: str | None, token: str):
     """Turn Hub errors into :class:`HubPushError` messages that say what to do and never hold the token."""
     try:
         yield

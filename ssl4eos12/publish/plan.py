@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import datasets
 import numpy as np
@@ -75,7 +74,7 @@ class ShardTask:
     files: tuple[str, ...]
     root: str  # the data root, normalised
     layouts: tuple[Layout, ...]  # the modalities read; the first one orders the rows
-    thumbnail: Optional[str] = None  # modality the thumbnails are made from (default config only)
+    thumbnail: str | None = None  # modality the thumbnails are made from (default config only)
     rows_per_group: int = 1
     keyed: bool = False  # the source names locations by member key (the tar release): a ``key`` column
 
@@ -116,7 +115,7 @@ class ShardTask:
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def config_features(config: str, layouts: tuple[Layout, ...], thumbnail: Optional[str],
+def config_features(config: str, layouts: tuple[Layout, ...], thumbnail: str | None,
                     keyed: bool = False) -> datasets.Features:
     """A modality config's features are the builder's; the default config's are :func:`overview_features`, the
     index config's the index file's columns (:func:`ssl4eos12.index.index_features`)."""
@@ -127,7 +126,7 @@ def config_features(config: str, layouts: tuple[Layout, ...], thumbnail: Optiona
     return example_features(layouts, keyed=keyed)
 
 
-def overview_features(layouts: tuple[Layout, ...], thumbnail: Optional[str], keyed: bool = False) -> datasets.Features:
+def overview_features(layouts: tuple[Layout, ...], thumbnail: str | None, keyed: bool = False) -> datasets.Features:
     """Features of the ``default`` config: a thumbnail and the scalar metadata of every modality."""
     features = {}
     if thumbnail is not None:
@@ -146,7 +145,7 @@ def overview_features(layouts: tuple[Layout, ...], thumbnail: Optional[str], key
     return datasets.Features(features)
 
 
-def plan(data_dir: str, configs: Optional[Iterable[str]] = None, splits: Optional[Iterable[str]] = None,
+def plan(data_dir: str, configs: Iterable[str] | None = None, splits: Iterable[str] | None = None,
          max_shard_size: int | str | None = None, on_bad_file: str = "error") -> list[ShardTask]:
     """Every shard of the conversion, computed from the file lists and the first file of each modality.
 
@@ -202,7 +201,7 @@ def _split_files(root: str, splits: list[str], modalities: list[str]) -> dict[st
     return split_files
 
 
-def _config_modalities(config: str, probes: dict) -> tuple[list[str], Optional[str]]:
+def _config_modalities(config: str, probes: dict) -> tuple[list[str], str | None]:
     """The modalities a config reads (the first orders the rows) and its thumbnail source."""
     if config not in OVERVIEW_CONFIGS:
         return [config], None
@@ -225,7 +224,7 @@ def shard_sizes(example_bytes: int, samples_per_file: int, max_shard_size: int |
 
 
 def _probe(source: Source, split_folder: str, shards: list[str], modality: str,
-           on_bad_file: str = "error") -> Optional[tuple[Layout, int]]:
+           on_bad_file: str = "error") -> tuple[Layout, int] | None:
     """Layout and number of samples of the first shard's modality, or ``None`` if there is no such file.
 
     With ``on_bad_file="skip"`` a first shard that cannot be read gives way to the next (the conversion skips it).
@@ -258,7 +257,7 @@ def example_nbytes(features: datasets.Features, layouts: tuple[Layout, ...]) -> 
     return sum(nbytes(feature) for feature in features.values())
 
 
-def read_record(out: Path, task: ShardTask) -> Optional[dict]:
+def read_record(out: Path, task: ShardTask) -> dict | None:
     try:
         return json.loads((out / task.record_path).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
@@ -276,18 +275,18 @@ def is_done(out: Path, task: ShardTask) -> bool:
         return False
 
 
-def worker_count(workers: Optional[int], tasks: int) -> int:
+def worker_count(workers: int | None, tasks: int) -> int:
     """Local worker processes for ``tasks`` tasks: ``workers`` (default: every core), no more than tasks."""
     return max(1, min(workers or usable_cores(), tasks))
 
 
-def threads_per_task(workers: Optional[int], scheduler: Optional[str], tasks: int) -> int:
+def threads_per_task(workers: int | None, scheduler: str | None, tasks: int) -> int:
     """Threads a task may use (to decode, hash, make thumbnails): the cores its local worker processes share out;
     1 on a Dask cluster, whose workers run a task on each of their threads."""
     return 1 if scheduler is not None else max(1, usable_cores() // worker_count(workers, tasks))
 
 
-def run_tasks(fn: Callable, tasks: list, workers: Optional[int] = None, scheduler: Optional[str] = None,
+def run_tasks(fn: Callable, tasks: list, workers: int | None = None, scheduler: str | None = None,
               desc: str = "Converting") -> Iterator:
     """Results of ``fn(task)`` in completion order, on a Dask cluster, a process pool or inline, with a progress bar."""
     with hf_tqdm(total=len(tasks), desc=desc, unit="shard") as progress:
@@ -296,7 +295,7 @@ def run_tasks(fn: Callable, tasks: list, workers: Optional[int] = None, schedule
             yield result
 
 
-def _map_unordered(fn: Callable, tasks: list, workers: Optional[int], scheduler: Optional[str]) -> Iterator:
+def _map_unordered(fn: Callable, tasks: list, workers: int | None, scheduler: str | None) -> Iterator:
     if not tasks:
         return
     if scheduler is not None:

@@ -32,7 +32,6 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -42,8 +41,16 @@ from ..index import block_rows, cloud_fraction, geo_metadata, index_variables, i
 from ..schema import location_examples, modality_fields
 from ..sources import ON_BAD_FILE_CHOICES, Block, ModalityFile, fastzip
 from .formats import EXTENSION, OLD_EXTENSIONS, ShardWriter, gatherable
-from .manifest import (CHECKSUM, MANIFEST_DIR, RECORDS_DIR, alignment_problems, merge_statistics, samples_digest,
-                       write_json_atomic, write_manifest)
+from .manifest import (
+    CHECKSUM,
+    MANIFEST_DIR,
+    RECORDS_DIR,
+    alignment_problems,
+    merge_statistics,
+    samples_digest,
+    write_json_atomic,
+    write_manifest,
+)
 from .plan import DEFAULT_CONFIG, INDEX_CONFIG, ShardTask, is_done, plan, run_tasks, threads_per_task
 
 logger = logging.getLogger(__name__)
@@ -92,7 +99,7 @@ def task_batches(task: ShardTask, name: str, blocks: Iterable[Block], stats: dic
 
 
 def read_blocks(task: ShardTask, name: str, threads: int = 1,
-                memory: Optional[fastzip.ArrayPool] = None) -> Iterator[Block]:
+                memory: fastzip.ArrayPool | None = None) -> Iterator[Block]:
     """The blocks of source shard ``name`` of ``task``, with the variables its config needs, each decoded as it is
     asked for: on ``threads`` threads, the big arrays into ``memory`` if given."""
     variables = {DEFAULT_CONFIG: _overview_variables(task), INDEX_CONFIG: index_variables(task.layouts)}.get(task.config)
@@ -144,7 +151,7 @@ def _overview_variables(task: ShardTask) -> dict[str, list[str]]:
     return {layout.modality: names + ["bands"] * (layout.modality == task.thumbnail) for layout in task.layouts}
 
 
-def overview_examples(block: Block, thumbnail: Optional[str], threads: int = 1) -> Iterator[tuple[int, dict]]:
+def overview_examples(block: Block, thumbnail: str | None, threads: int = 1) -> Iterator[tuple[int, dict]]:
     """The ``default`` config's examples of one block (``(key, example)`` pairs, like the builder's)."""
     name, parts, orders = block.file, block.parts, block.orders
     reference = next(iter(parts.values()))
@@ -364,7 +371,7 @@ def _batches(iterable: Iterable, size: int) -> Iterator[list]:
 
 
 def convert_shard(task: ShardTask, out_dir: str, on_bad_file: str = "error", threads: int = 1,
-                  reuse_arrays: bool = False, _skip: Optional[dict] = None) -> dict:
+                  reuse_arrays: bool = False, _skip: dict | None = None) -> dict:
     """Write one shard (to a temporary name, renamed when complete) and its record; return the record.
 
     ``threads``: how many threads it may use (to decode, compute statistics, make thumbnails). ``reuse_arrays``:
@@ -431,7 +438,7 @@ def convert_shard(task: ShardTask, out_dir: str, on_bad_file: str = "error", thr
     return record
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def decode_memory() -> fastzip.ArrayPool:
     """This process's arrays to decode source files into (:data:`REUSED_ARRAYS`), kept from one task to the next:
     by a worker process for its life, by :func:`convert` run here until it returns."""
@@ -458,7 +465,7 @@ def _clean(out: Path, tasks: list[ShardTask]) -> None:
 
 
 def convert(data_dir, out_dir, configs=None, splits=None, workers=None, scheduler=None, max_shard_size=None,
-            on_bad_file: str = "error", stats: Optional[dict] = None) -> dict:
+            on_bad_file: str = "error", stats: dict | None = None) -> dict:
     """Convert the Zarr zips under ``data_dir`` to Arrow shards, a manifest and a dataset card in ``out_dir``.
 
     Args:

@@ -12,10 +12,17 @@ import numpy as np
 
 from ..torch import arrow_to_numpy
 from .formats import EXTENSION, FORMAT, OLD_EXTENSIONS, iter_tables, read_schema
-from .manifest import CHECKSUM, MANIFEST_FILE, alignment_problems, file_checksum, read_manifest, samples_digest, skipped_files
+from .manifest import (
+    CHECKSUM,
+    MANIFEST_FILE,
+    alignment_problems,
+    file_checksum,
+    read_manifest,
+    samples_digest,
+    skipped_files,
+)
 from .plan import ShardTask, plan, run_tasks
 from .shards import task_examples
-
 
 _MAX_VALUE_PROBLEMS = 5
 
@@ -87,7 +94,7 @@ def verify_shard(check: tuple[ShardTask, dict], out_dir: str) -> list[str]:
         problems.append(f"{task.path}: checksum ({CHECKSUM}) differs from the manifest (modified or corrupt)")
     try:
         features = datasets.Features.from_arrow_schema(read_schema(path))
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - whatever makes the schema unreadable is the problem reported
         return problems + [f"{task.path}: not a readable {FORMAT} file ({type(err).__name__}: {err})"]
     if features != task.features:
         return problems + [f"{task.path}: features differ from those of the source files"]
@@ -109,7 +116,7 @@ def verify_shard(check: tuple[ShardTask, dict], out_dir: str) -> list[str]:
                                         f"{name} differs from the source")
                         if mismatches >= _MAX_VALUE_PROBLEMS:
                             return problems
-    except Exception as err:  # a corrupt page or batch, a source file that cannot be read
+    except Exception as err:  # noqa: BLE001 - a corrupt page or batch, a source file that cannot be read
         return problems + [f"{task.path}: cannot compare with the source ({type(err).__name__}: {err})"]
     if next(expected, None) is not None:
         problems.append(f"{task.path}: fewer rows than its source files have")

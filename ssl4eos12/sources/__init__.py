@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Sequence
-from typing import Optional
 
-from ..constants import (SPLIT_FOLDERS, TAR_SUFFIX, ZARR_ZIP_SUFFIX, split_list_path,
-                         webdataset_metadata_path)
+from ..constants import SPLIT_FOLDERS, TAR_SUFFIX, ZARR_ZIP_SUFFIX, split_list_path, webdataset_metadata_path
 from ..errors import SSL4EOS12DataError
 from .base import ON_BAD_FILE_CHOICES, Block, Layout, ModalityFile, Source
 from .chunked import ChunkedSource
@@ -22,7 +20,7 @@ from .webdataset import WebDatasetSource
 SOURCES: dict[str, type[Source]] = {ChunkedSource.name: ChunkedSource, WebDatasetSource.name: WebDatasetSource}
 
 
-def open_source(root: str, modalities: Sequence[str], download_config=None, layout: Optional[str] = None,
+def open_source(root: str, modalities: Sequence[str], download_config=None, layout: str | None = None,
                 fetch_options=None) -> Source:
     """The source of the data under ``root`` (any local path or fsspec URL), for ``modalities``.
 
@@ -57,7 +55,7 @@ def detect_layout(root: str, modality: str, download_config=None) -> str:
     for folder in SPLIT_FOLDERS.values():
         try:
             names = fs.ls(posixpath.join(root_path, folder, modality), detail=False)
-        except Exception:  # noqa: BLE001 - unreachable or unlistable: the reader's own errors say why
+        except Exception:  # noqa: BLE001, S112 - unreachable or unlistable: the reader's own errors say why
             continue
         found.update(layout for layout, suffix in ((WebDatasetSource.name, TAR_SUFFIX), (ChunkedSource.name, ZARR_ZIP_SUFFIX))
                      if any(name.endswith(suffix) for name in names))

@@ -14,7 +14,6 @@ import abc
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -36,7 +35,7 @@ class Layout:
     has_cloud_mask: bool
     #: The optional per-location variables the files have (``crs``, ``time_``, ``file_id``, ``x_``, ``y_``);
     #: ``None``: all of them, as every file of the Zarr release has. The example has a field for each.
-    variables: Optional[tuple[str, ...]] = None
+    variables: tuple[str, ...] | None = None
     #: Time-less arrays beyond the standard ones (LULC's ``esri_original``): ``(name, shape, dtype)`` each.
     statics: tuple[tuple[str, tuple[int, ...], str], ...] = ()
 
@@ -71,7 +70,7 @@ class Block:
     parts: dict[str, ModalityFile]
     orders: dict[str, np.ndarray]
     offset: int = 0
-    keys: Optional[np.ndarray] = None
+    keys: np.ndarray | None = None
 
     @property
     def reference(self) -> ModalityFile:
@@ -120,7 +119,7 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def blocks(
         self, split_folder: str, shard: str, layouts: Sequence[Layout],
-        variables: Optional[dict[str, Sequence[str]]] = None,
+        variables: dict[str, Sequence[str]] | None = None,
     ) -> Iterator[Block]:
         """The decoded, joined blocks of a shard, each checked against ``layouts``.
 
@@ -137,7 +136,7 @@ class Source(abc.ABC):
         return self.blocks(split_folder, shard, layouts)
 
     def blocks_for(self, split_folder: str, shard: str, layouts: Sequence[Layout], selection=None,
-                   variables: Optional[dict[str, Sequence[str]]] = None) -> Iterator[Block]:
+                   variables: dict[str, Sequence[str]] | None = None) -> Iterator[Block]:
         """The blocks a reader of ``selection`` (``{sample: time indices or None}``, or ``None``: every location)
         needs: at least the selected locations (others may come too: the reader filters), read as cheaply as the
         source can (:meth:`blocks_at` where only some timestamps are needed)."""
@@ -149,7 +148,7 @@ class Source(abc.ABC):
 
     def fetch(
         self, split_folder: str, shard: str, layouts: Sequence[Layout],
-        variables: Optional[dict[str, Sequence[str]]] = None,
+        variables: dict[str, Sequence[str]] | None = None,
     ) -> Callable[[], Iterator[Block]]:
         """Do the I/O of a shard now and return what decodes it: ``fetch(...)()`` is ``blocks(...)``.
 

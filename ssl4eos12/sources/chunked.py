@@ -15,19 +15,15 @@ from __future__ import annotations
 import functools
 import posixpath
 from collections.abc import Callable, Iterator, Sequence
-from typing import Optional
 
 import numpy as np
-
 import pyarrow.parquet as pq
 
 from ..constants import ZARR_ZIP_SUFFIX, split_list_path, split_metadata_path
 from ..errors import SSL4EOS12DataError, SSL4EOS12FileError
 from .base import Block, Layout, ModalityFile, Source
 from .remote import is_remote, open_random_access, serves_ranges, url_to_fs
-from .zarrzip import (fetch_zip, probe_layout_and_size, read_modality_file, read_modality_times,
-                      wants_whole_file)
-
+from .zarrzip import fetch_zip, probe_layout_and_size, read_modality_file, read_modality_times, wants_whole_file
 
 
 def list_split_files(root: str, split_folder: str, modality: str, download_config=None) -> list[str]:
@@ -70,13 +66,13 @@ class ChunkedSource(Source):
 
     def blocks(
         self, split_folder: str, shard: str, layouts: Sequence[Layout],
-        variables: Optional[dict[str, Sequence[str]]] = None,
+        variables: dict[str, Sequence[str]] | None = None,
     ) -> Iterator[Block]:
         return self.fetch(split_folder, shard, layouts, variables)()
 
     def fetch(
         self, split_folder: str, shard: str, layouts: Sequence[Layout],
-        variables: Optional[dict[str, Sequence[str]]] = None,
+        variables: dict[str, Sequence[str]] | None = None,
     ) -> Callable[[], Iterator[Block]]:
         """Fetch a remote shard's files whole (one per modality; local files are read in place)."""
         fetched = {}
@@ -111,7 +107,7 @@ class ChunkedSource(Source):
     def blocks_at(self, split_folder: str, shard: str, layouts: Sequence[Layout], times: Sequence[int]) -> Iterator[Block]:
         """Remote files: only the chunks of ``times`` (one per timestamp and big variable) are fetched, by range
         reads; local files are read as :meth:`blocks` reads them (decoding from the page cache is cheap)."""
-        times = sorted(set(int(t) for t in times))
+        times = sorted({int(t) for t in times})
         # a server that ignores Range sends whole files anyway: fetched as such, once each (logged by remote)
         if (not is_remote(self.root) or len(times) >= min(layout.num_times for layout in layouts)
                 or not serves_ranges(self.root)):

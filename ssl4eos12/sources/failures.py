@@ -8,7 +8,6 @@ cause in the exception chain and :func:`remote_failure_message` turns it into ``
 from __future__ import annotations
 
 import socket
-from typing import Optional
 
 from ..constants import HOSTED_ROOT
 
@@ -37,7 +36,7 @@ def _chain(err: BaseException):
         err = err.__cause__ or err.__context__
 
 
-def _status(err: BaseException) -> Optional[int]:
+def _status(err: BaseException) -> int | None:
     status = getattr(err, "status", None)  # aiohttp.ClientResponseError
     if not isinstance(status, int):
         response = getattr(err, "response", None)  # requests / httpx errors, HfHubHTTPError
@@ -45,7 +44,7 @@ def _status(err: BaseException) -> Optional[int]:
     return status if isinstance(status, int) else None
 
 
-def remote_cause(err: BaseException) -> Optional[tuple[str, str]]:
+def remote_cause(err: BaseException) -> tuple[str, str] | None:
     """``(kind, description)`` of a remote failure, or ``None`` when ``err`` is not one.
 
     kinds: ``offline`` (DNS, refused connection), ``missing`` (no such repository or path, HTTP 404),
@@ -72,7 +71,7 @@ def remote_cause(err: BaseException) -> Optional[tuple[str, str]]:
     return None
 
 
-def remote_failure_message(url: str, err: BaseException) -> Optional[str]:
+def remote_failure_message(url: str, err: BaseException) -> str | None:
     """``URL: cause; what to do`` for a remote failure, or ``None`` when ``err`` is not one."""
     cause = remote_cause(err)
     if cause is None:
@@ -82,13 +81,13 @@ def remote_failure_message(url: str, err: BaseException) -> Optional[str]:
     return f"{where}: {description}; {_HINTS[kind]}"
 
 
-def diagnose_root(root: str, probe_path: str, download_config=None) -> Optional[str]:
+def diagnose_root(root: str, probe_path: str, download_config=None) -> str | None:
     """Why a remote root shows no files: ask for ``probe_path`` under it and explain the failure (if any)."""
     from .remote import url_to_fs
 
     try:
         fs, path = url_to_fs(root, download_config)
         fs.info(f"{path.rstrip('/')}/{probe_path}")
-    except Exception as err:  # any client library's error: explained when recognised (a plain 404 is not)
+    except Exception as err:  # noqa: BLE001 - any client library's error: explained when recognised (not a 404)
         return remote_failure_message(root, err)
     return None

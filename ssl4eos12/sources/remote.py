@@ -38,6 +38,7 @@ import functools
 import http.client
 import io
 import ipaddress
+import itertools
 import logging
 import mmap
 import os
@@ -48,7 +49,6 @@ import time
 import urllib.request
 import weakref
 from dataclasses import dataclass
-from typing import Optional
 from urllib.parse import urljoin, urlsplit
 
 import fsspec
@@ -93,7 +93,7 @@ class FetchOptions:
         timeout: seconds without a byte before a read is retried.
     """
 
-    connections: Optional[int] = None
+    connections: int | None = None
     prefetch: int = 1
     timeout: float = READ_TIMEOUT
 
@@ -474,7 +474,7 @@ class FetchedFile(_Positioned):
             piece.progress = self._arrive
             with parent.closing(scope.cancel):  # the prefetch's end stops it too
                 piece.run()
-        except BaseException as err:  # the reader of the file gets it from wait()
+        except BaseException as err:  # noqa: BLE001 - the reader of the file gets it from wait()
             error = err
         finally:
             with contextlib.suppress(BufferError):
@@ -539,7 +539,7 @@ class _HttpTarget:
 
     url: str
     headers: dict
-    size: Optional[int]
+    size: int | None
 
 
 def _http_target(url: str, download_config) -> _HttpTarget | None:
@@ -911,7 +911,7 @@ def _fetch_http(url: str, headers: dict[str, str], options: FetchOptions, size: 
     try:
         view = memoryview(buffer)
         try:
-            _read_ranges(url, headers, options, scope, view, list(zip(bounds, bounds[1:])), size)
+            _read_ranges(url, headers, options, scope, view, list(itertools.pairwise(bounds)), size)
         finally:
             view.release()
         return FetchedFile(buffer, size, name, pool)
@@ -977,7 +977,7 @@ def _read_ranges(url, headers, options, parent: CancelScope, view: memoryview, r
     def run(piece: _Piece) -> None:
         try:
             piece.run()
-        except BaseException as err:
+        except BaseException as err:  # noqa: BLE001 - raised by the caller once every piece stopped
             errors.append(err)
             scope.cancel()
 
@@ -1219,7 +1219,7 @@ class _Piece:
             self.scope.check()
             try:
                 data = (response.read1 if response.chunked else response.fp.read1)(min(self._skip, _SKIP_STEP))
-            except socket.timeout as err:
+            except TimeoutError as err:
                 raise _Retryable(f"no data for {self.options.timeout:g} s after byte {self.base - self._skip}") from err
             if not data:
                 raise _Retryable(f"connection closed after byte {self.base - self._skip} of {self.stop}")
@@ -1236,7 +1236,7 @@ class _Piece:
                     self._drain = False
                 else:
                     n = read(target)
-            except socket.timeout as err:
+            except TimeoutError as err:
                 raise _Retryable(f"no data for {self.options.timeout:g} s after byte {self.offset}") from err
             finally:
                 with contextlib.suppress(BufferError):  # a failed read's traceback may still hold it

@@ -26,9 +26,9 @@ import zarr
 from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 from fsspec.implementations.zip import ZipFileSystem
 
-from . import fastzip
 from ..constants import BANDS_DTYPE, CLOUD_MASKED
 from ..errors import SSL4EOS12FileError
+from . import fastzip
 from .base import Layout, ModalityFile
 from .failures import remote_cause, remote_failure_message
 from .remote import FetchedFile, FetchOptions, RemoteFileError, fetch, is_remote, open_random_access, serves_ranges

@@ -465,4 +465,4 @@ def synthesize(
 
 
 # the webdataset release's look-alike builds on the generators above
-from .webdataset import synthesize_webdataset  # noqa: E402
+from .webdataset import synthesize_webdataset as synthesize_webdataset

@@ -28,9 +28,15 @@ import pyarrow.parquet as pq
 import xarray as xr
 import zarr
 
+from ..constants import (
+    S2_OFFSET,
+    SPLIT_FOLDERS,
+    WEBDATASET_MODALITIES,
+    ZARR_ZIP_SUFFIX,
+    shard_name,
+    webdataset_metadata_path,
+)
 from . import BARE, CROP, FOREST, URBAN, WATER, ZIP_DATE_TIME, land_cover, make_dataset, make_locations, zarr_encoding
-from ..constants import (S2_OFFSET, SPLIT_FOLDERS, WEBDATASET_MODALITIES, ZARR_ZIP_SUFFIX, shard_name,
-                         webdataset_metadata_path)
 
 #: Sentinel-2 products: they share a location's timestamps (LULC carries them too).
 _S2 = ("S2L1C", "S2L2A", "S2RGB")
