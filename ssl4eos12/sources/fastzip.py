@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import contextvars
+import ctypes
 import json
 import math
 import mmap
@@ -56,6 +57,44 @@ _ALLOCATE: contextvars.ContextVar = contextvars.ContextVar("ssl4eos12_fastzip_al
 _THREADS: contextvars.ContextVar = contextvars.ContextVar("ssl4eos12_fastzip_threads", default=1)
 #: Compressed bytes of an array per decoding thread, at least.
 PARALLEL_BYTES = 4 << 20
+_BLOSC_HEADER = 16
+
+
+def _blosc_decompress_ctx():
+    """c-blosc's ``blosc_decompress_ctx`` from the library numcodecs is built with, called through ``ctypes``
+    (which lets go of the GIL for the call); ``None`` where that library does not export it.
+
+    numcodecs' own ``Blosc.decode`` holds the GIL for ~20-40 us of Python around each chunk (buffer checks, its
+    thread and fork checks): for a tar member's dozen small chunks that was most of the GIL it held."""
+    try:
+        function = ctypes.CDLL(numcodecs.blosc.__file__).blosc_decompress_ctx
+    except (OSError, AttributeError):  # pragma: no cover - a numcodecs built otherwise: its decode is used
+        return None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+_DECOMPRESS = _blosc_decompress_ctx()
+
+
+def blosc_decoded_size(view) -> int:
+    """The decoded size a Blosc chunk's header gives (-1 for a buffer too short to hold a header)."""
+    return int.from_bytes(view[4:8], "little") if len(view) >= _BLOSC_HEADER else -1
+
+
+def blosc_decode_into(view, out: np.ndarray) -> None:
+    """Blosc-decode the chunk ``view`` into ``out``, which it must fill exactly (checked by the caller:
+    :func:`blosc_decoded_size`). Raises ``ValueError`` for a chunk that does not decode."""
+    if _DECOMPRESS is None or not out.flags.c_contiguous or not out.flags.writeable:
+        numcodecs.blosc.decompress(view, out)
+        return
+    # c-blosc trusts the header's compressed size: a chunk that claims more bytes than it has is refused here
+    if int.from_bytes(view[12:16], "little") != len(view):
+        raise ValueError(f"Blosc chunk of {len(view)} bytes whose header says {int.from_bytes(view[12:16], 'little')}")
+    source = np.frombuffer(view, np.uint8)
+    if _DECOMPRESS(source.__array_interface__["data"][0], out.__array_interface__["data"][0], out.nbytes, 1) != out.nbytes:
+        raise ValueError("error during Blosc decompression")
 
 
 @contextlib.contextmanager
@@ -352,10 +391,10 @@ def _decode_member(codec, info: zipfile.ZipInfo, view: memoryview, block: np.nda
     """Decode member ``info`` (its bytes ``view``, their CRC-32 ``crc``) into ``block``, checked as ``zipfile`` would."""
     _check_crc(info, crc)
     # Blosc header: bytes 4-8 hold the decoded size; decoding into a larger buffer would not fail
-    decoded_size = int.from_bytes(view[4:8], "little") if len(view) >= 16 else -1
+    decoded_size = blosc_decoded_size(view)
     if decoded_size != block.nbytes:
         raise ValueError(f"chunk {info.filename!r} decodes to {decoded_size} bytes, expected {block.nbytes}")
-    codec.decode(view, out=block)
+    blosc_decode_into(view, block)
 
 
 def _decode_on_threads(mapped, codec, members, blocks, arrived, data, spans, threads: int) -> None:
