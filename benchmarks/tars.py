@@ -70,19 +70,25 @@ def ensure_data(data: Path, files: int, group: str) -> None:
         print(f"rewriting them with the authors' stack ({ZARR2}) ...", flush=True)
         subprocess.run([str(ZARR2), str(HERE / "authors_tars.py"), str(ours), str(data / "authors")], check=True)
     for stack in STACKS:
-        root = data / stack
-        for m in GROUPS["all"]:
-            if not (root / "val" / m).is_dir():
-                continue
-            (root / "train" / m).mkdir(parents=True, exist_ok=True)
-            tars = sorted((root / "val" / m).glob("*.tar"))[:files]
-            for k in range(files * LOADER_REPEAT):
-                link = root / "train" / m / f"ssl4eos12_shard_{k + 1:06d}.tar"
-                if not link.is_symlink():
-                    link.symlink_to(Path("..") / ".." / "val" / m / tars[k % len(tars)].name)
-        for f in (root / "train").glob("*/*.tar"):
+        link_train_split(data / stack, files)
+
+
+def link_train_split(root: Path, files: int) -> str:
+    """A ``train`` split of ``root`` naming each of the first ``files`` validation tars ``LOADER_REPEAT`` times
+    (symlinks), for every modality folder there is: the Loader rows' epoch."""
+    for m in GROUPS["all"]:
+        if not (root / "val" / m).is_dir():
+            continue
+        (root / "train" / m).mkdir(parents=True, exist_ok=True)
+        tars = sorted((root / "val" / m).glob("*.tar"))[:files]
+        for k in range(files * LOADER_REPEAT):
+            link = root / "train" / m / f"ssl4eos12_shard_{k + 1:06d}.tar"
+            if not link.is_symlink():
+                link.symlink_to(Path("..") / ".." / "val" / m / tars[k % len(tars)].name)
+        for f in (root / "train" / m).glob("*.tar"):
             if int(f.name[16:22]) > files * LOADER_REPEAT:
                 f.unlink()
+    return "train"
 
 
 def chunks_of(root: Path, group: str, files: int) -> list[bytes]:
