@@ -55,7 +55,7 @@ from .index import Filters, count_examples, select_split, selected_times
 from .prefetch import prefetch
 from .schema import example_features, location_examples
 from .sources.failures import diagnose_root, remote_failure_message
-from .sources import ON_BAD_FILE_CHOICES, SOURCES, Layout, Source, fastzip, normalize_root, open_source, webdataset
+from .sources import ON_BAD_FILE_CHOICES, SOURCES, Layout, Source, fastzip, normalize_root, open_source
 from .sources.remote import READ_TIMEOUT, FetchOptions, is_remote
 from .streaming import PrefetchingExamplesIterable
 from .timeorder import TIME_ORDERS, by_season, season_selection
@@ -411,11 +411,6 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         # while the next one's zip pages are mapped, which raised the peak RSS of streaming `all` by ~130 MB.
         in_worker = _in_dataloader_worker()
         pool = self._array_pool(4 * len(layouts)) if in_worker else None
-        if pool is None and getattr(self._source(layout=layout), "keyed", False):
-            # a tar decodes in blocks of a few locations (~27 MB of S2L2A bands), copied out as examples before the
-            # next: fresh ones cost the kernel the zeroing of their huge pages (measured: ~1/3 of streaming's CPU),
-            # reused ones add little RSS (the blocks decoded ahead, the one in use, one being let go)
-            pool = self._array_pool((webdataset.BLOCKS_AHEAD + 3) * 2 * len(layouts))
         # one file at a time here: its chunks decoded on every core, unless DataLoader workers use them already
         threads = 1 if in_worker else fastzip.usable_cores()
         with contextlib.ExitStack() as stack:

@@ -307,3 +307,12 @@ def test_fallbacks_are_counted_and_logged_once_per_tar(tmp_path, caplog):
     assert webdataset.fallbacks()["not the simple case"] == before + 3
     logged = [r.getMessage().split(":")[0] for r in caplog.records if "through xarray" in r.getMessage()]
     assert [tar for tar in logged if tar != "tar1"] == ["tar2", "tar3"]
+
+
+def test_a_member_handed_over_as_a_memoryview_reads_the_same(wds_root, tmp_path):
+    """A reader may hand members over as views of a larger buffer (a mapped tar): the same entries and values."""
+    key, data = tar_members(next((wds_root / "val" / "S2L2A").glob("*.tar")))[0]
+    view = memoryview(b"\0" * 7 + data)[7:]
+    assert zipmember.entries(view) == zipmember.entries(data)
+    layout, values = read_both(key, "S2L2A", data, tmp_path)
+    assert_same(_read_member(key, layout, view), values, key)

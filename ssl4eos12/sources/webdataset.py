@@ -467,7 +467,7 @@ def _read_member(where: str, expected: Layout, data: bytes, variables=None,
         _fell_back(where, f"cannot decode: {type(err).__name__}")
         return _read_member_xarray(where, expected, data, variables, out)
     values = {name: read[source] for name, source in reads.items()}
-    values["sample"] = _sample(where, {"sample": xr.Variable((), values["sample"])} if "sample" in values else {})
+    values["sample"] = np.asarray(values["sample"]).astype(str) if "sample" in values else _sample(where, {})
     return values
 
 

@@ -125,7 +125,7 @@ def entries(data: bytes) -> Optional[_Entries]:
                 or method != zipfile.ZIP_STORED or flags & 0x1 or compressed != size):
             return None
         start = position + _CENTRAL.size
-        name = data[start:start + name_length].decode("utf-8" if flags & 0x800 else "cp437")
+        name = bytes(data[start:start + name_length]).decode("utf-8" if flags & 0x800 else "cp437")
         found[name] = Entry(name, header_offset, compressed, crc, method, flags)
         position = start + name_length + extra_length + comment_length
     return found if position == end else None
