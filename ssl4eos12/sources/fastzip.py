@@ -26,7 +26,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import contextvars
-import ctypes
 import json
 import math
 import mmap
@@ -60,24 +59,6 @@ PARALLEL_BYTES = 4 << 20
 _BLOSC_HEADER = 16
 
 
-def _blosc_decompress_ctx():
-    """c-blosc's ``blosc_decompress_ctx`` from the library numcodecs is built with, called through ``ctypes``
-    (which lets go of the GIL for the call); ``None`` where that library does not export it.
-
-    numcodecs' own ``Blosc.decode`` holds the GIL for ~20-40 us of Python around each chunk (buffer checks, its
-    thread and fork checks): for a tar member's dozen small chunks that was most of the GIL it held."""
-    try:
-        function = ctypes.CDLL(numcodecs.blosc.__file__).blosc_decompress_ctx
-    except (OSError, AttributeError):  # pragma: no cover - a numcodecs built otherwise: its decode is used
-        return None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
-
-
-_DECOMPRESS = _blosc_decompress_ctx()
-
-
 def blosc_decoded_size(view) -> int:
     """The decoded size a Blosc chunk's header gives (-1 for a buffer too short to hold a header)."""
     return int.from_bytes(view[4:8], "little") if len(view) >= _BLOSC_HEADER else -1
@@ -85,16 +66,15 @@ def blosc_decoded_size(view) -> int:
 
 def blosc_decode_into(view, out: np.ndarray) -> None:
     """Blosc-decode the chunk ``view`` into ``out``, which it must fill exactly (checked by the caller:
-    :func:`blosc_decoded_size`). Raises ``ValueError`` for a chunk that does not decode."""
-    if _DECOMPRESS is None or not out.flags.c_contiguous or not out.flags.writeable:
-        numcodecs.blosc.decompress(view, out)
-        return
+    :func:`blosc_decoded_size`). Raises ``ValueError`` for a chunk that does not decode.
+
+    ``numcodecs.blosc.decompress`` itself (~1.6 us of Python a chunk, the GIL let go while decoding), not the
+    ``Blosc`` codec's ``decode``, whose buffer checks and codec objects held the GIL ~20-40 us a chunk: for a tar
+    member's dozen small chunks, most of the GIL it held."""
     # c-blosc trusts the header's compressed size: a chunk that claims more bytes than it has is refused here
     if int.from_bytes(view[12:16], "little") != len(view):
         raise ValueError(f"Blosc chunk of {len(view)} bytes whose header says {int.from_bytes(view[12:16], 'little')}")
-    source = np.frombuffer(view, np.uint8)
-    if _DECOMPRESS(source.__array_interface__["data"][0], out.__array_interface__["data"][0], out.nbytes, 1) != out.nbytes:
-        raise ValueError("error during Blosc decompression")
+    numcodecs.blosc.decompress(view, out)
 
 
 @contextlib.contextmanager
@@ -369,6 +349,11 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
         threads = min(_THREADS.get(), len(members), max(1, sum(i.compress_size for i in members) // PARALLEL_BYTES))
         if threads > 1:
             _decode_on_threads(mapped, codec, members, blocks, arrived, data, spans, threads)
+            return _decoded(result, axis, out)
+        if isinstance(crc_pool, _Inline) and wait is None:  # a tar member's: no thread, no future per chunk
+            for info, block in zip(members, blocks):
+                with memoryview(mapped)[slice(*_member_span(mapped, info))] as view:
+                    _decode_member(codec, info, view, block, crc32(view))
             return _decoded(result, axis, out)
         crcs: list = []
         try:

@@ -141,6 +141,9 @@ class _Small:
     zarray: dict
     spec: tuple  # (dtype, shape, chunks, fill_value)
     rule: str  # "raw": xarray leaves the values as stored; "ns": viewed as datetime64[ns]; "cf": xarray decodes
+    #: the key of its one chunk, where one C-order chunk of the array's shape holds it (else ``None``)
+    single: Optional[str] = None
+    blosc: bool = False
 
 
 @dataclass(eq=False)
@@ -201,7 +204,11 @@ def _make_template(member: Member) -> Template:
         if spec[3] is not None:
             attrs["_FillValue"] = spec[3]
         raw[name] = xr.Variable(dims, np.zeros(spec[1], spec[0]), attrs)
-        small[name] = _Small(name, dims, attrs, zarray, spec, "cf")
+        compressor = zarray.get("compressor") or {}
+        single = (".".join("0" * len(spec[1])) or "0") if spec[1] == spec[2] and zarray.get("order", "C") == "C" \
+            and zarray.get("dimension_separator", ".") == "." and compressor.get("id") in (None, "blosc") else None
+        small[name] = _Small(name, dims, attrs, zarray, spec, "cf", None if single is None else f"{name}/{single}",
+                             compressor.get("id") == "blosc")
     if not _has_bounds(raw):  # else xarray lends a time's units to other variables: leave it all to xarray
         for name, entry in small.items():
             if _decodes_to_itself(raw[name]):
@@ -219,6 +226,25 @@ def _nanoseconds(variable: xr.Variable) -> bool:
             and attrs.get("calendar", "standard") in _STANDARD_CALENDARS and set(attrs) <= {"units", "calendar"})
 
 
+def _read_single_chunk(found: _Entries, data: bytes, entry: _Small) -> Optional[np.ndarray]:
+    """:func:`_read_small` for an array held by one stored chunk of its own shape; ``None`` when the chunk is not
+    stored (the fill value, as :func:`_read_small` reads it)."""
+    if entry.single not in found:
+        return None
+    dtype, shape = entry.spec[0], entry.spec[1]
+    stored = fastzip.member_bytes(found, data, entry.single)
+    if entry.blosc:
+        out = np.empty(shape, dtype)
+        if fastzip.blosc_decoded_size(stored) != out.nbytes:
+            raise ValueError(f"chunk {entry.single} decodes to {fastzip.blosc_decoded_size(stored)} bytes, "
+                             f"expected {out.nbytes}")
+        fastzip.blosc_decode_into(stored, out.reshape(-1).view(np.uint8) if out.ndim else out.reshape(1).view(np.uint8))
+        return out
+    if len(stored) != dtype.itemsize * math.prod(shape):
+        raise ValueError(f"chunk {entry.single} holds {len(stored)} bytes, expected {dtype.itemsize * math.prod(shape)}")
+    return np.frombuffer(stored, dtype).reshape(shape).copy()
+
+
 def read_values(made: Template, data: bytes, found: _Entries, names, out=None) -> dict[str, np.ndarray]:
     """The values of the variables ``names`` of a member of template ``made`` (``found``: its entries), as xarray
     reads them; the big ones decoded straight into the arrays of ``out`` where it has them."""
@@ -230,7 +256,9 @@ def read_values(made: Template, data: bytes, found: _Entries, names, out=None) -
             continue
         entry = made.small[name]
         dtype, shape, chunks, fill_value = entry.spec
-        array = _read_small(found, data, name, entry.zarray, dtype, shape, chunks, fill_value)
+        array = _read_single_chunk(found, data, entry) if entry.single else None
+        if array is None:
+            array = _read_small(found, data, name, entry.zarray, dtype, shape, chunks, fill_value)
         if entry.rule == "raw":
             values[name] = array
         elif entry.rule == "ns":
