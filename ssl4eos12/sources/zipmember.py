@@ -215,7 +215,9 @@ def _make_template(member: Member) -> Template:
                 entry.rule = "raw"
             elif _nanoseconds(raw[name]) and member.variables[name].dtype == np.dtype("datetime64[ns]"):
                 entry.rule = "ns"
-    return Template(member, metadata, small, _group_attrs(metadata))
+    # the member's variables and coords only: a template kept must not keep the member's bytes (~4 MB) alive
+    bare = Member(member.variables, member.coords, None, b"", metadata)
+    return Template(bare, metadata, small, _group_attrs(metadata))
 
 
 def _nanoseconds(variable: xr.Variable) -> bool:
