@@ -95,6 +95,14 @@ ROWS = [
      "locations/s; bytes sent per member byte in the note", None),
     ("wdsselect:S2L2A", "S2L2A", "ours: a 1% `samples=` selection streamed from nginx (indexed tars): bytes sent "
      "against the members' and against streaming the selected tars whole, in the note", None),
+    ("wdsloader:S2L2A", "S2L2A", "ours: ssl4eos12.Loader(batch 8, shuffled) on the webdataset tars, 2 threads",
+     "≥ 0.6× aggregate ceiling"),
+    ("wdsauthors-procs:S2L2A", "S2L2A", "ceiling: the aggregate decode ceiling of the tars written by the authors' "
+     "stack (zarr 2.18; benchmarks/tars.py)", None),
+    ("wdsauthors:S2L2A", "S2L2A", "ours: builder streaming the authors'-stack tars, no format", "≥ 0.5× their aggregate ceiling"),
+    ("wdsauthorsloader:S2L2A", "S2L2A", "ours: ssl4eos12.Loader on the authors'-stack tars, 2 threads",
+     "≥ 0.6× their aggregate ceiling"),
+    ("wdsgil:S2L2A", "S2L2A", "ours: GIL held per member, Loader on the authors'-stack tars (py-spy --gil)", "≤ 0.5 ms"),
 ]
 #: Run order: as shown, except that conversion runs before the rows that stream its output.
 RUN_ORDER = sorted((name for name, *_ in ROWS), key=lambda n: (not n.startswith("convert"), [r[0] for r in ROWS].index(n)))
@@ -818,6 +826,56 @@ def row_wdsselect(data: Path, group: str, repeat: int) -> dict:
                       f"{served / rounds / members:.3f}x the members' {members / MB:.1f} MB, "
                       f"{served / rounds / whole:.3f}x streaming their tars whole ({whole / MB:.0f} MB); "
                       f"probe {probe / MB:.1f} MB once")
+
+
+def _tars_module():
+    sys.path.insert(0, str(Path(__file__).parent))
+    import tars
+
+    return tars
+
+
+def authors_wds_root(data: Path) -> Path:
+    """The webdataset look-alike's tars rewritten by the authors' stack (zarr 2.18 in ``.venv-zarr2``)."""
+    return data / "webdataset-authors"
+
+
+def _wds_loader_pass(root: Path, group: str, repeat: int) -> dict:
+    import ssl4eos12
+
+    files = len(list((root / SPLIT_FOLDER / GROUPS[group][0]).glob("*.tar")))
+    split = _tars_module().link_train_split(root, files)
+    loader = ssl4eos12.Loader(group, data_dir=str(root), split=split, batch_size=8, num_threads=2)
+    info = {"threads": 2, "note": f"tars read {_tars_module().LOADER_REPEAT}x per pass"}
+    return passes(batch_pass(loader, group, info), repeat)
+
+
+def row_wdsloader(data: Path, group: str, repeat: int) -> dict:
+    return _wds_loader_pass(wds_root(data), group, repeat)
+
+
+def row_wdsauthors_procs(data: Path, group: str, repeat: int) -> dict:
+    root = authors_wds_root(data)
+    files = len(list((root / SPLIT_FOLDER / GROUPS[group][0]).glob("*.tar")))
+    result = _tars_module().row_ceiling(root, group, files, repeat)
+    result.update(bytes=0, warmup=0.0, wire=True)  # compared by examples/s only
+    return result
+
+
+def row_wdsauthors(data: Path, group: str, repeat: int) -> dict:
+    return passes(_iterate(_load(group, data_dir=str(authors_wds_root(data))), group), repeat)
+
+
+def row_wdsauthorsloader(data: Path, group: str, repeat: int) -> dict:
+    return _wds_loader_pass(authors_wds_root(data), group, repeat)
+
+
+def row_wdsgil(data: Path, group: str, repeat: int) -> dict:
+    root = authors_wds_root(data)
+    files = len(list((root / SPLIT_FOLDER / GROUPS[group][0]).glob("*.tar")))
+    _tars_module().link_train_split(root, files)
+    result = _tars_module().row_gil(root, group, files, repeat)
+    result.update(bytes=0, warmup=0.0, wire=True)
     return result
 
 
@@ -828,6 +886,8 @@ ROW_FUNCTIONS = {
     "convert": row_convert, "published-arrow": row_published_arrow, "published-rows": row_published_rows,
     "resume": row_resume, "curl": row_curl, "fetch": row_fetch, "http": row_http, "hf": row_hf, "wds": row_wds,
     "wdshttp": row_wdshttp, "wdsrandom": row_wdsrandom, "wdsselect": row_wdsselect,
+    "wdsloader": row_wdsloader, "wdsauthors-procs": row_wdsauthors_procs, "wdsauthors": row_wdsauthors,
+    "wdsauthorsloader": row_wdsauthorsloader, "wdsgil": row_wdsgil,
 }
 
 
@@ -837,6 +897,10 @@ def run_row(name: str, data: Path, repeat: int) -> dict:
         result = row_loader(data, group, repeat, threads=int(kind.removeprefix("loader-t")))
     else:
         result = ROW_FUNCTIONS[kind](data, group, repeat)
+    if kind.startswith("wds"):  # members read through xarray instead of directly (the same values, ~20x the time)
+        from ssl4eos12.sources import webdataset
+
+        result["fallbacks"] = dict(webdataset.fallbacks())
     result.update(peak_rss())
     return result
 
@@ -876,9 +940,28 @@ def ensure_wds_data(data: Path, files: int) -> float:
     return time.perf_counter() - start
 
 
+def ensure_authors_wds_data(data: Path) -> float:
+    """The S2L2A look-alike tars rewritten by the authors' stack (``benchmarks/authors_tars.py`` in the zarr 2
+    environment that ``tests/test_authors_stack.py`` makes), when missing; skipped without that environment."""
+    tars = _tars_module()
+    source = wds_root(data) / SPLIT_FOLDER / "S2L2A"
+    target = authors_wds_root(data)
+    if tars.ZARR2 is None or all((target / SPLIT_FOLDER / "S2L2A" / p.name).is_file() for p in source.glob("*.tar")):
+        return 0.0
+    start = time.perf_counter()
+    staging = data / "webdataset-s2l2a"
+    (staging / SPLIT_FOLDER).mkdir(parents=True, exist_ok=True)
+    if not (staging / SPLIT_FOLDER / "S2L2A").exists():
+        (staging / SPLIT_FOLDER / "S2L2A").symlink_to(source.resolve())
+    subprocess.run([str(tars.ZARR2), str(Path(__file__).with_name("authors_tars.py")), str(staging), str(target)],
+                   check=True)
+    return time.perf_counter() - start
+
+
 def warm_page_cache(data: Path) -> int:
     total = 0
-    for path in sorted([*(data / SPLIT_FOLDER).rglob("*.zarr.zip"), *wds_root(data).rglob("*.tar")]):
+    for path in sorted([*(data / SPLIT_FOLDER).rglob("*.zarr.zip"), *wds_root(data).rglob("*.tar"),
+                        *authors_wds_root(data).rglob("*.tar")]):
         with open(path, "rb") as f:
             while chunk := f.read(1 << 24):
                 total += len(chunk)
@@ -1016,6 +1099,15 @@ def summarize(results: dict[str, dict], one_file: dict[str, int]) -> tuple[list[
         w = by_name.get(f"wds:{group}")
         check(f"streaming the webdataset tars `{group}` vs Blosc-decode ceiling", w and w.get("ratio"), 0.6,
               detail=w and f"{w['mb_per_s']:.0f} MB/s; {ratio(f'wds:{group}', f'stream:{group}') or 0:.2f}× the Zarr files")
+    check("`ssl4eos12.Loader` on the webdataset tars (2 threads) vs the aggregate decode ceiling (examples/s)",
+          ratio("wdsloader:S2L2A", "blosc-procs:S2L2A"), 0.6)
+    check("streaming the authors'-stack tars vs their aggregate decode ceiling (examples/s)",
+          ratio("wdsauthors:S2L2A", "wdsauthors-procs:S2L2A"), 0.5)
+    check("`ssl4eos12.Loader` on the authors'-stack tars vs their aggregate decode ceiling (examples/s)",
+          ratio("wdsauthorsloader:S2L2A", "wdsauthors-procs:S2L2A"), 0.6)
+    g = results.get("wdsgil:S2L2A", {})
+    check("GIL held per member, Loader on the authors'-stack tars (py-spy --gil), ms", g.get("gil_ms_per_member"), 0.5,
+          higher_is_better=False, detail=f"fallbacks to xarray: {sum((g.get('fallbacks') or {}).values())}" if g else "")
     wh = results.get("wdshttp:S2L2A", {})
     check("webdataset tars over HTTP vs local tars (`S2L2A`)", ratio("wdshttp:S2L2A", "wds:S2L2A"), 0.8,
           detail=f"{wh['bytes_served_per_file_byte']:.2f} bytes served per tar byte"
@@ -1150,6 +1242,7 @@ def main(argv=None) -> int:
         names = [n for n in names if n in wanted]
     if any(n.startswith("wds") for n in names):
         generated += ensure_wds_data(args.data, args.files)
+        generated += ensure_authors_wds_data(args.data)
         warmed = warm_page_cache(args.data)  # again, with the tars
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="ssl4eos12-bench-") as work:

@@ -36,6 +36,8 @@ VENV = Path(__file__).resolve().parents[1] / ".venv-zarr2"
 #: so that the environment, once made, stays what the files were checked against.
 REQUIREMENTS = ("zarr>=2.18,<3", "numcodecs<0.16", "xarray>=2024.10,<2025.7", "pandas<3", "fsspec", "numpy")
 READER = Path(__file__).with_name("authors_reader.py")
+#: Rewrites tars member by member as the authors' stack writes them (zarr 2's defaults): the benchmark's generator.
+WRITER = Path(__file__).resolve().parents[1] / "benchmarks" / "authors_tars.py"
 #: What the release stores in a member's ``time`` (and the Zarr zips in ``time_``), per the authors' loader.
 NANOSECONDS = "nanoseconds since 1970-01-01"
 ZARR_MODALITIES = (*MODALITIES, "NDVI")
@@ -289,3 +291,41 @@ def test_every_chunk_is_stored(zarr_root, tar_root):
     for path in tars(tar_root):
         for key, data in tar_members(path):
             assert stored_chunks_missing(data) == [], f"{path}:{key}"
+
+
+# -- members written by the authors' stack (zarr 2.18's defaults, a zipped directory store) ---------------------
+
+@pytest.fixture(scope="module")
+def zarr2_written_root(zarr2_python, tar_root, tmp_path_factory) -> Path:
+    """``tar_root``'s tars with every member rewritten by zarr 2.18 (``benchmarks/authors_tars.py``): its Blosc
+    settings, fill values and attributes, the entries in a directory walk's order."""
+    out = tmp_path_factory.mktemp("zarr2-written") / "wds"
+    subprocess.run([str(zarr2_python), str(WRITER), str(tar_root), str(out)], check=True, timeout=300)
+    return out
+
+
+def test_members_written_by_zarr2_take_the_direct_path_and_read_as_xarray(zarr2_written_root, tar_root, tmp_path):
+    from test_zipmember import read_both
+    from ssl4eos12.sources import webdataset, zipmember
+
+    before = webdataset.fallbacks()
+    for path in tars(zarr2_written_root):
+        members = tar_members(path)
+        originals = dict(tar_members(tar_root / path.relative_to(zarr2_written_root)))
+        assert len({id(zipmember.template(data)[0]) for _, data in members}) == 1, f"{path}: one layout, one template"
+        for key, data in members:
+            assert data != originals[key], f"{path}:{key}: not rewritten"
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:  # zarr 2's defaults, not synth's settings
+                metadata = json.loads(zf.read(".zmetadata"))["metadata"]
+            assert metadata["bands/.zarray"]["compressor"]["clevel"] == 5
+            _, values = read_both(f"{path.relative_to(zarr2_written_root)}:{key}", path.parent.name, data, tmp_path)
+            assert values["time_"].dtype == np.dtype("datetime64[ns]")
+    assert webdataset.fallbacks() == before, "a member written by zarr 2 fell back to xarray"
+
+
+def test_builder_yields_the_same_from_tars_written_by_zarr2(zarr2_written_root, tar_root):
+    def examples(root):
+        return list(arrow_rows(load_dataset("ssl4eos12", modalities=list(WEBDATASET_MODALITIES), data_dir=str(root),
+                                            split="validation", streaming=True)))
+
+    assert_examples(examples(zarr2_written_root), examples(tar_root))

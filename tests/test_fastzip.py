@@ -107,3 +107,30 @@ def test_reused_memory_gives_each_file_its_own_values(data_dir, monkeypatch):
             assert_identical(values, expected[name].values, f"{path.parent.name}/{path.name} {name}")
         del arrays
     assert len(pool.buffers) == 3
+
+
+@pytest.mark.parametrize("cname", ["lz4", "zstd", "blosclz"])
+@pytest.mark.parametrize("shuffle", [0, 1, 2])
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "float32", "int64"])
+def test_blosc_decode_into_equals_numcodecs(cname, shuffle, dtype):
+    """The chunks decoded by blosc_decode_into are the codec's values, for every shuffle and type size."""
+    import numcodecs
+
+    values = (np.random.default_rng(3).normal(size=(3, 50, 70)) * 100).astype(dtype)
+    chunk = numcodecs.Blosc(cname=cname, clevel=5, shuffle=shuffle).encode(values)
+    out = np.empty_like(values)
+    assert fastzip.blosc_decoded_size(chunk) == out.nbytes
+    fastzip.blosc_decode_into(memoryview(chunk), out)
+    assert_identical(out, np.frombuffer(numcodecs.Blosc().decode(chunk), dtype).reshape(values.shape), "decoded")
+    assert_identical(out, values, "round trip")
+
+
+def test_blosc_decode_into_refuses_a_truncated_chunk():
+    import numcodecs
+
+    chunk = numcodecs.Blosc().encode(np.arange(10_000, dtype=np.int16))
+    out = np.empty(10_000, np.int16)
+    with pytest.raises(ValueError, match="header"):
+        fastzip.blosc_decode_into(memoryview(chunk)[:-10], out)  # the header claims bytes the chunk has not
+    with pytest.raises(ValueError):
+        fastzip.blosc_decode_into(memoryview(chunk)[:8], out)

@@ -219,3 +219,100 @@ def test_a_bounds_variable_decodes_as_xarray_decodes_it(tmp_path):
     assert_identical(member.variables["t0_bnds"].values, open_with_xarray(_write(tmp_path, data))["t0_bnds"].values,
                      "t0_bnds")
     read_both("member", "TEST", data, tmp_path)  # the same layout (datetimes are no static) and values
+
+
+# -- members of one layout: the template (parsed once per layout) and the central directory without zipfile ------
+
+def test_the_central_directory_is_what_zipfile_reads(wds_root):
+    for path in sorted((wds_root / "val").glob("*/*.tar")):
+        for key, data in tar_members(path):
+            found = zipmember.entries(data)
+            infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
+            assert found is not None and list(found) == [i.filename for i in infos], f"{path.parent.name}:{key}"
+            for info in infos:
+                entry = found[info.filename]
+                assert (entry.header_offset, entry.compress_size, entry.CRC, entry.compress_type, entry.flag_bits) == \
+                    (info.header_offset, info.compress_size, info.CRC, info.compress_type, info.flag_bits)
+
+
+def _rezipped(data: bytes, **options) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(buffer, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), options.get("compression", zipfile.ZIP_STORED))
+        dst.comment = options.get("comment", b"")
+    return options.get("before", b"") + buffer.getvalue()
+
+
+@pytest.mark.parametrize("options", [{"comment": b"a comment"}, {"compression": zipfile.ZIP_DEFLATED},
+                                     {"before": b"\0" * 100}], ids=["comment", "deflated", "bytes-before"])
+def test_zips_the_central_directory_parser_leaves_to_zipfile_read_as_xarray_reads_them(options, tmp_path):
+    data = _rezipped(zarr_zip_bytes(location("int16")), **options)
+    assert zipmember.entries(data) is None and zipmember.template(data) is None
+    read_both("member", "TEST", data, tmp_path)  # through zipfile (open_member) or xarray: the same values
+
+
+def test_members_of_one_layout_share_a_template_and_read_as_xarray(wds_root, tmp_path):
+    """Every member after a tar's first is read through the first one's template: one template per tar, and each
+    member's own values (not the first one's) equal to xarray's."""
+    for path in sorted((wds_root / "val").glob("*/*.tar")):
+        members = tar_members(path)
+        templates = {id(zipmember.template(data)[0]) for _, data in members}
+        assert len(templates) == 1, path
+        made = zipmember.template(members[0][1])[0]
+        # no small array left to xarray's decoding: the release's times are int64 nanoseconds since the epoch
+        assert {name: e.rule for name, e in made.small.items() if e.rule != "raw"} == {"time": "ns"}, path
+        values = [read_both(f"{path.parent.name}:{key}", path.parent.name, data, tmp_path)[1] for key, data in members]
+        assert len({str(v["sample"]) for v in values}) == len(members)  # each its own location
+
+
+def test_a_member_with_other_band_names_is_not_read_with_the_templates_layout(tmp_path):
+    """The template is keyed on the band coordinate's bytes too (a layout holds the band names): a member whose
+    metadata is the same bytes but whose bands are others fails the layout check, as through xarray."""
+    from ssl4eos12.errors import SSL4EOS12FileError
+
+    first = zarr_zip_bytes(location("int16"))
+    other = zarr_zip_bytes(location("int16").assign_coords(band=["B8", "B9"]))
+    with zipfile.ZipFile(io.BytesIO(first)) as a, zipfile.ZipFile(io.BytesIO(other)) as b:
+        assert a.read(".zmetadata") == b.read(".zmetadata")
+    layout, _ = read_both("first", "TEST", first, tmp_path)
+    assert zipmember.template(first)[0] is not zipmember.template(other)[0]
+    with pytest.raises(SSL4EOS12FileError, match="differs"):
+        _read_member("other", layout, other)
+    with pytest.raises(SSL4EOS12FileError, match="differs"):
+        _read_member_xarray("other", layout, other)
+
+
+@pytest.mark.parametrize("units", ["seconds since 2000-01-01", "microseconds since 1970-01-01", "nanoseconds since 2020-01-01"])
+def test_times_in_other_units_decode_as_xarray_decodes_them(units, tmp_path):
+    """Only int64 nanoseconds since the epoch are viewed as datetime64[ns]; other units go through xarray's decoding."""
+    ds = location("int16")
+    data = zarr_zip_bytes(ds, {"time": {"units": units, "dtype": "int64"}})
+    made, _ = zipmember.template(data)
+    assert made.small["time"].rule == "cf" and made.small["time"].attrs["units"] == units
+    _, values = read_both("member", "TEST", data, tmp_path)
+    assert_identical(values["time_"], ds["time"].values, "time")
+
+
+def test_fallbacks_are_counted_and_logged_once_per_tar(tmp_path, caplog):
+    from ssl4eos12.sources import webdataset
+
+    ds = location("int16")
+    data = zarr_zip_bytes(ds, {"crs": {"filters": [numcodecs.Delta(dtype="<i8")]}})
+    layout, _ = read_both("tar1:member", "TEST", data, tmp_path)
+    before = webdataset.fallbacks()["not the simple case"]
+    with caplog.at_level("WARNING", logger=webdataset.__name__):
+        for where in ("tar2:a", "tar2:b", "tar3:a"):
+            _read_member(where, layout, data)
+    assert webdataset.fallbacks()["not the simple case"] == before + 3
+    logged = [r.getMessage().split(":")[0] for r in caplog.records if "through xarray" in r.getMessage()]
+    assert [tar for tar in logged if tar != "tar1"] == ["tar2", "tar3"]
+
+
+def test_a_member_handed_over_as_a_memoryview_reads_the_same(wds_root, tmp_path):
+    """A reader may hand members over as views of a larger buffer (a mapped tar): the same entries and values."""
+    key, data = tar_members(next((wds_root / "val" / "S2L2A").glob("*.tar")))[0]
+    view = memoryview(b"\0" * 7 + data)[7:]
+    assert zipmember.entries(view) == zipmember.entries(data)
+    layout, values = read_both(key, "S2L2A", data, tmp_path)
+    assert_same(_read_member(key, layout, view), values, key)

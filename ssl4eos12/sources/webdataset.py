@@ -24,11 +24,14 @@ not list folders), else a listing of the first modality's folder (a local copy m
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import io
+import logging
 import posixpath
 import tarfile
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
@@ -63,6 +66,29 @@ OPTIONAL_VARIABLES: dict[str, tuple[str, ...]] = {
     "crs": (), "time_": ("time",), "file_id": ("time",), "sample_id": ("time",), "x_": ("x",), "y_": ("y",),
 }
 _STANDARD = {"bands", "cloud_mask", "center_lat", "center_lon", "sample", *OPTIONAL_VARIABLES}
+
+logger = logging.getLogger(__name__)
+#: Members read through xarray instead of the direct path, by reason; tars whose fallback was logged.
+_FALLBACKS: collections.Counter = collections.Counter()
+_FALLBACK_TARS: set[str] = set()
+_FALLBACK_LOCK = threading.Lock()
+
+
+def fallbacks() -> collections.Counter:
+    """How many members this process read through xarray rather than the direct path, by reason: the values are
+    the same either way, but the fallback costs ~20x the time of a member."""
+    with _FALLBACK_LOCK:
+        return collections.Counter(_FALLBACKS)
+
+
+def _fell_back(where: str, reason: str) -> None:
+    tar = where.rsplit(":", 1)[0]
+    with _FALLBACK_LOCK:
+        _FALLBACKS[reason] += 1
+        first = tar not in _FALLBACK_TARS
+        _FALLBACK_TARS.add(tar)
+    if first:  # once per tar: a release's members share one layout, so one is like the rest
+        logger.warning("%s: members read through xarray, ~20x slower (%s)", tar, reason)
 
 
 class WebDatasetSource(Source):
@@ -482,10 +508,43 @@ def _read_member(where: str, expected: Layout, data: bytes, variables=None,
     the values are what xarray reads either way.
     """
     try:
+        found = zipmember.template(data)
+    except Exception as err:  # a corrupt member: xarray's reading below names the problem
+        _fell_back(where, f"cannot open: {type(err).__name__}")
+        return _read_member_xarray(where, expected, data, variables, out)
+    if found is None:
+        return _read_member_general(where, expected, data, variables, out)
+    made, entries = found
+    # the layout is the template's (its metadata and band values are this member's): checked once per template
+    wanted = None if variables is None else tuple(variables)
+    reads = made.checked.get((expected, wanted))
+    if reads is None:
+        member = made.member
+        names = _names(_checked_layout(where, expected, member.variables, member.coords), variables)
+        stored = {name: "time" if name == "time_" and "time_" not in member.variables else name for name in names}
+        if "sample" in member.variables:
+            stored["sample"] = "sample"
+        reads = made.checked.setdefault((expected, wanted), stored)
+    try:
+        read = zipmember.read_values(made, data, entries, list(dict.fromkeys(reads.values())), out)
+    except Exception as err:  # a chunk that does not decompress, a CRC error: xarray names it
+        _fell_back(where, f"cannot decode: {type(err).__name__}")
+        return _read_member_xarray(where, expected, data, variables, out)
+    values = {name: read[source] for name, source in reads.items()}
+    values["sample"] = np.asarray(values["sample"]).astype(str) if "sample" in values else _sample(where, {})
+    return values
+
+
+def _read_member_general(where: str, expected: Layout, data: bytes, variables=None,
+                         out: Optional[dict[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
+    """:func:`_read_member` for a member whose zip :func:`.zipmember.template` leaves to ``zipfile``."""
+    try:
         member = zipmember.open_member(data)
-    except Exception:  # a corrupt member: xarray's reading below names the problem
-        member = None
+    except Exception as err:  # a corrupt member: xarray's reading below names the problem
+        _fell_back(where, f"cannot open: {type(err).__name__}")
+        return _read_member_xarray(where, expected, data, variables, out)
     if member is None:
+        _fell_back(where, "not the simple case")
         return _read_member_xarray(where, expected, data, variables, out)
     names = _names(_checked_layout(where, expected, member.variables, member.coords), variables)
     try:
@@ -493,7 +552,8 @@ def _read_member(where: str, expected: Layout, data: bytes, variables=None,
         for name in names:
             if name not in values:
                 values[name] = _variable(member.variables, name).values
-    except Exception:  # a chunk that does not decompress, a CRC error: xarray names it
+    except Exception as err:  # a chunk that does not decompress, a CRC error: xarray names it
+        _fell_back(where, f"cannot decode: {type(err).__name__}")
         return _read_member_xarray(where, expected, data, variables, out)
     values["sample"] = _sample(where, member.variables)
     return values

@@ -12,6 +12,14 @@ the values and dtypes are what xarray reads from the member.
 Only the simple case is read here: consolidated Zarr v2, no filters, a native ``b/i/u/f/U`` dtype, a fill
 value that is null (or NaN for floats), the big arrays as :mod:`.fastzip` takes them. For anything else
 :func:`open_member` returns ``None`` and the caller reads the member through xarray.
+
+The members of a tar share one layout, byte for byte: :func:`template` keys what a member's decoding needs on
+its ``.zmetadata`` bytes (and its ``band`` coordinate's, the one value a layout holds), so the JSON, the
+checks and xarray's view of the variables are made once per layout (:class:`Template`, from the first member,
+through :func:`open_member`), and each member after it is read by :func:`read_values`: its central directory
+parsed with ``struct`` (no ``zipfile`` objects), its small arrays decoded chunk by chunk, their CF decoding
+done as xarray does it only where it changes the values (int64 nanoseconds since the epoch are viewed as
+``datetime64[ns]``, which is what xarray computes from them).
 """
 
 from __future__ import annotations
@@ -19,9 +27,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import struct
+import threading
 import zipfile
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
 
 import numcodecs
 import numpy as np
@@ -31,6 +41,14 @@ from . import fastzip
 
 #: Arrays decoded by :mod:`.fastzip` (straight into their output, CRC-32 checked ahead in a thread).
 BIG_ARRAYS = ("bands", "cloud_mask")
+#: Coordinates whose values a layout holds (``Layout.band_names``): their chunks' bytes key a template too.
+LAYOUT_VALUES = ("band",)
+#: Templates kept (one per modality and layout is what a reader needs; a few more for readers of several roots).
+TEMPLATES_KEPT = 64
+#: CF time units whose decoding is the int64 values themselves, as ``datetime64[ns]``.
+_NANOSECOND_UNITS = ("nanoseconds since 1970-01-01", "nanoseconds since 1970-01-01 00:00:00",
+                     "nanoseconds since 1970-01-01T00:00:00")
+_STANDARD_CALENDARS = ("standard", "gregorian", "proleptic_gregorian")
 
 
 @dataclass(frozen=True)
@@ -64,6 +82,200 @@ class Member:
         """Decode the big arrays ``names`` (:func:`open_member` made sure that :mod:`.fastzip` takes each), into
         the arrays of ``out`` where it has them."""
         return fastzip.decode_arrays(self._zip, self._data, self._metadata, names, crc_thread=False, out=out)
+
+
+class Entry(NamedTuple):
+    """A zip member as its central directory records it: the fields of ``zipfile.ZipInfo`` that :mod:`.fastzip`
+    reads."""
+
+    filename: str
+    header_offset: int
+    compress_size: int
+    CRC: int
+    compress_type: int
+    flag_bits: int
+
+
+class _Entries(dict):
+    """Name -> :class:`Entry`, with ``zipfile.ZipFile.getinfo``'s signature for :mod:`.fastzip`."""
+
+    getinfo = dict.__getitem__
+
+
+_END = struct.Struct("<4s4H2LH")  # end of central directory record, 22 bytes
+_CENTRAL = struct.Struct("<4s6H3L5H2L")  # central directory file header, 46 bytes
+
+
+def entries(data: bytes) -> Optional[_Entries]:
+    """The members of the zip ``data``, from its central directory; ``None`` for one this does not parse the way
+    ``zipfile`` would (ZIP64, a comment, bytes before the zip, several disks) or with a member that is not
+    stored as it is (deflated, encrypted): read those with ``zipfile``."""
+    end = len(data) - _END.size
+    if end < 0 or data[end:end + 4] != b"PK\x05\x06":
+        return None
+    _, disk, cd_disk, disk_count, count, size, offset, comment = _END.unpack_from(data, end)
+    if disk or cd_disk or disk_count != count or comment or offset + size != end or 0xFFFF in (count, disk_count):
+        return None
+    found = _Entries()
+    position = offset
+    for _ in range(count):
+        (signature, _, _, flags, method, _, _, crc, compressed, size, name_length, extra_length, comment_length,
+         _, _, _, header_offset) = _CENTRAL.unpack_from(data, position)
+        if (signature != b"PK\x01\x02" or 0xFFFFFFFF in (compressed, size, header_offset)
+                or method != zipfile.ZIP_STORED or flags & 0x1 or compressed != size):
+            return None
+        start = position + _CENTRAL.size
+        name = bytes(data[start:start + name_length]).decode("utf-8" if flags & 0x800 else "cp437")
+        found[name] = Entry(name, header_offset, compressed, crc, method, flags)
+        position = start + name_length + extra_length + comment_length
+    return found if position == end else None
+
+
+@dataclass(eq=False)
+class _Small:
+    """How to read one small array of a template's members."""
+
+    name: str
+    dims: tuple[str, ...]
+    attrs: dict
+    zarray: dict
+    spec: tuple  # (dtype, shape, chunks, fill_value)
+    rule: str  # "raw": xarray leaves the values as stored; "ns": viewed as datetime64[ns]; "cf": xarray decodes
+    #: the key of its one chunk, where one C-order chunk of the array's shape holds it (else ``None``)
+    single: Optional[str] = None
+    blosc: bool = False
+
+
+@dataclass(eq=False)
+class Template:
+    """What the members of one layout share (:func:`template`): ``member``, the first one as :func:`open_member`
+    opened it (its ``variables`` and ``coords`` are every member's, as far as a layout goes), and how each
+    small array is read. ``checked``: the reader's own results per template (its layout check)."""
+
+    member: Member
+    metadata: dict
+    small: dict[str, _Small]
+    group_attrs: dict
+    checked: dict = field(default_factory=dict)
+
+
+_TEMPLATES: dict[bytes, Template] = {}
+_TEMPLATES_LOCK = threading.Lock()
+
+
+def template(data: bytes) -> Optional[tuple[Template, _Entries]]:
+    """The member's template and its entries; ``None`` when the member is not the simple case, or is a zip that
+    :func:`entries` leaves to ``zipfile`` (read it with :func:`open_member`). Raises what a corrupt member raises
+    (``zipfile.BadZipFile`` on a CRC-32 mismatch)."""
+    found = entries(data)
+    if found is None or ".zmetadata" not in found:
+        return None
+    key = [bytes(fastzip.member_bytes(found, data, ".zmetadata"))]
+    for name, entry in found.items():
+        if name.partition("/")[0] in LAYOUT_VALUES and "/." not in name:
+            key += [name.encode(), bytes(fastzip.member_bytes(found, data, name))]
+    key = b"\0".join(key)
+    with _TEMPLATES_LOCK:
+        known = _TEMPLATES.get(key)
+    if known is not None:
+        return known, found
+    member = open_member(data)
+    if member is None:
+        return None
+    made = _make_template(member)
+    with _TEMPLATES_LOCK:
+        if len(_TEMPLATES) >= TEMPLATES_KEPT:
+            _TEMPLATES.clear()
+        made = _TEMPLATES.setdefault(key, made)
+    return made, found
+
+
+def _make_template(member: Member) -> Template:
+    metadata = member._metadata
+    small: dict[str, _Small] = {}
+    raw = {}
+    for name, variable in member.variables.items():
+        if name in BIG_ARRAYS:
+            continue
+        zarray, zattrs = metadata[f"{name}/.zarray"], metadata.get(f"{name}/.zattrs", {})
+        dims = tuple(zattrs["_ARRAY_DIMENSIONS"])
+        attrs = {k: v for k, v in zattrs.items() if k != "_ARRAY_DIMENSIONS"}
+        spec = _simple(zarray, dims)
+        if spec[3] is not None:
+            attrs["_FillValue"] = spec[3]
+        raw[name] = xr.Variable(dims, np.zeros(spec[1], spec[0]), attrs)
+        compressor = zarray.get("compressor") or {}
+        single = (".".join("0" * len(spec[1])) or "0") if spec[1] == spec[2] and zarray.get("order", "C") == "C" \
+            and zarray.get("dimension_separator", ".") == "." and compressor.get("id") in (None, "blosc") else None
+        small[name] = _Small(name, dims, attrs, zarray, spec, "cf", None if single is None else f"{name}/{single}",
+                             compressor.get("id") == "blosc")
+    if not _has_bounds(raw):  # else xarray lends a time's units to other variables: leave it all to xarray
+        for name, entry in small.items():
+            if _decodes_to_itself(raw[name]):
+                entry.rule = "raw"
+            elif _nanoseconds(raw[name]) and member.variables[name].dtype == np.dtype("datetime64[ns]"):
+                entry.rule = "ns"
+    # the member's variables and coords only: a template kept must not keep the member's bytes (~4 MB) alive
+    bare = Member(member.variables, member.coords, None, b"", metadata)
+    return Template(bare, metadata, small, _group_attrs(metadata))
+
+
+def _nanoseconds(variable: xr.Variable) -> bool:
+    """Whether xarray decodes ``variable`` to its int64 values as datetime64[ns]: nanoseconds since the epoch, a
+    standard calendar, no fill value, scale or offset (the release's ``time``)."""
+    attrs = {k: v for k, v in variable.attrs.items() if k != "coordinates"}
+    return (variable.dtype == np.int64 and attrs.get("units") in _NANOSECOND_UNITS
+            and attrs.get("calendar", "standard") in _STANDARD_CALENDARS and set(attrs) <= {"units", "calendar"})
+
+
+def _read_single_chunk(found: _Entries, data: bytes, entry: _Small) -> Optional[np.ndarray]:
+    """:func:`_read_small` for an array held by one stored chunk of its own shape; ``None`` when the chunk is not
+    stored (the fill value, as :func:`_read_small` reads it)."""
+    if entry.single not in found:
+        return None
+    dtype, shape = entry.spec[0], entry.spec[1]
+    stored = fastzip.member_bytes(found, data, entry.single)
+    if entry.blosc:
+        out = np.empty(shape, dtype)
+        if fastzip.blosc_decoded_size(stored) != out.nbytes:
+            raise ValueError(f"chunk {entry.single} decodes to {fastzip.blosc_decoded_size(stored)} bytes, "
+                             f"expected {out.nbytes}")
+        fastzip.blosc_decode_into(stored, out.reshape(-1).view(np.uint8) if out.ndim else out.reshape(1).view(np.uint8))
+        return out
+    if len(stored) != dtype.itemsize * math.prod(shape):
+        raise ValueError(f"chunk {entry.single} holds {len(stored)} bytes, expected {dtype.itemsize * math.prod(shape)}")
+    return np.frombuffer(stored, dtype).reshape(shape).copy()
+
+
+def read_values(made: Template, data: bytes, found: _Entries, names, out=None) -> dict[str, np.ndarray]:
+    """The values of the variables ``names`` of a member of template ``made`` (``found``: its entries), as xarray
+    reads them; the big ones decoded straight into the arrays of ``out`` where it has them."""
+    values = fastzip.decode_arrays(found, data, made.metadata, [n for n in names if n in BIG_ARRAYS],
+                                   crc_thread=False, out=out)
+    undecoded = {}
+    for name in names:
+        if name in BIG_ARRAYS:
+            continue
+        entry = made.small[name]
+        dtype, shape, chunks, fill_value = entry.spec
+        array = _read_single_chunk(found, data, entry) if entry.single else None
+        if array is None:
+            array = _read_small(found, data, name, entry.zarray, dtype, shape, chunks, fill_value)
+        if entry.rule == "raw":
+            values[name] = array
+        elif entry.rule == "ns":
+            values[name] = array.view("datetime64[ns]")
+        else:
+            undecoded[name] = xr.Variable(entry.dims, array, entry.attrs)
+    if undecoded:  # with every variable xarray decodes: a bounds variable takes its time's attributes
+        for name, entry in made.small.items():
+            if entry.rule == "cf" and name not in undecoded:
+                dtype, shape, chunks, fill_value = entry.spec
+                array = _read_small(found, data, name, entry.zarray, dtype, shape, chunks, fill_value)
+                undecoded[name] = xr.Variable(entry.dims, array, entry.attrs)
+        decoded, _, _ = xr.conventions.decode_cf_variables(undecoded, made.group_attrs)
+        values.update({name: np.asarray(decoded[name].values) for name in names if name in undecoded})
+    return values
 
 
 def open_member(data: bytes) -> Optional[Member]:
@@ -165,7 +377,8 @@ def _read_small(zf: zipfile.ZipFile, data: bytes, name: str, zarray: dict, dtype
     reads as zarr reads it: the fill value, or for a null one the dtype's default (0, ``""``).
     """
     compressor = zarray.get("compressor")
-    codec = numcodecs.get_codec(compressor) if compressor else None
+    blosc = bool(compressor) and compressor.get("id") == "blosc"
+    codec = numcodecs.get_codec(compressor) if compressor and not blosc else None
     order = zarray.get("order", "C")
     separator = zarray.get("dimension_separator", ".")
     out = np.zeros(shape, dtype) if fill_value is None else np.full(shape, fill_value, dtype)
@@ -174,7 +387,11 @@ def _read_small(zf: zipfile.ZipFile, data: bytes, name: str, zarray: dict, dtype
             stored = fastzip.member_bytes(zf, data, f"{name}/{separator.join(map(str, index)) or '0'}")
         except KeyError:
             continue
-        decoded = codec.decode(stored) if codec is not None else stored
+        if blosc:  # straight through c-blosc (fastzip.blosc_decode_into): no codec object, no GIL while decoding
+            decoded = np.empty(max(0, fastzip.blosc_decoded_size(stored)), np.uint8)
+            fastzip.blosc_decode_into(stored, decoded)
+        else:
+            decoded = codec.decode(stored) if codec is not None else stored
         chunk = np.frombuffer(decoded, dtype)
         if chunk.size != math.prod(chunks):
             raise ValueError(f"chunk {name}/{index} decodes to {chunk.size} items, expected {math.prod(chunks)}")
