@@ -62,15 +62,15 @@ LOADER_THREADS = sorted({2 ** k for k in range(8) if 2 ** k < _cores()} | {_core
 ROWS = [
     ("zipread:S2L2A", "S2L2A", "ceiling: read every zip member (zipfile)", None),
     ("blosc:S2L2A", "S2L2A", "**ceiling: Blosc-decode every chunk** (reference)", None),
-    ("blosc-procs:S2L2A", "S2L2A", f"ceiling: the same in {_cores()} processes (one per core) x 1 Blosc thread: "
-     "the machine's aggregate decode ceiling", None),
+    ("blosc-procs:S2L2A", "S2L2A", (f"ceiling: the same in {_cores()} processes (one per core) x 1 Blosc thread: "
+                                    "the machine's aggregate decode ceiling"), None),
     ("zarr:S2L2A", "S2L2A", "ceiling: zarr, every array into numpy", None),
     ("authors:S2L2A", "S2L2A", "authors' loader: xr.open_zarr + .bands.values (dask)", None),
     ("stream:S2L2A", "S2L2A", "ours: builder streaming, no format", "≥ 0.6× ceiling, ≥ 1.2× authors"),
     *((f"loader-t{n}:S2L2A", "S2L2A", f"ours: ssl4eos12.Loader(batch 8, shuffled), {n} decode thread{'s' * (n > 1)}",
        "best ≥ 0.7× aggregate ceiling" if n == LOADER_THREADS[-1] else None) for n in LOADER_THREADS),
-    ("resume:S2L2A", "S2L2A", f"ours: ssl4eos12.Loader({LOADER_THREADS[-1]} threads) resumed mid-epoch by "
-     "load_state_dict, the rest of the epoch", None),
+    ("resume:S2L2A", "S2L2A", (f"ours: ssl4eos12.Loader({LOADER_THREADS[-1]} threads) resumed mid-epoch by "
+                               "load_state_dict, the rest of the epoch"), None),
     ("torch:S2L2A", "S2L2A", "ours: streaming → DataLoader(batch 8, ssl4eos12.collate), 0 workers", None),
     ("torch1:S2L2A", "S2L2A", "ours: same, 1 worker", None),
     ("torch2:S2L2A", "S2L2A", "ours: same, 2 workers", "≥ 1.3× 0 workers"),
@@ -91,14 +91,15 @@ ROWS = [
     ("wds:S2L2A", "S2L2A", "ours: builder streaming the webdataset tars (same sizes), no format", "≥ 0.6× ceiling"),
     ("wdshttp:S2L2A", "S2L2A", "ours: webdataset tars over HTTP from nginx on 127.0.0.1", "≥ 0.8× local tars"),
     ("wds:all", "all", "ours: builder streaming the webdataset tars (same sizes), no format", "≥ 0.6× ceiling"),
-    ("wdsrandom:S2L2A", "S2L2A", "ours: random `ssl4eos12.Locations[i]` over HTTP from nginx (indexed tars): "
-     "locations/s; bytes sent per member byte in the note", None),
-    ("wdsselect:S2L2A", "S2L2A", "ours: a 1% `samples=` selection streamed from nginx (indexed tars): bytes sent "
-     "against the members' and against streaming the selected tars whole, in the note", None),
+    ("wdsrandom:S2L2A", "S2L2A", ("ours: random `ssl4eos12.Locations[i]` over HTTP from nginx (indexed tars): "
+                                  "locations/s; bytes sent per member byte in the note"), None),
+    ("wdsselect:S2L2A", "S2L2A", ("ours: a 1% `samples=` selection streamed from nginx (indexed tars): bytes sent "
+                                  "against the members' and against streaming the selected tars whole, in the note"),
+     None),
     ("wdsloader:S2L2A", "S2L2A", "ours: ssl4eos12.Loader(batch 8, shuffled) on the webdataset tars, 2 threads",
      "≥ 0.6× aggregate ceiling"),
-    ("wdsauthors-procs:S2L2A", "S2L2A", "ceiling: the aggregate decode ceiling of the tars written by the authors' "
-     "stack (zarr 2.18; benchmarks/tars.py)", None),
+    ("wdsauthors-procs:S2L2A", "S2L2A", ("ceiling: the aggregate decode ceiling of the tars written by the authors' "
+                                         "stack (zarr 2.18; benchmarks/tars.py)"), None),
     ("wdsauthors:S2L2A", "S2L2A", "ours: builder streaming the authors'-stack tars, no format", "≥ 0.5× their aggregate ceiling"),
     ("wdsauthorsloader:S2L2A", "S2L2A", "ours: ssl4eos12.Loader on the authors'-stack tars, 2 threads",
      "≥ 0.6× their aggregate ceiling"),
@@ -155,9 +156,8 @@ def bands_dtype(example: dict, group: str) -> str:
 
 
 def current_rss() -> int:
-    with contextlib.suppress(OSError, StopIteration, ValueError):
-        with open("/proc/self/status") as f:
-            return int(next(line.split()[1] for line in f if line.startswith("VmRSS:"))) * 1024
+    with contextlib.suppress(OSError, StopIteration, ValueError), open("/proc/self/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("VmRSS:"))) * 1024
     return 0
 
 
@@ -182,9 +182,8 @@ def passes(fn, repeat: int) -> dict:
 def peak_rss() -> dict:
     """This process's peak RSS: VmHWM, else ``ru_maxrss`` (which Linux carries over from the parent across exec)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    with contextlib.suppress(OSError, StopIteration, ValueError):
-        with open("/proc/self/status") as f:
-            peak = int(next(line.split()[1] for line in f if line.startswith("VmHWM:"))) * 1024
+    with contextlib.suppress(OSError, StopIteration, ValueError), open("/proc/self/status") as f:
+        peak = int(next(line.split()[1] for line in f if line.startswith("VmHWM:"))) * 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     return {"peak_rss": peak, "peak_rss_children": children}
 
@@ -386,14 +385,14 @@ def row_resume(data: Path, group: str, repeat: int) -> dict:
     batches.close()
     to_first = {"fresh": [], "resumed": []}
     for _ in range(3):
-        for kind in to_first:
+        for kind, times in to_first.items():
             start = time.perf_counter()
             loader = make()
             if kind == "resumed":
                 loader.load_state_dict(state)
             it = iter(loader)
             next(it)
-            to_first[kind].append(time.perf_counter() - start)
+            times.append(time.perf_counter() - start)
             it.close()
     info = {"state_dict_first_s": state_first, "state_dict_s": state_again, "state_bytes": len(json.dumps(state)),
             "first_batch_fresh_s": min(to_first["fresh"]), "first_batch_resumed_s": min(to_first["resumed"]),
@@ -468,8 +467,9 @@ def locations(data: Path) -> int:
 
 
 def _load(config: str, **kwargs):
-    import ssl4eos12  # noqa: F401  (registers the builder)
     from datasets import load_dataset
+
+    import ssl4eos12  # noqa: F401  (registers the builder)
 
     kwargs.setdefault("split", "validation")
     return load_dataset("ssl4eos12", config, streaming=True, **kwargs)
@@ -517,8 +517,9 @@ def row_torch2(data: Path, group: str, repeat: int) -> dict:
 
 def row_prepare(data: Path, group: str, repeat: int) -> dict:
     """``load_dataset`` without streaming into a fresh cache_dir: read, decode, write Arrow, memory-map it."""
-    import ssl4eos12  # noqa: F401
     from datasets import load_dataset
+
+    import ssl4eos12  # noqa: F401
 
     work = Path(os.environ["BENCH_WORK"])
     info = {}
@@ -992,11 +993,12 @@ def machine() -> dict:
     from numcodecs import blosc
 
     cpu = "?"
-    with contextlib.suppress(OSError):
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
     mem = "?"
     with contextlib.suppress(OSError):
-        kb = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")))
+        with open("/proc/meminfo") as f:
+            kb = int(next(line.split()[1] for line in f if line.startswith("MemTotal")))
         mem = f"{kb / 2**20:.0f} GiB"
     versions = {m.__name__: m.__version__ for m in (datasets, zarr, numcodecs, xarray, numpy, pyarrow)}
     with contextlib.suppress(ImportError):
@@ -1012,7 +1014,7 @@ def run_in_subprocess(name: str, data: Path, repeat: int, work: Path, timeout: f
     start = time.perf_counter()
     command = [sys.executable, __file__, "--row", name, "--data", str(data), "--repeat", str(repeat)]
     try:
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as err:
         out = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
         lines = [line for line in out.splitlines() if line.startswith("{")]
@@ -1141,12 +1143,12 @@ def cpu_per_example(results: dict[str, dict], name: str, reference: str) -> str:
 
 def render(table: list[dict], checks: list[dict], meta: dict) -> str:
     lines = [
-        f"Run `{meta['command']}` on {meta['date']}: {meta['cpu']} ({meta['cores']} cores, {meta['memory']}), "
+        (f"Run `{meta['command']}` on {meta['date']}: {meta['cpu']} ({meta['cores']} cores, {meta['memory']}), "
         f"Python {meta['python']}, {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}; "
         f"numcodecs Blosc threads: {meta['blosc_threads']}. Data: {meta['files']} generated full-size files per "
         f"modality (64 samples × 4 times × 264 × 264), page cache warm; best of {meta['repeat']} passes after a "
         f"warm-up pass; each row in a fresh process. Whole run: {meta['total_seconds'] / 60:.1f} min. "
-        f"Method, and the profiles behind every missed target: [benchmarks/README.md](benchmarks/README.md).",
+         f"Method, and the profiles behind every missed target: [benchmarks/README.md](benchmarks/README.md)."),
         "",
         "| files | row | examples/s | decoded MB/s | × Blosc ceiling | target | peak RSS MB | bands dtype |",
         "|---|---|---:|---:|---:|---|---:|---|",
@@ -1178,9 +1180,9 @@ def write_readme(section: str) -> None:
     text = README.read_text()
     block = f"{START}\n{section}\n{END}"
     if START in text and END in text:
-        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, count=1, flags=re.S)
+        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, count=1, flags=re.DOTALL)
     else:
-        heading = re.search(r"^## Benchmark[^\n]*\n", text, flags=re.M)
+        heading = re.search(r"^## Benchmark[^\n]*\n", text, flags=re.MULTILINE)
         if heading is None:
             raise RuntimeError("README.md has no '## Benchmark' section")
         following = text.find("\n## ", heading.end())

@@ -41,22 +41,31 @@ import re
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Optional
 
 import datasets
 from datasets.builder import Key
 
 from .catalog import fingerprint
 from .checks import check_modalities_keyword, check_modalities_present
-from .constants import (CITATION, DESCRIPTION, HOMEPAGE, HOSTED_ROOT, LICENSE, MODALITIES, SPLIT_FOLDERS,
-                        WEBDATASET_HOSTED_ROOT, WEBDATASET_ONLY_MODALITIES, split_list_path)
+from .constants import (
+    CITATION,
+    DESCRIPTION,
+    HOMEPAGE,
+    HOSTED_ROOT,
+    LICENSE,
+    MODALITIES,
+    SPLIT_FOLDERS,
+    WEBDATASET_HOSTED_ROOT,
+    WEBDATASET_ONLY_MODALITIES,
+    split_list_path,
+)
 from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12EmptySelectionWarning, SSL4EOS12FileError
 from .index import Filters, count_examples, select_split, selected_times
 from .members import members_of
 from .prefetch import prefetch
 from .schema import example_features, location_examples
-from .sources.failures import diagnose_root, remote_failure_message
 from .sources import ON_BAD_FILE_CHOICES, SOURCES, Layout, Source, fastzip, normalize_root, open_source
+from .sources.failures import diagnose_root, remote_failure_message
 from .sources.remote import READ_TIMEOUT, FetchOptions, is_remote
 from .streaming import PrefetchingExamplesIterable
 from .timeorder import TIME_ORDERS, by_season, season_selection
@@ -112,19 +121,19 @@ class SSL4EOS12Config(datasets.BuilderConfig):
         With ``single_timestamp=True`` each (location, timestamp) is judged alone.
     """
 
-    modalities: Optional[list[str]] = None
+    modalities: list[str] | None = None
     single_timestamp: bool = False
-    root: Optional[str] = None
+    root: str | None = None
     on_bad_file: str = "error"
-    bbox: Optional[tuple] = None
-    time_range: Optional[tuple] = None
-    max_cloud_fraction: Optional[float] = None
-    samples: Optional[list[str]] = None
-    index: Optional[str] = None
-    layout: Optional[str] = None
+    bbox: tuple | None = None
+    time_range: tuple | None = None
+    max_cloud_fraction: float | None = None
+    samples: list[str] | None = None
+    index: str | None = None
+    layout: str | None = None
     time_order: str = "file"
     remote_prefetch: int = 1
-    remote_connections: Optional[int] = None
+    remote_connections: int | None = None
     remote_timeout: float = READ_TIMEOUT
 
     def check_release_keywords(self) -> None:
@@ -163,7 +172,7 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
     """SSL4EO-S12 v1.1: Sentinel-1/2 time series of 246,144 locations, read from the original Zarr zips."""
 
     BUILDER_CONFIG_CLASS = SSL4EOS12Config
-    BUILDER_CONFIGS = [
+    BUILDER_CONFIGS = [  # noqa: RUF012 - datasets reads this class attribute
         *(SSL4EOS12Config(name=m, modalities=[m], description=f"{m} time series") for m in MODALITIES),
         SSL4EOS12Config(name="all", modalities=list(MODALITIES), description="all four modalities, joined"),
         *(SSL4EOS12Config(name=m, modalities=[m], description=f"{m} (webdataset release only)")
@@ -297,7 +306,7 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         # a DataLoader worker gets its own arrays (and a lock cannot be pickled)
         return {name: value for name, value in super().__getstate__().items() if name != "_decode_arrays"}
 
-    def _source(self, download_config=None, layout: Optional[str] = None) -> Source:
+    def _source(self, download_config=None, layout: str | None = None) -> Source:
         return open_source(data_root(self.config), self.config.modalities or MODALITIES,
                            download_config or self._download_config(), layout or self.config.layout,
                            self.config.fetch_options())
@@ -453,14 +462,14 @@ def _in_dataloader_worker() -> bool:
     return torch is not None and torch.utils.data.get_worker_info() is not None
 
 
-def _split_names(split) -> Optional[frozenset]:
+def _split_names(split) -> frozenset | None:
     """The split names in a ``split=`` argument (``"train[:10%]+validation"``); ``None``: every split."""
     if split is None or str(split) == str(datasets.Split.ALL):
         return None
     return frozenset(name for name in re.findall(r"[A-Za-z_]\w*", str(split)) if name in SPLIT_FOLDERS)
 
 
-def _empty_selection(filters, split: str, files: Optional[int] = None) -> str:
+def _empty_selection(filters, split: str, files: int | None = None) -> str:
     among = f" among the {files} file(s)" if files is not None else ""
     return (f"{filters.describe()} keeps no example of split {split!r}{among}: widen the selection, or check the "
             f"ids, the box (min_lon, min_lat, max_lon, max_lat) and the dates against the index")

@@ -47,7 +47,6 @@ import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -56,8 +55,17 @@ from .catalog import Catalog, Entry, resolve
 from .constants import standardization
 from .errors import SSL4EOS12BadFileWarning, SSL4EOS12DataError, SSL4EOS12FileError, require_extra
 from .index import selected_times
-from .sampling import (EVEN_CHOICES, Segment, batch_count, epoch_order, group_seed, partition, per_rank, rank_order,
-                       remaining)
+from .sampling import (
+    EVEN_CHOICES,
+    Segment,
+    batch_count,
+    epoch_order,
+    group_seed,
+    partition,
+    per_rank,
+    rank_order,
+    remaining,
+)
 from .sources import Block, Layout, fastzip, webdataset
 from .timeorder import by_season, season_selection
 from .torch import timestamps_to_int64
@@ -72,7 +80,7 @@ CROP_MODES = ("random", "center")
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def distributed_rank(rank: Optional[int] = None, world_size: Optional[int] = None) -> tuple[int, int]:
+def distributed_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
     """``(rank, world_size)``: the arguments, else ``torch.distributed`` when initialized, else the environment's
     ``RANK``/``WORLD_SIZE``, else ``(0, 1)``. Arguments given while ``torch.distributed`` is initialized must be its
     own (``ValueError`` otherwise): a loader planned for another world size leaves examples out or reads them
@@ -93,7 +101,7 @@ def distributed_rank(rank: Optional[int] = None, world_size: Optional[int] = Non
     return rank, world_size
 
 
-def _torch_distributed_rank() -> Optional[tuple[int, int]]:
+def _torch_distributed_rank() -> tuple[int, int] | None:
     torch = sys.modules.get("torch")  # a torch.distributed job has imported torch; do not import it for numpy users
     if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -120,17 +128,17 @@ class _Field:
     """One key of a batch: where its values come from and the shape of one example's value."""
 
     name: str
-    modality: Optional[str]  # None: a shared field, read from the block's first modality
+    modality: str | None  # None: a shared field, read from the block's first modality
     variable: str  # the source variable ("sample", "file", "time_index" are not variables)
     strings: bool
     shape: tuple[int, ...] = ()
-    dtype: Optional[np.dtype] = None
+    dtype: np.dtype | None = None
     timed: bool = False  # the variable has a time axis after the sample axis
     crop: str = ""  # "yx": the last two axes; "x" / "y": a coordinate vector
-    standardize: Optional[tuple[np.ndarray, np.ndarray]] = None  # (mean, std) applied in the gather
+    standardize: tuple[np.ndarray, np.ndarray] | None = None  # (mean, std) applied in the gather
 
 
-def _fields(plan: Catalog, crop: Optional[int], gather_norms: Mapping[str, tuple]) -> list[_Field]:
+def _fields(plan: Catalog, crop: int | None, gather_norms: Mapping[str, tuple]) -> list[_Field]:
     """The batch's keys, in the order of the builder's features (so, of ``collate``'s batches)."""
     single = plan.single_timestamp
     by_modality = {layout.modality: layout for layout in plan.layouts}
@@ -172,7 +180,7 @@ def _fields(plan: Catalog, crop: Optional[int], gather_norms: Mapping[str, tuple
 class _Buffers:
     """The arrays one batch is gathered into (``host``: numpy, written by the gather threads)."""
 
-    def __init__(self, host: dict[str, np.ndarray], tensors: Optional[dict] = None):
+    def __init__(self, host: dict[str, np.ndarray], tensors: dict | None = None):
         self.host = host
         self.tensors = tensors  # pinned torch tensors sharing host's memory, or None
         self.idle = _refcounts(self.host)
@@ -315,7 +323,7 @@ class _Picks:
     def __init__(self):
         self.units, self.rows, self.times, self.tops, self.lefts = [], [], [], [], []
 
-    def add(self, unit: _Unit, row: int, time: Optional[int], top: int, left: int) -> None:
+    def add(self, unit: _Unit, row: int, time: int | None, top: int, left: int) -> None:
         self.units.append(unit)
         self.rows.append(row)
         self.times.append(time)
@@ -326,7 +334,7 @@ class _Picks:
         return len(self.units)
 
 
-def _corners(layout: Layout, crop: Optional[int], mode: str, count: int, seed) -> np.ndarray:
+def _corners(layout: Layout, crop: int | None, mode: str, count: int, seed) -> np.ndarray:
     """``(count, 2)`` crop corners (top, left) of a group's examples: random from ``seed`` (a function of the
     group's place in the epoch, so a resumed epoch crops the same), or centred; zeros without cropping."""
     if not crop:
@@ -342,7 +350,7 @@ def _corners(layout: Layout, crop: Optional[int], mode: str, count: int, seed) -
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _gather(fields: Sequence[_Field], crop: Optional[int], picks: _Picks, buffers: _Buffers,
+def _gather(fields: Sequence[_Field], crop: int | None, picks: _Picks, buffers: _Buffers,
             strings: dict[str, list], start: int, stop: int) -> None:
     """Fill examples ``start:stop`` of a batch (one gather task); numpy's copies release the GIL."""
     host = buffers.host
@@ -469,12 +477,12 @@ class Loader:
     """
 
     def __init__(
-        self, config: str = "all", *, data_dir: Optional[str] = None, root: Optional[str] = None,
+        self, config: str = "all", *, data_dir: str | None = None, root: str | None = None,
         split: str = "train", batch_size: int = 8, shuffle: bool = True, seed: int = 0,
-        num_threads: Optional[int] = None, rank: Optional[int] = None, world_size: Optional[int] = None,
-        drop_last: bool = False, crop: Optional[int] = None, crop_mode: Optional[str] = None,
+        num_threads: int | None = None, rank: int | None = None, world_size: int | None = None,
+        drop_last: bool = False, crop: int | None = None, crop_mode: str | None = None,
         normalize: bool | Mapping[str, tuple[Sequence[float], Sequence[float]]] = False,
-        device=None, numpy: bool = False, pin_memory: Optional[bool] = None, prefetch: Optional[int] = None,
+        device=None, numpy: bool = False, pin_memory: bool | None = None, prefetch: int | None = None,
         shuffle_window: int = 4, batches_ahead: int = 4, even: str = "drop", **builder_keywords,
     ):
         for name, value, low in (("batch_size", batch_size, 1), ("seed", seed, 0), ("shuffle_window", shuffle_window, 1),
@@ -559,7 +567,7 @@ class Loader:
         """Batches of an epoch on this rank: the same on every rank."""
         return batch_count(self.num_examples, self.batch_size, self.drop_last)
 
-    def _plan(self, epoch: Optional[int] = None) -> _RankPlan:
+    def _plan(self, epoch: int | None = None) -> _RankPlan:
         """This rank's part of an epoch (default: the next iter()'s), computed from the counts, the seed and the
         epoch alone (:mod:`ssl4eos12.sampling`): what it reads, in which order, and where it resumes."""
         resuming = epoch is None or epoch == self._epoch
@@ -571,13 +579,13 @@ class Loader:
         left = remaining(order, segments[:-1], self.seed, epoch, window, self.shuffle, self.even)
         if per_rank(len(left), self.world_size, self.even) == 0:
             raise SSL4EOS12DataError(self._nothing_to_read(len(left), len(order)))
-        slice_, positions = partition(left, self.rank, self.world_size, self.even)
+        slice_, _ = partition(left, self.rank, self.world_size, self.even)
         reordered, groups = rank_order(slice_, self.seed, epoch, self.rank, window, self.shuffle, len(segments) - 1)
         limit = batch_count(len(reordered), self.batch_size, self.drop_last) * self.batch_size
         return _RankPlan(epoch, segments, reordered[:limit], groups, counts, len(segments) - 1,
                          segments[-1].batches * self.batch_size)
 
-    def shards(self, epoch: Optional[int] = None) -> list[Entry]:
+    def shards(self, epoch: int | None = None) -> list[Entry]:
         """The entries of the shards this rank reads in an epoch (default: the next), in reading order."""
         shards = self._plan(epoch).order[:, 0]
         return [self.catalog.entries[i] for i in dict.fromkeys(shards.tolist())]
@@ -803,11 +811,11 @@ class _EpochRun:
         self.lock = threading.Lock()
         self.skipped = 0  # shards skipped as bad (decode threads count them under the lock)
         self.padded = 0  # their examples replaced by repeats
-        self.last_good: Optional[tuple[_Unit, int, int]] = None  # what pads a group with no readable shard
+        self.last_good: tuple[_Unit, int, int] | None = None  # what pads a group with no readable shard
 
     # -- the consumer's side -------------------------------------------------------------------------------------
 
-    def next(self) -> Optional[dict]:
+    def next(self) -> dict | None:
         if not self.started:
             self.started = True
             self.scheduler.start()
@@ -921,7 +929,7 @@ class _EpochRun:
         row, t = divmod(int(shard.example_of[j]), unit.num_times)
         return unit, row, t
 
-    def _decoded_groups(self, needs: list[list[int]]) -> Iterator[dict[int, Optional[_Shard]]]:
+    def _decoded_groups(self, needs: list[list[int]]) -> Iterator[dict[int, _Shard | None]]:
         """Each group's shards decoded (``None``: skipped as bad), group by group; while one group is used, the
         decode threads work on up to ``prefetch`` shards of the groups after it."""
         flat = [(g, shard) for g, shards in enumerate(needs) for shard in shards]
@@ -939,7 +947,7 @@ class _EpochRun:
                 decoded[shard] = _wait(future, self.stop)
             yield decoded
 
-    def _decode(self, shard: int) -> Optional[_Shard]:
+    def _decode(self, shard: int) -> _Shard | None:
         """Decode one shard (a decode thread): its blocks, as the examples its entry asks for; ``None`` when it is
         skipped as bad."""
         if self.stop.is_set():

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import arrow_rows, assert_identical, open_with_xarray
 from datasets import load_dataset
+from reference import assert_example_equal, split_files
 
 import ssl4eos12  # noqa: F401 - registers the builder
-from conftest import arrow_rows, assert_identical, open_with_xarray
-from reference import assert_example_equal, split_files
 from ssl4eos12.constants import MODALITIES, WEBDATASET_MODALITIES
 from ssl4eos12.synth import synthesize
 from ssl4eos12.synth.webdataset import synthesize_webdataset
@@ -137,8 +137,8 @@ class Read:
 
 def assert_all_identical(actual: dict, expected: dict, where: str) -> None:
     assert set(actual) == set(expected), f"{where}: {sorted(set(actual) ^ set(expected))}"
-    for name in expected:
-        assert_identical(actual[name], expected[name], f"{where}:{name}")
+    for name, value in expected.items():
+        assert_identical(actual[name], value, f"{where}:{name}")
 
 
 def zarr3_reads(data: bytes | Path, tmp_path: Path) -> tuple[dict, dict]:
@@ -306,6 +306,7 @@ def zarr2_written_root(zarr2_python, tar_root, tmp_path_factory) -> Path:
 
 def test_members_written_by_zarr2_take_the_direct_path_and_read_as_xarray(zarr2_written_root, tar_root, tmp_path):
     from test_zipmember import read_both
+
     from ssl4eos12.sources import webdataset, zipmember
 
     before = webdataset.fallbacks()

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-
 from conftest import assert_identical, open_with_xarray
+
 from ssl4eos12.sources import fastzip, zipmember
 from ssl4eos12.sources.webdataset import _read_member, _read_member_xarray, member_layout
 from ssl4eos12.synth.webdataset import synthesize_webdataset, zarr_zip_bytes
@@ -50,9 +50,9 @@ def xarray_values(data: bytes, names, tmp_path) -> dict[str, np.ndarray]:
 
 def assert_same(actual: dict, expected: dict, where: str) -> None:
     assert set(actual) == set(expected), f"{where}: {sorted(set(actual) ^ set(expected))}"
-    for name in expected:
-        assert_identical(actual[name], expected[name], f"{where}.{name}")
-        assert np.shape(actual[name]) == np.shape(expected[name]), f"{where}.{name}: shape"
+    for name, value in expected.items():
+        assert_identical(actual[name], value, f"{where}.{name}")
+        assert np.shape(actual[name]) == np.shape(value), f"{where}.{name}: shape"
 
 
 def read_both(where: str, modality: str, data: bytes, tmp_path):

@@ -34,7 +34,6 @@ import sys
 import threading
 import zipfile
 from collections.abc import Mapping
-from typing import Optional
 
 import numcodecs
 import numpy as np
@@ -160,7 +159,7 @@ def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     return _ALLOCATE.get()(tuple(shape), np.dtype(dtype))
 
 
-def decoding(blocks, pool: Optional[ArrayPool] = None, threads: int = 1):
+def decoding(blocks, pool: ArrayPool | None = None, threads: int = 1):
     """``blocks`` (an iterator of decoded blocks), each decoded into arrays from ``pool`` (if given) and with
     ``threads`` chunks of an array decoded at once.
 
@@ -198,9 +197,9 @@ def read_arrays(source, names) -> dict[str, np.ndarray]:
                 return _read(zf, buffer, names, wait)
         finally:
             source.seek(position)
-    with open(source, "rb") as file, zipfile.ZipFile(file) as zf:
-        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return _read(zf, mapped, names)
+    with open(source, "rb") as file, zipfile.ZipFile(file) as zf, \
+            mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        return _read(zf, mapped, names)
 
 
 def _read(zf: zipfile.ZipFile, mapped, names, wait=None) -> dict[str, np.ndarray]:
@@ -217,7 +216,7 @@ def plannable(zf: zipfile.ZipFile, name: str, metadata: dict) -> bool:
 
 
 def decode_arrays(zf: zipfile.ZipFile, mapped, metadata: dict, names, crc_thread: bool = True,
-                  out: Optional[Mapping[str, np.ndarray]] = None, wait=None) -> dict[str, np.ndarray]:
+                  out: Mapping[str, np.ndarray] | None = None, wait=None) -> dict[str, np.ndarray]:
     """As :func:`read_arrays`, for a zip already open: ``mapped`` is its bytes (a buffer, ``bytes`` or mmap),
     ``metadata`` its parsed consolidated metadata. ``out``: arrays to decode some of ``names`` into (of their
     shape and dtype; straight into them where the chunks are laid out as they are, else copied in), returned.
@@ -311,7 +310,7 @@ def _plan(zf: zipfile.ZipFile, name: str, metadata: dict):
 
 
 def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, axis: int, chunk_len: int,
-            out: Optional[np.ndarray] = None, wait=None):
+            out: np.ndarray | None = None, wait=None):
     if out is not None and (out.shape != shape or out.dtype != dtype):
         raise ValueError(f"cannot decode a {dtype} array of shape {shape} into a {out.dtype} one of {out.shape}")
     if axis == 0:
@@ -405,7 +404,7 @@ def _decode_on_threads(mapped, codec, members, blocks, arrived, data, spans, thr
             concurrent.futures.wait(running)
 
 
-def _decoded(result: np.ndarray, axis: int, out: Optional[np.ndarray]) -> np.ndarray:
+def _decoded(result: np.ndarray, axis: int, out: np.ndarray | None) -> np.ndarray:
     """The decoded time-major ``result`` in the file's axis order (and in ``out``, if given)."""
     result = result if axis == 0 else np.moveaxis(result, 0, axis)
     if out is not None and result is not out:

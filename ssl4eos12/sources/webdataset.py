@@ -34,18 +34,17 @@ import tarfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
 
 import numpy as np
 import pyarrow.parquet as pq
 import xarray as xr
 
-from . import fastzip, zipmember
 from ..constants import BANDS_DTYPE, TAR_SUFFIX, ZARR_ZIP_SUFFIX, webdataset_metadata_path
 from ..errors import SSL4EOS12DataError, SSL4EOS12FileError
+from ..prefetch import Cancelled, produced_ahead
+from . import fastzip, zipmember
 from .base import Block, Layout, ModalityFile, Source
 from .chunked import join_on_sample
-from ..prefetch import Cancelled, produced_ahead
 from .remote import is_remote, open_random_access, open_sequential, serves_ranges, url_to_fs
 from .zarrzip import EXPECTED_DTYPES, ZIP_SOURCE, _describe, _dtype_matches, open_zarr_zip
 
@@ -144,8 +143,8 @@ class WebDatasetSource(Source):
                     return member_layout(where, modality, dataset.variables, set(dataset.coords))
         raise SSL4EOS12FileError(url, "the tar holds no member")
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019 - one small column per split, for the source's life
-    def _metadata(self, split_folder: str) -> Optional[tuple[str, ...]]:
+    @functools.cache  # noqa: B019 - one small column per split, for the source's life
+    def _metadata(self, split_folder: str) -> tuple[str, ...] | None:
         """The shard (tar name) of each location, from the split's metadata parquet; ``None`` without one."""
         path = posixpath.join(self.root, webdataset_metadata_path(split_folder))
         try:
@@ -159,7 +158,7 @@ class WebDatasetSource(Source):
 
     def fetch(
         self, split_folder: str, shard: str, layouts: Sequence[Layout],
-        variables: Optional[dict[str, Sequence[str]]] = None,
+        variables: dict[str, Sequence[str]] | None = None,
     ) -> Callable[[], Iterator[Block]]:
         """For a remote root, open the shard's tars now (their first windows fetched, the next ones on their
         way: :func:`open_tar`), so the builder's prefetch starts the next shard while this one is decoded."""
@@ -179,7 +178,7 @@ class WebDatasetSource(Source):
 
     def blocks(
         self, split_folder: str, shard: str, layouts: Sequence[Layout],
-        variables: Optional[dict[str, Sequence[str]]] = None, files: Optional[dict] = None,
+        variables: dict[str, Sequence[str]] | None = None, files: dict | None = None,
     ) -> Iterator[Block]:
         """As :meth:`Source.blocks`; ``files``: the tars already opened by :meth:`fetch` (closed here).
 
@@ -192,7 +191,7 @@ class WebDatasetSource(Source):
         yield from blocks
 
     def _read_blocks(self, split_folder: str, shard: str, layouts: Sequence[Layout],
-                     variables: Optional[dict[str, Sequence[str]]] = None, files: Optional[dict] = None,
+                     variables: dict[str, Sequence[str]] | None = None, files: dict | None = None,
                      ) -> Iterator[Block]:
         urls = {layout.modality: self.url(split_folder, layout.modality, shard) for layout in layouts}
         with contextlib.ExitStack() as stack:
@@ -218,7 +217,7 @@ class WebDatasetSource(Source):
 
 
     def blocks_for(self, split_folder: str, shard: str, layouts: Sequence[Layout], selection=None,
-                   variables: Optional[dict[str, Sequence[str]]] = None) -> Iterator[Block]:
+                   variables: dict[str, Sequence[str]] | None = None) -> Iterator[Block]:
         """As :meth:`Source.blocks_for`; a selection that knows where its members are
         (:class:`~ssl4eos12.members.MemberSelection`, from an index that records them) reads only those."""
         from ..members import members_of
@@ -229,7 +228,7 @@ class WebDatasetSource(Source):
         return self.member_blocks(split_folder, shard, layouts, members, variables)
 
     def member_blocks(self, split_folder: str, shard: str, layouts: Sequence[Layout], members,
-                      variables: Optional[dict[str, Sequence[str]]] = None, readers: Optional[dict] = None,
+                      variables: dict[str, Sequence[str]] | None = None, readers: dict | None = None,
                       ) -> Iterator[Block]:
         """The blocks of the chosen ``members`` (:class:`~ssl4eos12.members.ShardMembers`) of a shard, fetched by
         range (:func:`~ssl4eos12.members.read_members`): a block per run of up to :data:`BLOCK_LOCATIONS`
@@ -468,7 +467,7 @@ def member_layout(where: str, modality: str, variables: Mapping, coords) -> Layo
     )
 
 
-def _time_coordinate(variables: Mapping) -> Optional[xr.Variable]:
+def _time_coordinate(variables: Mapping) -> xr.Variable | None:
     """The timestamps held by the ``time`` coordinate itself (the webdataset release's way), if it holds them."""
     variable = variables.get("time")
     if variable is not None and variable.dims == ("time",) and variable.dtype.kind == "M":
@@ -500,7 +499,7 @@ def _read_members(wheres: list[str], layout: Layout, datas: list[bytes], variabl
 
 
 def _read_member(where: str, expected: Layout, data: bytes, variables=None,
-                 out: Optional[dict[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
+                 out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Decode the variables of one member (default: all its layout has), checked against ``expected``; the big
     ones into the arrays of ``out`` where it has them.
 
@@ -509,7 +508,7 @@ def _read_member(where: str, expected: Layout, data: bytes, variables=None,
     """
     try:
         found = zipmember.template(data)
-    except Exception as err:  # a corrupt member: xarray's reading below names the problem
+    except Exception as err:  # noqa: BLE001 - a corrupt member: xarray's reading below names the problem
         _fell_back(where, f"cannot open: {type(err).__name__}")
         return _read_member_xarray(where, expected, data, variables, out)
     if found is None:
@@ -527,7 +526,7 @@ def _read_member(where: str, expected: Layout, data: bytes, variables=None,
         reads = made.checked.setdefault((expected, wanted), stored)
     try:
         read = zipmember.read_values(made, data, entries, list(dict.fromkeys(reads.values())), out)
-    except Exception as err:  # a chunk that does not decompress, a CRC error: xarray names it
+    except Exception as err:  # noqa: BLE001 - a chunk that does not decompress, a CRC error: xarray names it
         _fell_back(where, f"cannot decode: {type(err).__name__}")
         return _read_member_xarray(where, expected, data, variables, out)
     values = {name: read[source] for name, source in reads.items()}
@@ -536,11 +535,11 @@ def _read_member(where: str, expected: Layout, data: bytes, variables=None,
 
 
 def _read_member_general(where: str, expected: Layout, data: bytes, variables=None,
-                         out: Optional[dict[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
+                         out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """:func:`_read_member` for a member whose zip :func:`.zipmember.template` leaves to ``zipfile``."""
     try:
         member = zipmember.open_member(data)
-    except Exception as err:  # a corrupt member: xarray's reading below names the problem
+    except Exception as err:  # noqa: BLE001 - a corrupt member: xarray's reading below names the problem
         _fell_back(where, f"cannot open: {type(err).__name__}")
         return _read_member_xarray(where, expected, data, variables, out)
     if member is None:
@@ -552,7 +551,7 @@ def _read_member_general(where: str, expected: Layout, data: bytes, variables=No
         for name in names:
             if name not in values:
                 values[name] = _variable(member.variables, name).values
-    except Exception as err:  # a chunk that does not decompress, a CRC error: xarray names it
+    except Exception as err:  # noqa: BLE001 - a chunk that does not decompress, a CRC error: xarray names it
         _fell_back(where, f"cannot decode: {type(err).__name__}")
         return _read_member_xarray(where, expected, data, variables, out)
     values["sample"] = _sample(where, member.variables)
@@ -560,7 +559,7 @@ def _read_member_general(where: str, expected: Layout, data: bytes, variables=No
 
 
 def _read_member_xarray(where: str, expected: Layout, data: bytes, variables=None,
-                        out: Optional[dict[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
+                        out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """:func:`_read_member` through ``xarray.open_zarr``: the reference, and the way for any other member."""
     with open_zarr_zip(where, data=data) as dataset:
         names = _names(_checked_layout(where, expected, dataset.variables, set(dataset.coords)), variables)

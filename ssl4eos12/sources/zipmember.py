@@ -31,7 +31,7 @@ import struct
 import threading
 import zipfile
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numcodecs
 import numpy as np
@@ -106,7 +106,7 @@ _END = struct.Struct("<4s4H2LH")  # end of central directory record, 22 bytes
 _CENTRAL = struct.Struct("<4s6H3L5H2L")  # central directory file header, 46 bytes
 
 
-def entries(data: bytes) -> Optional[_Entries]:
+def entries(data: bytes) -> _Entries | None:
     """The members of the zip ``data``, from its central directory; ``None`` for one this does not parse the way
     ``zipfile`` would (ZIP64, a comment, bytes before the zip, several disks) or with a member that is not
     stored as it is (deflated, encrypted): read those with ``zipfile``."""
@@ -142,7 +142,7 @@ class _Small:
     spec: tuple  # (dtype, shape, chunks, fill_value)
     rule: str  # "raw": xarray leaves the values as stored; "ns": viewed as datetime64[ns]; "cf": xarray decodes
     #: the key of its one chunk, where one C-order chunk of the array's shape holds it (else ``None``)
-    single: Optional[str] = None
+    single: str | None = None
     blosc: bool = False
 
 
@@ -163,7 +163,7 @@ _TEMPLATES: dict[bytes, Template] = {}
 _TEMPLATES_LOCK = threading.Lock()
 
 
-def template(data: bytes) -> Optional[tuple[Template, _Entries]]:
+def template(data: bytes) -> tuple[Template, _Entries] | None:
     """The member's template and its entries; ``None`` when the member is not the simple case, or is a zip that
     :func:`entries` leaves to ``zipfile`` (read it with :func:`open_member`). Raises what a corrupt member raises
     (``zipfile.BadZipFile`` on a CRC-32 mismatch)."""
@@ -171,7 +171,7 @@ def template(data: bytes) -> Optional[tuple[Template, _Entries]]:
     if found is None or ".zmetadata" not in found:
         return None
     key = [bytes(fastzip.member_bytes(found, data, ".zmetadata"))]
-    for name, entry in found.items():
+    for name in found:
         if name.partition("/")[0] in LAYOUT_VALUES and "/." not in name:
             key += [name.encode(), bytes(fastzip.member_bytes(found, data, name))]
     key = b"\0".join(key)
@@ -194,7 +194,7 @@ def _make_template(member: Member) -> Template:
     metadata = member._metadata
     small: dict[str, _Small] = {}
     raw = {}
-    for name, variable in member.variables.items():
+    for name in member.variables:
         if name in BIG_ARRAYS:
             continue
         zarray, zattrs = metadata[f"{name}/.zarray"], metadata.get(f"{name}/.zattrs", {})
@@ -228,7 +228,7 @@ def _nanoseconds(variable: xr.Variable) -> bool:
             and attrs.get("calendar", "standard") in _STANDARD_CALENDARS and set(attrs) <= {"units", "calendar"})
 
 
-def _read_single_chunk(found: _Entries, data: bytes, entry: _Small) -> Optional[np.ndarray]:
+def _read_single_chunk(found: _Entries, data: bytes, entry: _Small) -> np.ndarray | None:
     """:func:`_read_small` for an array held by one stored chunk of its own shape; ``None`` when the chunk is not
     stored (the fill value, as :func:`_read_small` reads it)."""
     if entry.single not in found:
@@ -278,7 +278,7 @@ def read_values(made: Template, data: bytes, found: _Entries, names, out=None) -
     return values
 
 
-def open_member(data: bytes) -> Optional[Member]:
+def open_member(data: bytes) -> Member | None:
     """The member's variables, or ``None`` when it is not the simple case (read it through xarray).
 
     Raises whatever a corrupt member raises (``zipfile.BadZipFile``, a codec's error); the caller then also
