@@ -827,6 +827,7 @@ def row_wdsselect(data: Path, group: str, repeat: int) -> dict:
                       f"{served / rounds / members:.3f}x the members' {members / MB:.1f} MB, "
                       f"{served / rounds / whole:.3f}x streaming their tars whole ({whole / MB:.0f} MB); "
                       f"probe {probe / MB:.1f} MB once")
+    return result
 
 
 def _tars_module():
@@ -950,10 +951,14 @@ def ensure_authors_wds_data(data: Path) -> float:
     if tars.ZARR2 is None or all((target / SPLIT_FOLDER / "S2L2A" / p.name).is_file() for p in source.glob("*.tar")):
         return 0.0
     start = time.perf_counter()
-    staging = data / "webdataset-s2l2a"
-    (staging / SPLIT_FOLDER).mkdir(parents=True, exist_ok=True)
-    if not (staging / SPLIT_FOLDER / "S2L2A").exists():
-        (staging / SPLIT_FOLDER / "S2L2A").symlink_to(source.resolve())
+    staging = data / "webdataset-s2l2a" / SPLIT_FOLDER / "S2L2A"
+    if staging.is_symlink():  # an earlier run's link to the folder: rglob does not follow folder links
+        staging.unlink()
+    staging.mkdir(parents=True, exist_ok=True)
+    for tar in source.glob("*.tar"):  # links to the S2L2A tars alone (the other modalities are not rewritten)
+        if not (staging / tar.name).exists():
+            (staging / tar.name).symlink_to(tar.resolve())
+    staging = staging.parent.parent
     subprocess.run([str(tars.ZARR2), str(Path(__file__).with_name("authors_tars.py")), str(staging), str(target)],
                    check=True)
     return time.perf_counter() - start
@@ -1148,7 +1153,8 @@ def render(table: list[dict], checks: list[dict], meta: dict) -> str:
         f"numcodecs Blosc threads: {meta['blosc_threads']}. Data: {meta['files']} generated full-size files per "
         f"modality (64 samples × 4 times × 264 × 264), page cache warm; best of {meta['repeat']} passes after a "
         f"warm-up pass; each row in a fresh process. Whole run: {meta['total_seconds'] / 60:.1f} min. "
-         f"Method, and the profiles behind every missed target: [benchmarks/README.md](benchmarks/README.md)."),
+         f"Method, and the profiles behind every missed target: [benchmarks/README.md](benchmarks/README.md)."
+         + (f" Rows {meta['rerun']} (`--only`), the others from the full run." if meta.get("rerun") else "")),
         "",
         "| files | row | examples/s | decoded MB/s | × Blosc ceiling | target | peak RSS MB | bands dtype |",
         "|---|---|---:|---:|---:|---|---:|---|",
@@ -1196,7 +1202,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=2, help="full-size files per modality (default 2)")
     parser.add_argument("--repeat", type=int, default=5, help="timed passes per row after the warm-up (default 5)")
-    parser.add_argument("--only", help="comma-separated row names (default: all rows)")
+    parser.add_argument("--only", help="comma-separated row names (default: all rows); their results replace those "
+                                       "rows of the last full run in the README's table")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite README.md / results.json")
     parser.add_argument("--data", type=Path, default=DATA, help=argparse.SUPPRESS)
     parser.add_argument("--row", help=argparse.SUPPRESS)
@@ -1261,16 +1268,21 @@ def main(argv=None) -> int:
                       f"(passes: {', '.join(f'{t:.2f}' for t in result['times'])} s; "
                       f"CPU: {', '.join(f'{t:.2f}' for t in cpu)} s; "
                       f"peak RSS {result['peak_rss'] / MB:.0f} MB)", flush=True)
-    table, checks = summarize(results, one_file)
     meta = machine()
     meta.update(command="python benchmarks/run.py" + (f" --files {args.files}" if args.files != 2 else ""),
                 date=datetime.date.today().isoformat(), files=args.files, repeat=args.repeat,
                 total_seconds=time.perf_counter() - started, generated_seconds=generated, warmed_bytes=warmed,
                 one_file_decoded_bytes=one_file)
+    if args.only and not args.no_readme and RESULTS.exists():
+        # some rows run again: the table is the last full run's with these rows replaced (and said so)
+        previous = json.loads(RESULTS.read_text())
+        results = {**previous["rows"], **results}
+        meta = {**previous["meta"], "rerun": f"{', '.join(names)} rerun on {meta['date']}"}
+    table, checks = summarize(results, one_file)
     section = render(table, checks, meta)
     print()
     print(section)
-    if not args.no_readme and not args.only:
+    if not args.no_readme and (not args.only or RESULTS.exists()):
         write_readme(section)
         RESULTS.write_text(json.dumps({"meta": meta, "rows": results, "table": table, "checks": checks},
                                       indent=1, default=str) + "\n")
