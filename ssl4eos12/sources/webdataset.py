@@ -509,8 +509,7 @@ def _read_member(where: str, expected: Layout, data: bytes, variables=None,
     try:
         found = zipmember.template(data)
     except Exception as err:  # noqa: BLE001 - a corrupt member: xarray's reading below names the problem
-        _fell_back(where, f"cannot open: {type(err).__name__}")
-        return _read_member_xarray(where, expected, data, variables, out)
+        return _through_xarray(where, f"cannot open: {type(err).__name__}", expected, data, variables, out)
     if found is None:
         return _read_member_general(where, expected, data, variables, out)
     made, entries = found
@@ -527,11 +526,16 @@ def _read_member(where: str, expected: Layout, data: bytes, variables=None,
     try:
         read = zipmember.read_values(made, data, entries, list(dict.fromkeys(reads.values())), out)
     except Exception as err:  # noqa: BLE001 - a chunk that does not decompress, a CRC error: xarray names it
-        _fell_back(where, f"cannot decode: {type(err).__name__}")
-        return _read_member_xarray(where, expected, data, variables, out)
+        return _through_xarray(where, f"cannot decode: {type(err).__name__}", expected, data, variables, out)
     values = {name: read[source] for name, source in reads.items()}
     values["sample"] = np.asarray(values["sample"]).astype(str) if "sample" in values else _sample(where, {})
     return values
+
+
+def _through_xarray(where: str, why: str, expected: Layout, data: bytes, variables, out) -> dict[str, np.ndarray]:
+    """A member the direct path cannot read, read by xarray (and counted as a fallback, logged once per tar)."""
+    _fell_back(where, why)
+    return _read_member_xarray(where, expected, data, variables, out)
 
 
 def _read_member_general(where: str, expected: Layout, data: bytes, variables=None,
@@ -540,11 +544,9 @@ def _read_member_general(where: str, expected: Layout, data: bytes, variables=No
     try:
         member = zipmember.open_member(data)
     except Exception as err:  # noqa: BLE001 - a corrupt member: xarray's reading below names the problem
-        _fell_back(where, f"cannot open: {type(err).__name__}")
-        return _read_member_xarray(where, expected, data, variables, out)
+        return _through_xarray(where, f"cannot open: {type(err).__name__}", expected, data, variables, out)
     if member is None:
-        _fell_back(where, "not the simple case")
-        return _read_member_xarray(where, expected, data, variables, out)
+        return _through_xarray(where, "not the simple case", expected, data, variables, out)
     names = _names(_checked_layout(where, expected, member.variables, member.coords), variables)
     try:
         values = member.read_big([n for n in zipmember.BIG_ARRAYS if n in names], out)
@@ -552,8 +554,7 @@ def _read_member_general(where: str, expected: Layout, data: bytes, variables=No
             if name not in values:
                 values[name] = _variable(member.variables, name).values
     except Exception as err:  # noqa: BLE001 - a chunk that does not decompress, a CRC error: xarray names it
-        _fell_back(where, f"cannot decode: {type(err).__name__}")
-        return _read_member_xarray(where, expected, data, variables, out)
+        return _through_xarray(where, f"cannot decode: {type(err).__name__}", expected, data, variables, out)
     values["sample"] = _sample(where, member.variables)
     return values
 
