@@ -1061,13 +1061,13 @@ def summarize(results: dict[str, dict], one_file: dict[str, int]) -> tuple[list[
 
     checks = []
 
-    def check(what, value, limit, higher_is_better=True, detail=""):
+    def check(what, value, limit, higher_is_better=True, detail="", unit="×"):
         if value is None:
             checks.append({"what": what, "ok": None, "detail": detail or "not measured"})
             return
         ok = value >= limit if higher_is_better else value <= limit
         checks.append({"what": what, "ok": ok, "value": value, "limit": limit, "detail": detail,
-                       "sign": "≥" if higher_is_better else "≤"})
+                       "sign": "≥" if higher_is_better else "≤", "unit": unit})
 
     def ratio(a, b, key="examples_per_s"):
         return by_name[a][key] / by_name[b][key] if a in by_name and b in by_name else None
@@ -1113,8 +1113,9 @@ def summarize(results: dict[str, dict], one_file: dict[str, int]) -> tuple[list[
     check("`ssl4eos12.Loader` on the authors'-stack tars vs their aggregate decode ceiling (examples/s)",
           ratio("wdsauthorsloader:S2L2A", "wdsauthors-procs:S2L2A"), 0.6)
     g = results.get("wdsgil:S2L2A", {})
-    check("GIL held per member, Loader on the authors'-stack tars (py-spy --gil), ms", g.get("gil_ms_per_member"), 0.5,
-          higher_is_better=False, detail=f"fallbacks to xarray: {sum((g.get('fallbacks') or {}).values())}" if g else "")
+    check("GIL held per member, Loader on the authors'-stack tars (py-spy --gil)", g.get("gil_ms_per_member"), 0.5,
+          higher_is_better=False, detail=f"fallbacks to xarray: {sum((g.get('fallbacks') or {}).values())}" if g else "",
+          unit=" ms")
     wh = results.get("wdshttp:S2L2A", {})
     check("webdataset tars over HTTP vs local tars (`S2L2A`)", ratio("wdshttp:S2L2A", "wds:S2L2A"), 0.8,
           detail=f"{wh['bytes_served_per_file_byte']:.2f} bytes served per tar byte"
@@ -1172,7 +1173,9 @@ def render(table: list[dict], checks: list[dict], meta: dict) -> str:
     lines += ["", "Targets:", ""]
     for c in checks:
         mark = "✅" if c["ok"] else ("❌" if c["ok"] is not None else "–")
-        value = f"{c['value']:.2f}× (target {c['sign']} {c['limit']}×)" if c.get("value") is not None else ""
+        unit = c.get("unit", "×")
+        value = (f"{c['value']:.2f}{unit} (target {c['sign']} {c['limit']}{unit})" if c.get("value") is not None
+                 else "")
         detail = "; ".join(x for x in (value, c.get("detail")) if x)
         lines.append(f"- {mark} {c['what']}: {detail}")
     notes = [f"`{row['name']}`: {row['note']}" for row in table if row.get("note")]

@@ -328,10 +328,16 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
         return datasets.DownloadConfig(token=self.token, storage_options=self.storage_options)
 
     def as_streaming_dataset(self, split=None, base_path=None):
-        # only the asked-for splits are listed and selected: their errors and warnings name them, not another split
+        with self.asking_for(split):
+            return super().as_streaming_dataset(split, base_path)
+
+    @contextlib.contextmanager
+    def asking_for(self, split):
+        """Within it, ``_split_generators`` lists and selects only the splits named in ``split`` (a ``split=``
+        argument; ``None``: every split): their errors and warnings name them, not another split."""
         self._requested_splits = _split_names(split)
         try:
-            return super().as_streaming_dataset(split, base_path)
+            yield
         finally:
             del self._requested_splits
 

@@ -39,23 +39,22 @@ class Entry:
 
     ``rows``: locations by index in the shard's own order; ``selection``: locations by sample id, each with the
     time indices kept (``None``: all), as the builder's filters give them (:func:`ssl4eos12.index.select`).
-    ``None``: no restriction. ``locations``: how many the shard holds, where known without reading it.
+    ``None``: no restriction.
     """
 
     shard: str
     rows: np.ndarray | None = None
     selection: Mapping[str, frozenset | None] | None = None
-    locations: int | None = None
 
     def examples(self, num_times: int) -> int | None:
         """Examples this entry gives (``num_times``: timestamps per location when an example is one timestamp,
-        else 1); ``None`` when it needs the shard's number of locations, and that is not known yet."""
+        else 1); ``None`` when that takes the shard's number of locations (read from its metadata)."""
         if self.selection is not None and self.rows is None:  # the filters name every example
             return sum(num_times if (kept is None or num_times == 1) else len(kept)
                        for kept in self.selection.values())
         if self.rows is not None and self.selection is None:
             return len(self.rows) * num_times
-        return None if self.locations is None else self.locations * num_times
+        return None
 
 
 @dataclass
@@ -72,7 +71,7 @@ class Catalog:
     on_bad_file: str
     time_order: str = "file"
     index: str | None = None
-    _counts: dict[int, int] = field(default_factory=dict, repr=False)
+    _counts: tuple[int, ...] | None = field(default=None, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
 
     @property
@@ -80,11 +79,14 @@ class Catalog:
         """Timestamps an example splits a location into: every one when ``single_timestamp``, else 1."""
         return self.layouts[0].num_times if self.single_timestamp else 1
 
-    def counts(self, threads: int = 8) -> list[int]:
-        """Examples of every entry: from its selection, or its shard's locations, probed from the shard's metadata
-        in parallel where not known (an unreadable shard counts 0 with ``on_bad_file="skip"``)."""
-        missing = [i for i, entry in enumerate(self.entries)
-                   if entry.examples(1) is None and i not in self._counts]
+    def counts(self, threads: int = 8) -> tuple[int, ...]:
+        """Examples of every entry (computed once): from its selection, or its shard's locations, probed from the
+        shard's metadata in parallel where not known (an unreadable shard counts 0 with ``on_bad_file="skip"``)."""
+        if self._counts is not None:
+            return self._counts
+        times = self.times_per_example
+        counts = [entry.examples(times) for entry in self.entries]
+        missing = [i for i, count in enumerate(counts) if count is None]
         if missing:
             modality = self.layouts[0].modality
 
@@ -99,10 +101,10 @@ class Catalog:
                     return 0
 
             with ThreadPoolExecutor(max(1, threads), thread_name_prefix="ssl4eos12-count") as pool:
-                self._counts.update(zip(missing, pool.map(count, missing)))
-        times = self.times_per_example
-        return [entry.examples(times) if entry.examples(1) is not None else self._counts[i] * times
-                for i, entry in enumerate(self.entries)]
+                for i, locations in zip(missing, pool.map(count, missing)):
+                    counts[i] = locations * times
+        self._counts = tuple(counts)
+        return self._counts
 
     def fingerprint(self) -> str:
         """:func:`fingerprint` of the data this catalog reads (computed once)."""
@@ -133,11 +135,8 @@ def resolve(builder, split: str) -> Catalog:
     download_config = DownloadConfig(token=builder.token, storage_options=builder.storage_options)
     dl_manager = StreamingDownloadManager(base_path=builder.base_path, download_config=download_config,
                                           dataset_name=builder.dataset_name, data_dir=builder.config.data_dir)
-    builder._requested_splits = frozenset([split])  # the other split is neither listed nor selected
-    try:
+    with builder.asking_for(split):  # the other split is neither listed nor selected
         generators = {str(g.name): g for g in builder._split_generators(dl_manager)}
-    finally:
-        del builder._requested_splits
     if split not in generators:
         raise ValueError(f"split={split!r}: not in this data; available: {', '.join(sorted(generators))}")
     kwargs = generators[split].gen_kwargs

@@ -400,14 +400,14 @@ STATE_VERSION = 1
 
 @dataclass(frozen=True, eq=False)
 class _RankPlan:
-    """One rank's part of an epoch (:meth:`Loader.plan`): ``order`` rows are ``(entry, example)`` in reading order,
+    """One rank's part of an epoch (:meth:`Loader._plan`): ``order`` rows are ``(entry, example)`` in reading order,
     ``groups`` its spans read together (the shuffle window), ``skip`` the examples already done (a resumed epoch)."""
 
     epoch: int
     segments: list[Segment]
     order: np.ndarray
     groups: list[slice]
-    counts: list[int]
+    counts: tuple[int, ...]
     segment: int
     skip: int
 
@@ -555,7 +555,7 @@ class Loader:
         self._segments = []
         self._position = (epoch, [])
 
-    def _counts(self) -> list[int]:
+    def _counts(self) -> tuple[int, ...]:
         return self.catalog.counts(self.num_threads)
 
     @property
@@ -896,7 +896,10 @@ class _EpochRun:
             whole = plan.groups[g]
             corners = _corners(self.catalog.layouts[0], loader.crop, loader.crop_mode, whole.stop - whole.start,
                                (*group_seed(loader.seed, plan.epoch, plan.segment, loader.rank, g), 1))
-            substitutes = itertools.cycle([p for p in range(span.start, span.stop) if decoded[order[p, 0]] is not None])
+            substitutes = None  # for the examples of skipped shards: the group's readable ones, in turn
+            if any(shard is None for shard in decoded.values()):
+                substitutes = itertools.cycle([p for p in range(span.start, span.stop)
+                                               if decoded[order[p, 0]] is not None])
             for p in range(span.start, span.stop):
                 shard, j = order[p, 0], order[p, 1]
                 if decoded[shard] is None:  # skipped: the batch keeps its size with another example of the group

@@ -92,16 +92,15 @@ class Locations:
             from .index import check_coverage, load_index, member_positions
 
             positions = None
-            try:
+            try:  # no index to be found: the headers are walked instead
                 rows = load_index(catalog.source.root, catalog.split_folder, catalog.index,
                                   catalog.source.download_config)
+            except SSL4EOS12DataError:
+                rows = None
+            if rows is not None:
                 positions = member_positions(rows, catalog.source.modalities)
-                if positions is not None:
-                    check_coverage(rows, [entry.shard for entry in entries])
-            except SSL4EOS12DataError as err:
-                if "does not list" in str(err):
-                    raise
             if positions is not None:
+                check_coverage(rows, [entry.shard for entry in entries])  # a stale index raises, naming the tars
                 self._members = {e: positions[entry.shard] for e, entry in enumerate(entries)}
             else:
                 logger.info(f"{catalog.source.root}: no index records where the members are: each tar's headers "

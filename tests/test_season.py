@@ -224,15 +224,21 @@ def test_prepared_single_timestamp_and_loader(zarr_root, tmp_path):
                     "Loader torch, S1 first, single_timestamp")
 
 
+def assert_single_timestamps_filtered(root, modalities) -> None:
+    """Builder and Loader, ``single_timestamp`` with a time range that leaves out S2's 5 January and keeps S1's
+    31 December: the examples xarray's reading gives in the shared season order."""
+    time_range = ("2020-03-01", "2021-01-01")
+    singles = expected(root, modalities, single_timestamp=True, time_range=time_range)
+    assert 0 < len(singles) < 6 * 4
+    assert_examples(stream(root, modalities=modalities, single_timestamp=True, time_range=time_range), singles,
+                    "builder, single_timestamp + time_range")
+    assert_examples(loaded(root, True, modalities=modalities, single_timestamp=True, time_range=time_range),
+                    singles, "Loader, single_timestamp + time_range")
+
+
 @pytest.mark.parametrize("modalities", [[S2, S1], [S1, S2]], ids=["S2-first", "S1-first"])
 def test_time_filter_judges_the_file_timestamps_of_the_shared_order(zarr_root, modalities):
-    time_range = ("2020-03-01", "2021-01-01")  # leaves out S2's 5 January, keeps S1's 31 December
-    singles = expected(zarr_root, modalities, single_timestamp=True, time_range=time_range)
-    assert 0 < len(singles) < 6 * 4
-    assert_examples(stream(zarr_root, modalities=modalities, single_timestamp=True, time_range=time_range), singles,
-                    "builder, single_timestamp + time_range")
-    assert_examples(loaded(zarr_root, True, modalities=modalities, single_timestamp=True, time_range=time_range),
-                    singles, "Loader, single_timestamp + time_range")
+    assert_single_timestamps_filtered(zarr_root, modalities)
     series_range = ("2020-03-01", "2021-01-04")
     series = expected(zarr_root, modalities, time_range=series_range)
     assert 0 < len(series) < 6
@@ -267,13 +273,7 @@ def test_tars_undated_dem_is_no_reference_and_stays(tar_root, modalities, tmp_pa
 
 @pytest.mark.parametrize("modalities", [[S2, S1], [S1, S2]], ids=["S2-first", "S1-first"])
 def test_tars_single_timestamp_with_time_filter(tar_root, modalities):
-    time_range = ("2020-03-01", "2021-01-01")
-    singles = expected(tar_root, modalities, single_timestamp=True, time_range=time_range)
-    assert 0 < len(singles) < 6 * 4
-    assert_examples(stream(tar_root, modalities=modalities, single_timestamp=True, time_range=time_range), singles,
-                    "builder")
-    assert_examples(loaded(tar_root, True, modalities=modalities, single_timestamp=True, time_range=time_range),
-                    singles, "Loader")
+    assert_single_timestamps_filtered(tar_root, modalities)
 
 
 def test_timestamps_without_dates_cannot_be_ordered(tmp_path):

@@ -160,11 +160,9 @@ def plan(data_dir: str, configs: Iterable[str] | None = None, splits: Iterable[s
     # the default and index configs show every modality there is
     candidates = list(dict.fromkeys([*wanted, *MODALITIES])) \
         if not configs or set(configs) & set(OVERVIEW_CONFIGS) else wanted
-    split_files = _split_files(root, list(splits or SPLIT_FOLDERS), candidates)
+    split_files, layout = _split_files(root, list(splits or SPLIT_FOLDERS), candidates)
     first_folder = SPLIT_FOLDERS[next(iter(split_files))]
     first_files = next(iter(split_files.values()))
-    # the layout of a modality that has files: a missing one (a tar root without S1GRD) would look like Zarr zips
-    layout = next((source.name for m in candidates if (source := open_source(root, [m])).shards(first_folder)), None)
     source = open_source(root, candidates, layout=layout)
     probes = {m: probe for m in candidates if (probe := _probe(source, first_folder, first_files, m, on_bad_file))}
     missing = [c for c in wanted if c not in probes]
@@ -186,19 +184,23 @@ def plan(data_dir: str, configs: Iterable[str] | None = None, splits: Iterable[s
     return tasks
 
 
-def _split_files(root: str, splits: list[str], modalities: list[str]) -> dict[str, list[str]]:
-    """The file names of each split present (from the first modality that lists any)."""
+def _split_files(root: str, splits: list[str], modalities: list[str]) -> tuple[dict[str, list[str]], str]:
+    """The file names of each split present (from the first modality that lists any), and the layout of the
+    modality that listed the first: a modality without files (a tar root without S1GRD) would look like Zarr zips."""
     unknown = [s for s in splits if s not in SPLIT_FOLDERS]
     if unknown:
         raise ValueError(f"unknown split(s) {unknown}: choose from {list(SPLIT_FOLDERS)}")
-    split_files = {}
+    split_files, layouts = {}, []
     for split in splits:
-        names = next((n for m in modalities if (n := open_source(root, [m]).shards(SPLIT_FOLDERS[split]))), None)
-        if names:
-            split_files[split] = names
+        for m in modalities:
+            source = open_source(root, [m])
+            if names := source.shards(SPLIT_FOLDERS[split]):
+                split_files[split] = names
+                layouts.append(source.name)
+                break
     if not split_files:
         raise SSL4EOS12DataError(f"{root}: no SSL4EO-S12 files of {modalities} in split(s) {splits}")
-    return split_files
+    return split_files, layouts[0]
 
 
 def _config_modalities(config: str, probes: dict) -> tuple[list[str], str | None]:
