@@ -67,6 +67,7 @@ from .sampling import (
     remaining,
 )
 from .sources import Block, Layout, fastzip, webdataset
+from .sources.webdataset import Encoded
 from .timeorder import by_season, season_selection
 from .torch import timestamps_to_int64
 
@@ -371,6 +372,9 @@ def _gather(fields: Sequence[_Field], crop: int | None, picks: _Picks, buffers: 
                 host["time_index"][j] = t
                 continue
             r = row if order is None else order[row]
+            if isinstance(array, Encoded) and not field.crop and field.standardize is None:
+                array.decode_into(r, host[field.name][j], t if field.timed else None)  # straight into its slot
+                continue
             value = array[r, t] if (t is not None and field.timed) else array[r]
             if field.strings:
                 strings[field.name][j] = value.tolist() if isinstance(value, np.ndarray) else str(value)
@@ -509,7 +513,6 @@ class Loader:
         self.numpy = bool(numpy)
         self.rank, self.world_size = distributed_rank(rank, world_size)
         self.num_threads = num_threads or fastzip.usable_cores()
-        self.gather_threads = max(1, self.num_threads // 4)
         self.prefetch = prefetch or self.num_threads
         self.shuffle_window = shuffle_window if self.shuffle else 1
         self.batches_ahead = batches_ahead
@@ -525,6 +528,10 @@ class Loader:
         self.builder = SSL4EOS12(config_name=config, data_dir=data_dir, root=root, **builder_keywords)
         self.split = split
         self.catalog = resolve(self.builder, split)
+        # a tar member's big arrays are decoded where each example goes, in the gather (one write of 6.7 MB per
+        # S2L2A location instead of a decode and a copy); a bad member then fails its batch, so not with "skip"
+        self._defer = self.catalog.source.name == "webdataset" and self.catalog.on_bad_file != "skip"
+        self.gather_threads = self.num_threads if self._defer else max(1, self.num_threads // 4)
         self._check_crop()
         norms = self._standardization(normalize)
         self._device_norms = norms if device is not None else {}
@@ -963,7 +970,7 @@ class _EpochRun:
             # only the selected members of a tar, by range, where the index records them; a remote Zarr file sends
             # only the selected timestamps' chunks
             blocks = catalog.source.blocks_for(catalog.split_folder, entry.shard, catalog.layouts, selection)
-            blocks = list(fastzip.decoding(blocks, self.loader._decode_memory))
+            blocks = list(fastzip.decoding(blocks, self.loader._decode_memory, defer=self.loader._defer))
         except SSL4EOS12FileError as err:
             if catalog.on_bad_file != "skip":
                 raise

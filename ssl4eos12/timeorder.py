@@ -90,6 +90,9 @@ def by_season(block: Block) -> Block:
         for name in TIME_VARIABLES:
             if name in variables:
                 values = variables[name]
+                if hasattr(values, "take_times"):  # left encoded (sources.webdataset.Encoded): reordered when decoded
+                    variables[name] = values.take_times(rows)
+                    continue
                 variables[name] = np.take_along_axis(values, rows.reshape(rows.shape + (1,) * (values.ndim - 2)),
                                                      axis=1)
         parts[modality] = dataclasses.replace(part, variables=variables)

@@ -474,3 +474,106 @@ def test_shuffle_window_counts_tars_not_blocks(tmp_path):
         blocks = [(key - min(first)) // BLOCK_LOCATIONS for key in first]
         mixed += blocks != sorted(blocks)  # a later block's example before an earlier one's
     assert mixed
+
+
+# -- the tar release: members decoded straight into their batch slots ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tar_root(tmp_path_factory):
+    """3 tars x 5 locations (blocks of 4 and 1) of S2L2A and S1GRD, 8 px."""
+    from ssl4eos12.synth.webdataset import synthesize_webdataset
+
+    return synthesize_webdataset(tmp_path_factory.mktemp("loader-tars"), splits=("train",), files=3, samples=5, size=8,
+                                 modalities=("S2L2A", "S1GRD"))
+
+
+def slot_decodes(monkeypatch) -> list:
+    """Each member decode straight into a batch slot: (array name, timestamp or None)."""
+    from ssl4eos12.sources.webdataset import Encoded
+
+    calls = []
+    decode_into = Encoded.decode_into
+
+    def counted(self, row, out, time=None):
+        calls.append((self.name, time))
+        return decode_into(self, row, out, time)
+
+    monkeypatch.setattr(Encoded, "decode_into", counted)
+    return calls
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},
+    {"single_timestamp": True},
+    {"time_order": "season"},
+    {"single_timestamp": True, "time_order": "season"},
+    {"crop": 5},
+], ids=["series", "single", "season", "single-season", "crop"])
+def test_tar_members_decoded_into_their_slots_are_what_xarray_reads(tar_root, tmp_path, monkeypatch, kwargs):
+    """Shuffled, every batch kept: each example's bands and cloud masks, decoded into the batch by the gather
+    threads (only the timestamp a single-timestamp example needs; in season order where asked), equal xarray's
+    reading of its member; a crop decodes the member and cuts it as numpy does."""
+    from test_webdataset import expected_examples as tar_examples
+
+    calls = slot_decodes(monkeypatch)
+    crop = kwargs.pop("crop", None)
+    loader = ssl4eos12.Loader("all", data_dir=str(tar_root), modalities=["S2L2A", "S1GRD"], batch_size=4, seed=3,
+                              num_threads=2, numpy=True, crop=crop, **kwargs)
+    assert loader._defer and loader.gather_threads == 2
+    actual = examples_of(list(loader))
+    single = kwargs.get("single_timestamp", False)
+    expected = list(tar_examples(tar_root, "train", ["S2L2A", "S1GRD"], tmp_path, single_timestamp=single,
+                                 season=kwargs.get("time_order") == "season"))
+    assert len(actual) == len(expected) == 15 * (4 if single else 1)
+    by_id = {(e["key"], int(e.get("time_index", -1))): e for e in expected}
+    for a in actual:
+        e = dict(by_id[(a["key"], int(a.get("time_index", -1)))])
+        if crop:
+            top, left = _crop_corner(a["S2L2A_y"], e["S2L2A_y"]), _crop_corner(a["S2L2A_x"], e["S2L2A_x"])
+            e = {k: (v[..., top:top + crop, left:left + crop] if k in ("S2L2A", "S1GRD", "S2L2A_cloud_mask") else
+                     v[left:left + crop] if k.endswith("_x") else v[top:top + crop] if k.endswith("_y") else v)
+                 for k, v in e.items()}
+        assert_example_equal(a, e, a["key"])
+    # S2L2A's bands and mask, S1GRD's bands: each decoded once per example (single: its timestamp only; a crop
+    # decodes the member, then cuts it)
+    assert len(calls) == 3 * len(actual)
+    assert all((t is not None) == single for _, t in calls)
+
+
+def _crop_corner(cropped: np.ndarray, whole: np.ndarray) -> int:
+    """Where a cropped coordinate vector starts in the whole one."""
+    return int(np.flatnonzero(whole == cropped[0])[0])
+
+
+def test_a_corrupt_tar_member_fails_its_batch_naming_it_or_is_skipped(tar_root, tmp_path):
+    """A bands chunk with a flipped byte: its batch raises SSL4EOS12FileError naming the tar and member (the
+    gather decodes it); with on_bad_file="skip" the member's tar is skipped and counted (decoded ahead then)."""
+    import shutil
+    import tarfile
+    import zipfile
+
+    from ssl4eos12.synth.webdataset import write_tar
+
+    root = tmp_path / "corrupt"
+    shutil.copytree(tar_root, root)
+    tar = root / "train" / "S2L2A" / "ssl4eos12_shard_000002.tar"
+    with tarfile.open(tar) as opened:
+        members = [(m.name, opened.extractfile(m).read()) for m in opened.getmembers() if m.isfile()]
+    name, data = members[1]
+    with zipfile.ZipFile(__import__("io").BytesIO(data)) as zf:
+        info = zf.getinfo("bands/0.0.0.0")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data = bytearray(data)
+    data[start + info.compress_size // 2] ^= 0xFF
+    members[1] = (name, bytes(data))
+    write_tar(tar, members)
+    loader = ssl4eos12.Loader("S2L2A", data_dir=str(root), batch_size=4, numpy=True, num_threads=2)
+    with pytest.raises(ssl4eos12.SSL4EOS12FileError, match=rf"ssl4eos12_shard_000002\.tar:{name.split('.')[0]}"):
+        list(loader)
+    skipping = ssl4eos12.Loader("S2L2A", data_dir=str(root), batch_size=4, numpy=True, num_threads=2,
+                                on_bad_file="skip")
+    assert not skipping._defer
+    with pytest.warns(ssl4eos12.SSL4EOS12BadFileWarning, match="ssl4eos12_shard_000002.tar"):
+        examples = examples_of(list(skipping))
+    assert len(examples) == 15 and {e["file"] for e in examples} == {"ssl4eos12_shard_000001.tar",
+                                                                      "ssl4eos12_shard_000003.tar"}

@@ -343,6 +343,14 @@ def _truncate(tar: Path):
     tar.write_bytes(data[: len(data) // 2])
 
 
+def _emptied(tar: Path):
+    tar.write_bytes(b"")
+
+
+def _garbled(tar: Path):
+    tar.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+
+
 def _rewrite(change):
     def damage(tar: Path):
         members = change(tar_members(tar))
@@ -364,6 +372,8 @@ def _reordered(members):
 
 @pytest.mark.parametrize("damage, message", [
     (_truncate, r"S1GRD/ssl4eos12_shard_000001\.tar: not a readable tar file, truncated or corrupt"),
+    (_emptied, r"S1GRD/ssl4eos12_shard_000001\.tar: not a readable tar file, truncated or corrupt \(empty file\)"),
+    (_garbled, r"S1GRD/ssl4eos12_shard_000001\.tar: not a readable tar file, truncated or corrupt"),
     (_rewrite(_not_zarr), (r"S1GRD/ssl4eos12_shard_000001\.tar:ssl4eos12_val_seasonal_data_\d+\.zarr\.zip: not a "
                            r"(consolidated Zarr v2 store|readable zip)")),
     (_rewrite(_missing), (r"S2L2A/ssl4eos12_shard_000001\.tar: the tars of S2L2A and S1GRD \(.*S1GRD/ssl4eos12_shard_"
@@ -371,7 +381,7 @@ def _reordered(members):
                           r"'ssl4eos12_val_seasonal_data_0000009' in S1GRD")),
     (_rewrite(_reordered), (r"diverge at member 1: 'ssl4eos12_val_seasonal_data_0000008' in S2L2A, "
                             r"'ssl4eos12_val_seasonal_data_0000009' in S1GRD")),
-], ids=["truncated", "not-zarr", "missing-key", "reordered-key"])
+], ids=["truncated", "empty", "garbled", "not-zarr", "missing-key", "reordered-key"])
 def test_bad_tars_raise_or_are_skipped_and_counted(wds_dir, tmp_path, damage, message):
     root, _ = broken_copy(wds_dir, tmp_path, damage)
     with pytest.raises(ssl4eos12.SSL4EOS12FileError, match=message):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import contextvars
+import ctypes
 import json
 import math
 import mmap
@@ -33,7 +34,7 @@ import os
 import sys
 import threading
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numcodecs
 import numpy as np
@@ -53,6 +54,9 @@ _ALLOCATE: contextvars.ContextVar = contextvars.ContextVar("ssl4eos12_fastzip_al
 #: How many chunks of an array are decoded at once (:func:`decoding`): 1 decodes in the calling thread while a
 #: helper checks the CRC-32s ahead; more run CRC check and decode of each chunk on that many threads.
 _THREADS: contextvars.ContextVar = contextvars.ContextVar("ssl4eos12_fastzip_threads", default=1)
+#: Whether a reader that can leave the big arrays of tar members encoded until each example is used does
+#: (:func:`decoding`): ``ssl4eos12.Loader`` then decodes them straight into its batch slots.
+_DEFER: contextvars.ContextVar = contextvars.ContextVar("ssl4eos12_fastzip_defer", default=False)
 #: Compressed bytes of an array per decoding thread, at least.
 PARALLEL_BYTES = 4 << 20
 _BLOSC_HEADER = 16
@@ -141,6 +145,11 @@ class ArrayPool:
             self.buffers.clear()
 
 
+def deferred() -> bool:
+    """Whether the reader in this context leaves tar members' big arrays encoded (:func:`decoding`)."""
+    return _DEFER.get()
+
+
 def decode_threads() -> int:
     """How many threads the reader in this context decodes with (:func:`decoding`): for a reader of many small
     arrays (a tar's members) to decode several at once."""
@@ -159,9 +168,10 @@ def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     return _ALLOCATE.get()(tuple(shape), np.dtype(dtype))
 
 
-def decoding(blocks, pool: ArrayPool | None = None, threads: int = 1):
+def decoding(blocks, pool: ArrayPool | None = None, threads: int = 1, defer: bool = False):
     """``blocks`` (an iterator of decoded blocks), each decoded into arrays from ``pool`` (if given) and with
-    ``threads`` chunks of an array decoded at once.
+    ``threads`` chunks of an array decoded at once; ``defer``: a tar member's big arrays are left encoded
+    (``ssl4eos12.sources.webdataset.Encoded``), for a reader that decodes each example where it goes.
 
     More threads are for a reader that decodes one file at a time (streaming, conversion): Blosc decodes one
     chunk per thread, and a file's chunks are large (one per timestamp, ~110 MB for S2L1C). A reader that
@@ -172,7 +182,7 @@ def decoding(blocks, pool: ArrayPool | None = None, threads: int = 1):
     """
     while True:
         allocation = allocating(pool.empty) if pool is not None else contextlib.nullcontext()
-        with allocation, _setting(_THREADS, max(1, threads)):
+        with allocation, _setting(_THREADS, max(1, threads)), _setting(_DEFER, defer):
             block = next(blocks, None)
         if block is None:
             return
@@ -216,12 +226,17 @@ def plannable(zf: zipfile.ZipFile, name: str, metadata: dict) -> bool:
 
 
 def decode_arrays(zf: zipfile.ZipFile, mapped, metadata: dict, names, crc_thread: bool = True,
-                  out: Mapping[str, np.ndarray] | None = None, wait=None) -> dict[str, np.ndarray]:
+                  out: Mapping[str, np.ndarray] | None = None, wait=None,
+                  orders: Mapping[str, Sequence[int]] | None = None) -> dict[str, np.ndarray]:
     """As :func:`read_arrays`, for a zip already open: ``mapped`` is its bytes (a buffer, ``bytes`` or mmap),
     ``metadata`` its parsed consolidated metadata. ``out``: arrays to decode some of ``names`` into (of their
     shape and dtype; straight into them where the chunks are laid out as they are, else copied in), returned.
     ``wait(start, stop, block=True)``: for bytes still arriving (``remote.FetchedFile.wait``), called before a
     member's bytes are read.
+
+    ``orders``: for an array chunked one index of its first axis per chunk (a member's ``bands``, one chunk per
+    timestamp), the chunks to decode, in the order they go into its ``out`` (whose first axis has that length):
+    one timestamp of a location, or its timestamps in another order, decoded straight where they go.
 
     ``crc_thread=False`` checks the CRC-32s in this thread: for a small zip (a tar member of a few MB) starting
     a thread and handing results back costs more than it saves (measured: ~4 ms per 5 MB member, under load).
@@ -235,6 +250,11 @@ def decode_arrays(zf: zipfile.ZipFile, mapped, metadata: dict, names, crc_thread
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ssl4eos12-crc") if crc_thread else _Inline()
     with pool as crc_pool:
         for name, (dtype, shape, members, axis, chunk_len) in plans.items():
+            order = (orders or {}).get(name)
+            if order is not None:
+                if axis != 0 or chunk_len != 1:
+                    raise ValueError(f"{name}: chunks in a chosen order need one chunk per index of the first axis")
+                members, shape = [members[k] for k in order], (len(order), *shape[1:])
             decoded[name] = _decode(mapped, crc_pool, dtype, shape, members, axis, chunk_len, (out or {}).get(name),
                                     wait)
     return decoded
@@ -365,7 +385,7 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
                     arrived(k + 1, block=False)
                 crcs.extend(crc_pool.submit(crc32, v) for v in data[len(crcs):k + 2])
                 _decode_member(codec, info, view, block, crcs[k].result())
-                _drop_pages(mapped, *span)
+                drop_pages(mapped, *span)
         finally:  # no view may be released while the CRC thread still reads it
             concurrent.futures.wait(crcs)
     return _decoded(result, axis, out)
@@ -387,7 +407,7 @@ def _decode_on_threads(mapped, codec, members, blocks, arrived, data, spans, thr
 
     def check_and_decode(k: int) -> None:
         _decode_member(codec, members[k], data[k], blocks[k], crc32(data[k]))
-        _drop_pages(mapped, *spans[k])
+        drop_pages(mapped, *spans[k])
 
     running: list = []
     # a pool for this call only, as the CRC thread's: one kept across calls would be dead in a forked worker
@@ -449,9 +469,43 @@ def _check_crc(info: zipfile.ZipInfo, crc: int) -> None:
         raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
 
 
-def _drop_pages(mapped, start: int, stop: int) -> None:
-    """Unmap the pages of a decoded member from this process (they stay in the page cache)."""
-    if isinstance(mapped, mmap.mmap) and hasattr(mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        aligned = start - start % mmap.PAGESIZE
-        with contextlib.suppress(OSError):
+def drop_pages(mapped, start: int, stop: int) -> None:
+    """Unmap the pages of a decoded member from this process (they stay in the page cache; a view still held reads
+    them back in)."""
+    if not isinstance(mapped, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    aligned = start - start % mmap.PAGESIZE
+    if _madvise is None:
+        with contextlib.suppress(OSError, ValueError):
             mapped.madvise(mmap.MADV_DONTNEED, aligned, stop - aligned)
+        return
+    # through ctypes, which lets the GIL go: mmap.madvise holds it while the kernel unmaps the pages (~70 us for a
+    # 4 MB tar member, measured: 8% of the GIL a Loader held on tars)
+    with memoryview(mapped) as view:
+        address = np.frombuffer(view, np.uint8, count=0).ctypes.data
+    _madvise(address + aligned, max(0, min(stop, len(mapped)) - aligned), mmap.MADV_DONTNEED)
+
+
+def drop_view(view) -> None:
+    """:func:`drop_pages` of the bytes a view of a mapped file shows (nothing for other buffers)."""
+    mapped = view.obj if isinstance(view, memoryview) else None
+    if not isinstance(mapped, mmap.mmap) or not len(view):
+        return
+    with memoryview(mapped) as whole:
+        start = np.frombuffer(view, np.uint8, count=1).ctypes.data - np.frombuffer(whole, np.uint8, count=1).ctypes.data
+    drop_pages(mapped, start, start + len(view))
+
+
+def _libc_madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):  # pragma: no cover - a libc without madvise
+        return None
+    function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    function.restype = ctypes.c_int
+    return function
+
+
+_madvise = _libc_madvise()
