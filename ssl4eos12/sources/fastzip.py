@@ -474,26 +474,34 @@ def drop_pages(mapped, start: int, stop: int) -> None:
     them back in)."""
     if not isinstance(mapped, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
         return
-    aligned = start - start % mmap.PAGESIZE
-    if _madvise is None:
-        with contextlib.suppress(OSError, ValueError):
-            mapped.madvise(mmap.MADV_DONTNEED, aligned, stop - aligned)
-        return
     # through ctypes, which lets the GIL go: mmap.madvise holds it while the kernel unmaps the pages (~70 us for a
     # 4 MB tar member, measured: 8% of the GIL a Loader held on tars)
-    with memoryview(mapped) as view:
-        address = np.frombuffer(view, np.uint8, count=0).ctypes.data
-    _madvise(address + aligned, max(0, min(stop, len(mapped)) - aligned), mmap.MADV_DONTNEED)
+    if not _advise(mapped, start, stop, mmap.MADV_DONTNEED):
+        with contextlib.suppress(OSError, ValueError):
+            aligned = start - start % mmap.PAGESIZE
+            mapped.madvise(mmap.MADV_DONTNEED, aligned, stop - aligned)
 
 
-def drop_view(view) -> None:
-    """:func:`drop_pages` of the bytes a view of a mapped file shows (nothing for other buffers)."""
-    mapped = view.obj if isinstance(view, memoryview) else None
-    if not isinstance(mapped, mmap.mmap) or not len(view):
-        return
+def map_pages(mapped, start: int, stop: int) -> None:
+    """Map the pages of ``mapped[start:stop]`` into this process now (where the kernel can), without the GIL.
+
+    Python code that touches a page of a mapped file first takes the page fault holding the GIL: a tar member's
+    zip directory, each chunk's header, read through views of a mapped tar, were ~25% of the GIL a ``Loader`` held
+    on tars (py-spy), each fault mapping the member's pages a few at a time.
+    """
+    global _can_populate
+    if _can_populate and isinstance(mapped, mmap.mmap) and not _advise(mapped, start, stop, _MADV_POPULATE_READ):
+        _can_populate = False  # a kernel before 5.14, or no libc madvise: the pages fault in as they are read
+
+
+def _advise(mapped: mmap.mmap, start: int, stop: int, advice: int) -> bool:
+    """``madvise`` of the pages holding ``mapped[start:stop]`` through ctypes (no GIL); ``False`` where it fails."""
+    if _madvise is None or stop <= start:
+        return _madvise is not None
     with memoryview(mapped) as whole:
-        start = np.frombuffer(view, np.uint8, count=1).ctypes.data - np.frombuffer(whole, np.uint8, count=1).ctypes.data
-    drop_pages(mapped, start, start + len(view))
+        base = np.frombuffer(whole, np.uint8, count=1).ctypes.data
+    aligned = start - start % mmap.PAGESIZE
+    return _madvise(base + aligned, min(stop, len(mapped)) - aligned, advice) == 0
 
 
 def _libc_madvise():
@@ -509,3 +517,6 @@ def _libc_madvise():
 
 
 _madvise = _libc_madvise()
+#: Linux's MADV_POPULATE_READ (5.14+), which Python 3.11's mmap module does not name.
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+_can_populate = sys.platform.startswith("linux")

@@ -117,18 +117,20 @@ def entries(data: bytes) -> _Entries | None:
     if disk or cd_disk or disk_count != count or comment or offset + size != end or 0xFFFF in (count, disk_count):
         return None
     found = _Entries()
-    position = offset
+    directory = bytes(data[offset:end])  # one copy of a few kB: slices of bytes cost less than a view's
+    position = 0
+    unpack = _CENTRAL.unpack_from
     for _ in range(count):
         (signature, _, _, flags, method, _, _, crc, compressed, size, name_length, extra_length, comment_length,
-         _, _, _, header_offset) = _CENTRAL.unpack_from(data, position)
+         _, _, _, header_offset) = unpack(directory, position)
         if (signature != b"PK\x01\x02" or 0xFFFFFFFF in (compressed, size, header_offset)
                 or method != zipfile.ZIP_STORED or flags & 0x1 or compressed != size):
             return None
         start = position + _CENTRAL.size
-        name = bytes(data[start:start + name_length]).decode("utf-8" if flags & 0x800 else "cp437")
+        name = directory[start:start + name_length].decode("utf-8" if flags & 0x800 else "cp437")
         found[name] = Entry(name, header_offset, compressed, crc, method, flags)
         position = start + name_length + extra_length + comment_length
-    return found if position == end else None
+    return found if position == len(directory) else None
 
 
 @dataclass(eq=False)
