@@ -19,6 +19,10 @@ whatever the thread timing, every rank knows its number of batches up front, and
 - **decode**: the shards of the current window, and up to ``prefetch`` shards of the next ones, by
   ``num_threads`` threads (``Source.blocks``);
 - **gather**: each batch is copied (cropped, and standardized when asked) into its buffers by gather threads;
+  on the tar release, a member's bands and cloud mask are not decoded ahead but here, by ``num_threads`` gather
+  threads, straight into the example's batch slot (only the timestamp a ``single_timestamp`` example needs):
+  one write of the decoded bytes instead of a decode and a copy (``sources.webdataset.Encoded``; with
+  ``on_bad_file="skip"`` they are decoded ahead as before, so that a bad member skips its tar);
 - **hand-over**: batches in order; with ``device=``, copied to the device one batch ahead (CUDA: on a side
   stream, non-blocking, from pinned memory).
 
@@ -26,7 +30,9 @@ Memory, stated: at most ``prefetch + 2 * shuffle_window`` decoded shards (the wi
 and those decoded ahead beyond it), plus the shards that batches still being gathered draw from (none once their
 gather ends), plus ``batches_ahead + 2`` batch buffers and the batches the consumer keeps. One S2L2A file of
 64 locations is 446 MB decoded, one file of all four modalities 1.07 GB: with 16 threads and the defaults,
-streaming ``S2L2A`` holds at most about (16 + 8) x 446 MB ~ 10.7 GB. Lower ``prefetch`` to bound it further
+streaming ``S2L2A`` holds at most about (16 + 8) x 446 MB ~ 10.7 GB. On the tar release a "decoded" shard holds
+its members' compressed bytes and small arrays (a local tar's pages mapped from the page cache, ~1/1.6 of the
+decoded size for S2L2A) until its examples are gathered. Lower ``prefetch`` to bound it further
 (decoding then runs on at most ``prefetch`` threads beyond the window). The decoded files' big arrays are decoded
 into again once nothing refers to them (a fresh file-sized array costs the kernel more than decoding it: see
 :class:`~ssl4eos12.sources.fastzip.ArrayPool`); they are kept across epochs within that bound, and dropped by a
