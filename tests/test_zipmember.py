@@ -86,6 +86,24 @@ def test_direct_decoding_equals_xarray(wds_root, modality, tmp_path):
         assert np.isnan(_read_member("NDVI", layout, members[0][1])["bands"]).any()
 
 
+@pytest.mark.parametrize("modality", ["S2L2A", "S1GRD", "NDVI"])
+def test_chunks_decoded_through_numcodecs_or_c_blosc_alike(wds_root, modality, tmp_path, monkeypatch):
+    """A member's big chunks go to c-blosc through ctypes where numcodecs exports it, else through numcodecs:
+    the same values either way, both equal to xarray's."""
+    from ssl4eos12.sources import fastzip
+
+    assert fastzip._blosc_decompress is not None  # numcodecs' wheels export it: the ctypes path is the one tested
+    calls = []
+    real = fastzip._blosc_decompress
+    monkeypatch.setattr(fastzip, "_blosc_decompress", lambda *args: calls.append(args[3]) or real(*args))
+    key, data = tar_members(next((wds_root / "val" / modality).glob("*.tar")))[0]
+    _, through_ctypes = read_both(f"{modality}:{key}", modality, data, tmp_path)
+    assert calls, "the big arrays' chunks went through c-blosc"
+    monkeypatch.setattr(fastzip, "_blosc_decompress", None)
+    _, through_numcodecs = read_both(f"{modality}:{key}", modality, data, tmp_path)
+    assert_same(through_ctypes, through_numcodecs, key)
+
+
 def location(bands_dtype="float16") -> xr.Dataset:
     """A small location with NaN in float16 and float32 arrays, strings, and CF-encoded times."""
     rng = np.random.default_rng(7)
@@ -233,6 +251,39 @@ def test_the_central_directory_is_what_zipfile_reads(wds_root):
                 entry = found[info.filename]
                 assert (entry.header_offset, entry.compress_size, entry.CRC, entry.compress_type, entry.flag_bits) == \
                     (info.header_offset, info.compress_size, info.CRC, info.compress_type, info.flag_bits)
+
+
+def test_directories_of_one_layout_are_read_by_its_skeleton_as_zipfile_reads_them(wds_root, monkeypatch):
+    """After a tar's first member, a directory with the same names and lengths is read by numpy gathers: the
+    same entries as the Python parse; one whose names or stored-ness differ is parsed, never misread."""
+    monkeypatch.setattr(zipmember, "_SKELETONS", {})
+    path = next((wds_root / "val" / "S2L2A").glob("*.tar"))
+    members = tar_members(path)
+    first = zipmember.entries(members[0][1])
+    assert isinstance(first, zipmember._Entries) and zipmember._SKELETONS
+    for key, data in members[1:]:
+        found = zipmember.entries(data)
+        assert isinstance(found, zipmember._Listed), key
+        infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
+        assert [found.getinfo(i.filename) for i in infos] == [
+            zipmember.Entry(i.filename, i.header_offset, i.compress_size, i.CRC, i.compress_type, i.flag_bits)
+            for i in infos], key
+        with pytest.raises(KeyError):
+            found.getinfo("bands/9.0.0.0")
+    # the same directory size, one name changed: parsed, the new name read
+    key, data = members[1]
+    renamed = data.replace(b"bands/0.0.0.0", b"bandz/0.0.0.0")
+    found = zipmember.entries(renamed)
+    assert isinstance(found, zipmember._Entries) and "bandz/0.0.0.0" in found and "bands/0.0.0.0" not in found
+    # a member's CRC-32 in the directory is read from it (a corrupt one is then caught when its chunk is checked)
+    info = zipfile.ZipFile(io.BytesIO(data)).getinfo("bands/0.0.0.0")
+    directory_crc = info.CRC.to_bytes(4, "little")
+    changed = bytearray(data)
+    at = data.rindex(b"PK\x01\x02", 0, data.rindex(b"bands/0.0.0.0"))
+    assert changed[at + 16:at + 20] == directory_crc
+    changed[at + 16:at + 20] = (info.CRC ^ 1).to_bytes(4, "little")
+    found = zipmember.entries(bytes(changed))
+    assert isinstance(found, zipmember._Listed) and found.getinfo("bands/0.0.0.0").CRC == info.CRC ^ 1
 
 
 def _rezipped(data: bytes, **options) -> bytes:

@@ -67,17 +67,48 @@ def blosc_decoded_size(view) -> int:
     return int.from_bytes(view[4:8], "little") if len(view) >= _BLOSC_HEADER else -1
 
 
-def blosc_decode_into(view, out: np.ndarray) -> None:
+def blosc_decode_into(view, out: np.ndarray, address: int | None = None) -> None:
     """Blosc-decode the chunk ``view`` into ``out``, which it must fill exactly (checked by the caller:
     :func:`blosc_decoded_size`). Raises ``ValueError`` for a chunk that does not decode.
 
-    ``numcodecs.blosc.decompress`` itself (~1.6 us of Python a chunk, the GIL let go while decoding), not the
-    ``Blosc`` codec's ``decode``, whose buffer checks and codec objects held the GIL ~20-40 us a chunk: for a tar
-    member's dozen small chunks, most of the GIL it held."""
+    ``address``: where ``view``'s bytes are (:func:`buffer_address` of the buffer it is a slice of, plus its
+    start), for a caller that knows it: c-blosc's ``blosc_decompress_ctx`` is then called through ``ctypes``
+    (~0.6 us, the GIL let go while it decodes). Otherwise ``numcodecs.blosc.decompress`` (~1.6 us of Python a
+    call, but py-spy saw the GIL held ~9 us a call in a busy ``Loader``: its argument checks and
+    ``multiprocessing.current_process()``), never the ``Blosc`` codec's ``decode``, whose buffer checks and codec
+    objects held the GIL ~20-40 us a chunk."""
     # c-blosc trusts the header's compressed size: a chunk that claims more bytes than it has is refused here
     if int.from_bytes(view[12:16], "little") != len(view):
         raise ValueError(f"Blosc chunk of {len(view)} bytes whose header says {int.from_bytes(view[12:16], 'little')}")
-    numcodecs.blosc.decompress(view, out)
+    if address is None or _blosc_decompress is None or not out.flags.c_contiguous or not out.flags.writeable:
+        numcodecs.blosc.decompress(view, out)
+        return
+    decoded = _blosc_decompress(address, out.ctypes.data, out.nbytes, 1)
+    if decoded != out.nbytes:
+        raise ValueError(f"Blosc chunk of {len(view)} bytes does not decode into {out.nbytes} ({decoded})")
+
+
+def buffer_address(buffer) -> int | None:
+    """Where the bytes of ``buffer`` (``bytes``, a memoryview, an mmap) start in memory; ``None`` if unknown."""
+    with contextlib.suppress(TypeError, ValueError, BufferError), memoryview(buffer) as view:
+        if view.nbytes:
+            return np.frombuffer(view, np.uint8, count=1).ctypes.data
+    return None
+
+
+def _c_blosc_decompress():
+    """c-blosc's ``blosc_decompress_ctx`` as numcodecs' extension exports it, through ctypes (``None`` where it
+    does not: then numcodecs' own call is used)."""
+    try:
+        function = ctypes.CDLL(numcodecs.blosc.__file__).blosc_decompress_ctx
+    except (OSError, AttributeError):  # pragma: no cover - a numcodecs build without the symbol exported
+        return None
+    function.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    function.restype = ctypes.c_int
+    return function
+
+
+_blosc_decompress = _c_blosc_decompress()
 
 
 @contextlib.contextmanager
@@ -227,7 +258,8 @@ def plannable(zf: zipfile.ZipFile, name: str, metadata: dict) -> bool:
 
 def decode_arrays(zf: zipfile.ZipFile, mapped, metadata: dict, names, crc_thread: bool = True,
                   out: Mapping[str, np.ndarray] | None = None, wait=None,
-                  orders: Mapping[str, Sequence[int]] | None = None) -> dict[str, np.ndarray]:
+                  orders: Mapping[str, Sequence[int]] | None = None, layouts: Mapping | None = None,
+                  ) -> dict[str, np.ndarray]:
     """As :func:`read_arrays`, for a zip already open: ``mapped`` is its bytes (a buffer, ``bytes`` or mmap),
     ``metadata`` its parsed consolidated metadata. ``out``: arrays to decode some of ``names`` into (of their
     shape and dtype; straight into them where the chunks are laid out as they are, else copied in), returned.
@@ -237,12 +269,14 @@ def decode_arrays(zf: zipfile.ZipFile, mapped, metadata: dict, names, crc_thread
     ``orders``: for an array chunked one index of its first axis per chunk (a member's ``bands``, one chunk per
     timestamp), the chunks to decode, in the order they go into its ``out`` (whose first axis has that length):
     one timestamp of a location, or its timestamps in another order, decoded straight where they go.
+    ``layouts``: the arrays' :func:`array_layout`, where the caller keeps them (a tar's members share theirs).
 
     ``crc_thread=False`` checks the CRC-32s in this thread: for a small zip (a tar member of a few MB) starting
     a thread and handing results back costs more than it saves (measured: ~4 ms per 5 MB member, under load).
     """
     decoded: dict[str, np.ndarray] = {}
-    plans = {name: plan for name in names if (plan := _plan(zf, name, metadata)) is not None}
+    layouts = layouts or {}
+    plans = {name: plan for name in names if (plan := _plan(zf, name, metadata, layouts.get(name))) is not None}
     if not plans:
         return decoded
     # One thread checks CRC-32s ahead while Blosc decodes (both release the GIL). It lives for this call
@@ -282,8 +316,10 @@ def array_spec(zarray) -> tuple[np.dtype, tuple[int, ...], tuple[int, ...]] | No
         return None
 
 
-def _plan(zf: zipfile.ZipFile, name: str, metadata: dict):
-    """What decoding ``name`` takes, or ``None`` when it is xarray's to read."""
+def array_layout(name: str, metadata: dict):
+    """``(dtype, shape, chunk keys, axis, chunk length)`` of an array the fast path takes, from the zip's
+    consolidated metadata alone (what every member of a tar's layout shares), or ``None`` when it is xarray's to
+    read."""
     zarray = metadata.get(f"{name}/.zarray")
     zattrs = metadata.get(f"{name}/.zattrs", {})
     spec = array_spec(zarray)
@@ -315,18 +351,29 @@ def _plan(zf: zipfile.ZipFile, name: str, metadata: dict):
     if shape[axis] % chunks[axis] or (axis != 0 and chunks[axis] != 1):
         return None
     separator = zarray.get("dimension_separator", ".")
+    keys = tuple(f"{name}/" + separator.join(str(i if d == axis else 0) for d in range(len(shape)))
+                 for i in range(grid[axis]))
+    return dtype, shape, keys, axis, chunks[axis]
+
+
+def _plan(zf: zipfile.ZipFile, name: str, metadata: dict, layout=None):
+    """What decoding ``name`` takes (``layout``: its :func:`array_layout`, if known), or ``None`` when it is
+    xarray's to read."""
+    layout = array_layout(name, metadata) if layout is None else layout
+    if layout is None:
+        return None
+    dtype, shape, keys, axis, chunk_len = layout
     members = []
-    for i in range(grid[axis]):
-        key = separator.join(str(i if d == axis else 0) for d in range(len(shape)))
+    for key in keys:
         try:
-            info = zf.getinfo(f"{name}/{key}")
+            info = zf.getinfo(key)
         except KeyError:  # not stored (a writer skips a chunk of fill values): None, filled when decoding
             members.append(None)
             continue
         if not _stored(info):
             return None
         members.append(info)
-    return dtype, shape, members, axis, chunks[axis]
+    return dtype, shape, members, axis, chunk_len
 
 
 def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, axis: int, chunk_len: int,
@@ -370,9 +417,11 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
             _decode_on_threads(mapped, codec, members, blocks, arrived, data, spans, threads)
             return _decoded(result, axis, out)
         if isinstance(crc_pool, _Inline) and wait is None:  # a tar member's: no thread, no future per chunk
+            base = buffer_address(mapped)
             for info, block in zip(members, blocks):
-                with memoryview(mapped)[slice(*_member_span(mapped, info))] as view:
-                    _decode_member(codec, info, view, block, crc32(view))
+                start, stop = _member_span(mapped, info)
+                with memoryview(mapped)[start:stop] as view:
+                    _decode_member(codec, info, view, block, crc32(view), None if base is None else base + start)
             return _decoded(result, axis, out)
         crcs: list = []
         try:
@@ -391,14 +440,16 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
     return _decoded(result, axis, out)
 
 
-def _decode_member(codec, info: zipfile.ZipInfo, view: memoryview, block: np.ndarray, crc: int) -> None:
-    """Decode member ``info`` (its bytes ``view``, their CRC-32 ``crc``) into ``block``, checked as ``zipfile`` would."""
+def _decode_member(codec, info: zipfile.ZipInfo, view: memoryview, block: np.ndarray, crc: int,
+                   address: int | None = None) -> None:
+    """Decode member ``info`` (its bytes ``view``, at ``address`` if known; their CRC-32 ``crc``) into ``block``,
+    checked as ``zipfile`` would."""
     _check_crc(info, crc)
     # Blosc header: bytes 4-8 hold the decoded size; decoding into a larger buffer would not fail
     decoded_size = blosc_decoded_size(view)
     if decoded_size != block.nbytes:
         raise ValueError(f"chunk {info.filename!r} decodes to {decoded_size} bytes, expected {block.nbytes}")
-    blosc_decode_into(view, block)
+    blosc_decode_into(view, block, address)
 
 
 def _decode_on_threads(mapped, codec, members, blocks, arrived, data, spans, threads: int) -> None:
@@ -498,8 +549,9 @@ def _advise(mapped: mmap.mmap, start: int, stop: int, advice: int) -> bool:
     """``madvise`` of the pages holding ``mapped[start:stop]`` through ctypes (no GIL); ``False`` where it fails."""
     if _madvise is None or stop <= start:
         return _madvise is not None
-    with memoryview(mapped) as whole:
-        base = np.frombuffer(whole, np.uint8, count=1).ctypes.data
+    base = buffer_address(mapped)
+    if base is None:
+        return False
     aligned = start - start % mmap.PAGESIZE
     return _madvise(base + aligned, min(stop, len(mapped)) - aligned, advice) == 0
 

@@ -602,7 +602,8 @@ class Encoded:
             return
         try:
             fastzip.decode_arrays(member.entries, member.data, member.made.metadata, [self.name], crc_thread=False,
-                                  out={self.name: out}, orders=None if order is None else {self.name: order})
+                                  out={self.name: out}, orders=None if order is None else {self.name: order},
+                                  layouts=member.made.big)
         except Exception as err:  # noqa: BLE001 - a chunk that does not decompress, a CRC error: xarray names it
             values = _through_xarray(member.where, f"cannot decode: {type(err).__name__}", member.expected,
                                      member.data, [self.name], None)[self.name]
