@@ -200,7 +200,7 @@ class _Skeleton:
 class _Listed:
     """:class:`_Entries` of a directory read by its :class:`_Skeleton`: each :class:`Entry` made when asked for."""
 
-    __slots__ = ("skeleton", "offsets", "sizes", "crcs")
+    __slots__ = ("crcs", "offsets", "sizes", "skeleton")
 
     def __init__(self, skeleton: _Skeleton, offsets: list[int], sizes: list[int], crcs: list[int]):
         self.skeleton, self.offsets, self.sizes, self.crcs = skeleton, offsets, sizes, crcs
