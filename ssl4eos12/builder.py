@@ -442,7 +442,9 @@ class SSL4EOS12(datasets.GeneratorBasedBuilder):
             for file_index, (name, sample_range, selection) in enumerate(zip(files, sample_ranges, selections)):
                 try:
                     decode = next(fetched)
-                    for block in fastzip.decoding(decode(), pool, threads):
+                    # a tar's members decoded into arrays of their own: an example is then its member's array,
+                    # not a copy out of a block (in a worker, into the pool's arrays, which collate copies)
+                    for block in fastzip.decoding(decode(), pool, threads, "stacked" if in_worker else "separate"):
                         chosen = selection
                         if self.config.time_order == "season":
                             if selection is not None and selected_times(selection) is not None:

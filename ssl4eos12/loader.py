@@ -976,7 +976,7 @@ class _EpochRun:
             # only the selected members of a tar, by range, where the index records them; a remote Zarr file sends
             # only the selected timestamps' chunks
             blocks = catalog.source.blocks_for(catalog.split_folder, entry.shard, catalog.layouts, selection)
-            blocks = list(fastzip.decoding(blocks, self.loader._decode_memory, defer=self.loader._defer))
+            blocks = list(fastzip.decoding(blocks, self.loader._decode_memory, members="encoded" if self.loader._defer else "stacked"))
         except SSL4EOS12FileError as err:
             if catalog.on_bad_file != "skip":
                 raise

@@ -111,28 +111,27 @@ def location_examples(block: Block, single_timestamp: bool, sample_range: tuple[
             yield position * num_times + t, example
 
 
-def _copied(array):
-    return array.copy()
-
-
-def _as_is(array):
-    return array
+def _big(array, row: int, time, copy: bool) -> np.ndarray:
+    """One location's values of a big array; a copy where asked, unless the array gives values of their own (a tar
+    member's, ``sources.webdataset.Encoded``: no block is kept alive by them)."""
+    value = array[row, time]
+    return value.copy() if copy and not getattr(array, "owned", False) else value
 
 
 def modality_fields(modality: str, part: ModalityFile, row: int, time, copy: bool = True) -> dict:
     """One location's fields of one modality; ``time`` is a timestamp index or ``slice(None)`` for all.
 
     Arrays are copies, not views: a view would keep the whole decoded file alive for as long as the
-    consumer (or a shuffle buffer) holds one example of it. ``copy=False`` gives the big arrays (bands, cloud
+    consumer (or a shuffle buffer) holds one example of it; but a tar member's arrays are its own
+    (``sources.webdataset.Encoded``), so they are given as they are (a single timestamp: a view of its member's). ``copy=False`` gives the big arrays (bands, cloud
     mask) as views, for a consumer that copies them at once (a DataLoader worker's collate) or is done with them
     before the file is freed (the converter).
     """
     v = part.variables
     layout = part.layout
-    big = _copied if copy else _as_is
-    fields = {modality: big(v["bands"][row, time])}
+    fields = {modality: _big(v["bands"], row, time, copy)}
     if layout.has_cloud_mask:
-        fields[f"{modality}_cloud_mask"] = big(v["cloud_mask"][row, time])
+        fields[f"{modality}_cloud_mask"] = _big(v["cloud_mask"], row, time, copy)
     if layout.has("time_"):
         fields[f"{modality}_time"] = v["time_"][row, time].copy()
     if layout.has("file_id"):

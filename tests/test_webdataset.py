@@ -512,3 +512,24 @@ def test_blocks_decoded_ahead_equal_xarray_and_a_break_leaves_no_thread(wds_dir,
         for example in stream(wds_dir, "all", "train", modalities=modalities):
             raise RuntimeError("consumer failed")
     assert not ahead_threads()
+
+
+def test_streamed_examples_hold_their_own_members_memory(wds_dir, tmp_path):
+    """Each tar member is decoded into arrays of its own, given to its example as they are (no copy out of a
+    block): an example keeps no other location's memory alive; single timestamps are views of their member's."""
+    rows = list(stream(wds_dir, config="all", split="validation"))
+    assert check(iter(rows), wds_dir, "validation", CONFIGS["all"], tmp_path) == 6
+    for name in ("S2L2A", "S2L2A_cloud_mask", "S1GRD"):
+        arrays = [row[name] for row in rows]
+        for i, array in enumerate(arrays):
+            owner = array if array.base is None else array.base
+            assert owner.nbytes == array.nbytes, f"{name} of example {i} keeps a larger block alive"
+            assert not any(np.shares_memory(array, other) for other in arrays[i + 1:]), name
+    singles = list(stream(wds_dir, config="S2L2A", split="validation", single_timestamp=True))
+    by_key: dict = {}
+    for row in singles:
+        by_key.setdefault(row["key"], []).append(row["S2L2A"])
+    for key, arrays in by_key.items():
+        owner = arrays[0].base
+        assert owner is not None and owner.nbytes == sum(a.nbytes for a in arrays), key  # its member's, no more
+        assert all(a.base is owner for a in arrays), key

@@ -54,9 +54,13 @@ _ALLOCATE: contextvars.ContextVar = contextvars.ContextVar("ssl4eos12_fastzip_al
 #: How many chunks of an array are decoded at once (:func:`decoding`): 1 decodes in the calling thread while a
 #: helper checks the CRC-32s ahead; more run CRC check and decode of each chunk on that many threads.
 _THREADS: contextvars.ContextVar = contextvars.ContextVar("ssl4eos12_fastzip_threads", default=1)
-#: Whether a reader that can leave the big arrays of tar members encoded until each example is used does
-#: (:func:`decoding`): ``ssl4eos12.Loader`` then decodes them straight into its batch slots.
-_DEFER: contextvars.ContextVar = contextvars.ContextVar("ssl4eos12_fastzip_defer", default=False)
+#: How a reader of tar members wants their big arrays (:func:`decoding`): see :data:`MEMBER_ARRAYS`.
+_MEMBERS: contextvars.ContextVar = contextvars.ContextVar("ssl4eos12_fastzip_members", default="stacked")
+#: The ways a block of tar members holds their big arrays (``bands``, ``cloud_mask``): ``"stacked"``, one
+#: ``(members, ...)`` array each (from the reader's pool, if it has one); ``"separate"``, each member's own arrays
+#: (a consumer that keeps one example keeps only its memory, so it need not copy it out); ``"encoded"``, left
+#: encoded until each example is used (``ssl4eos12.Loader`` decodes them straight into its batch slots).
+MEMBER_ARRAYS = ("stacked", "separate", "encoded")
 #: Compressed bytes of an array per decoding thread, at least.
 PARALLEL_BYTES = 4 << 20
 _BLOSC_HEADER = 16
@@ -176,9 +180,14 @@ class ArrayPool:
             self.buffers.clear()
 
 
+def member_arrays() -> str:
+    """How the reader in this context wants tar members' big arrays (:data:`MEMBER_ARRAYS`, :func:`decoding`)."""
+    return _MEMBERS.get()
+
+
 def deferred() -> bool:
     """Whether the reader in this context leaves tar members' big arrays encoded (:func:`decoding`)."""
-    return _DEFER.get()
+    return _MEMBERS.get() == "encoded"
 
 
 def decode_threads() -> int:
@@ -199,10 +208,10 @@ def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     return _ALLOCATE.get()(tuple(shape), np.dtype(dtype))
 
 
-def decoding(blocks, pool: ArrayPool | None = None, threads: int = 1, defer: bool = False):
+def decoding(blocks, pool: ArrayPool | None = None, threads: int = 1, members: str = "stacked"):
     """``blocks`` (an iterator of decoded blocks), each decoded into arrays from ``pool`` (if given) and with
-    ``threads`` chunks of an array decoded at once; ``defer``: a tar member's big arrays are left encoded
-    (``ssl4eos12.sources.webdataset.Encoded``), for a reader that decodes each example where it goes.
+    ``threads`` chunks of an array decoded at once; ``members``: how a block of tar members holds their big
+    arrays (:data:`MEMBER_ARRAYS`; ``"separate"`` and ``"encoded"`` give ``ssl4eos12.sources.webdataset.Encoded``).
 
     More threads are for a reader that decodes one file at a time (streaming, conversion): Blosc decodes one
     chunk per thread, and a file's chunks are large (one per timestamp, ~110 MB for S2L1C). A reader that
@@ -213,7 +222,7 @@ def decoding(blocks, pool: ArrayPool | None = None, threads: int = 1, defer: boo
     """
     while True:
         allocation = allocating(pool.empty) if pool is not None else contextlib.nullcontext()
-        with allocation, _setting(_THREADS, max(1, threads)), _setting(_DEFER, defer):
+        with allocation, _setting(_THREADS, max(1, threads)), _setting(_MEMBERS, members):
             block = next(blocks, None)
         if block is None:
             return

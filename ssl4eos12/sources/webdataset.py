@@ -522,29 +522,31 @@ def _time_coordinate(variables: Mapping) -> xr.Variable | None:
 
 
 def _read_members(wheres: list[str], layout: Layout, datas: list[bytes], variables=None) -> ModalityFile:
-    """Members of one modality, side by side: their big arrays decoded straight into one ``(members, ...)``
-    array each (allocated as :func:`.fastzip.empty` says: a reader that reuses its arrays gets them here too),
-    or left encoded (:class:`Encoded`) where the reader defers them (:func:`.fastzip.deferred`); the small ones
-    stacked; several members at once where :func:`.fastzip.decode_threads` says so."""
+    """Members of one modality, side by side: their big arrays decoded as the reader wants them
+    (:func:`.fastzip.member_arrays`): straight into one ``(members, ...)`` array each (allocated as
+    :func:`.fastzip.empty` says: a reader that reuses its arrays gets them here too), into each member's own
+    arrays, or left encoded (both :class:`Encoded`); the small ones stacked; several members at once where
+    :func:`.fastzip.decode_threads` says so."""
     shapes = {"bands": ((layout.num_times, *layout.bands_shape), layout.bands_dtype),
               "cloud_mask": ((layout.num_times, layout.height, layout.width), np.uint8)}
     wanted = [n for n in _names(layout, variables) if n in zipmember.BIG_ARRAYS]
-    defer = fastzip.deferred()
-    stacked = {} if defer else {name: fastzip.empty((len(datas), *shapes[name][0]), shapes[name][1])
-                                for name in wanted}
+    mode = fastzip.member_arrays()
+    stacked = {name: fastzip.empty((len(datas), *shapes[name][0]), shapes[name][1])
+               for name in wanted} if mode == "stacked" else {}
 
     def read(i: int) -> dict[str, np.ndarray]:
-        return _read_member(wheres[i], layout, datas[i], variables, {name: array[i] for name, array in stacked.items()},
-                            defer=defer)
+        out = {name: array[i] for name, array in stacked.items()} if mode == "stacked" else \
+            {name: np.empty(*shapes[name]) for name in wanted} if mode == "separate" else None
+        return _read_member(wheres[i], layout, datas[i], variables, out, defer=mode == "encoded")
 
     # members are small (~0.5 MB chunks): where the reader decodes on several threads, a member on each
     threads = min(fastzip.decode_threads(), len(datas))
-    if threads > 1 and not defer:
+    if threads > 1 and mode != "encoded":
         with ThreadPoolExecutor(threads, thread_name_prefix="ssl4eos12-decode") as pool:
             members = list(pool.map(read, range(len(datas))))
     else:
         members = [read(i) for i in range(len(datas))]
-    if defer:
+    if mode != "stacked":
         stacked = {name: Encoded(name, (len(datas), *shapes[name][0]), shapes[name][1], [m[name] for m in members])
                    for name in wanted}
     return ModalityFile(layout, {name: stacked[name] if name in stacked else np.stack([m[name] for m in members])
@@ -562,11 +564,12 @@ class _Pending(NamedTuple):
 
 
 class Encoded:
-    """A big array (``bands``, ``cloud_mask``) of some tar members, ``(members, time, ...)``, left encoded: a
-    member's values are decoded when they are used, straight into the caller's memory (:meth:`decode_into`: the
-    ``Loader``'s batch slot, one write of the decoded bytes instead of two), and only for the members and
-    timestamps used. Indexing (``array[i]``, ``array[i, t]``) decodes into a new array. Values are the direct
-    path's, or xarray's for a member that does not take it, as for a decoded block.
+    """A big array (``bands``, ``cloud_mask``) of some tar members, ``(members, time, ...)``, each member's own: left
+    encoded, a member's values are decoded when they are used, straight into the caller's memory
+    (:meth:`decode_into`: the ``Loader``'s batch slot, one write of the decoded bytes instead of two), and only for
+    the members and timestamps used; or already decoded into the member's own arrays. Indexing (``array[i]``,
+    ``array[i, t]``) gives the member's array (or a view of it), or decodes into a new one. Values are the direct
+    path's, or xarray's for a member that does not take it, as for a stacked block.
 
     Memory: the members' bytes (the mapped pages of a local tar, or the bytes of a remote one), not their decoded
     size (~1.6x that for S2L2A).
@@ -584,10 +587,17 @@ class Encoded:
     def __len__(self) -> int:
         return self.shape[0]
 
+    #: Indexing gives arrays no block refers to (a member's own, or new): a consumer may keep them as they are.
+    owned = True
+
     def __getitem__(self, index) -> np.ndarray:
         row, time = index if isinstance(index, tuple) else (index, None)
+        row, time = int(row), None if time == slice(None) else time
+        member = self.members[row]
+        if isinstance(member, np.ndarray) and self.times is None:  # decoded into its own array
+            return member if time is None else member[time]
         out = np.empty(self.shape[1:] if time is None else self.shape[2:], self.dtype)
-        self.decode_into(int(row), out, time)
+        self.decode_into(row, out, time)
         return out
 
     def decode_into(self, row: int, out: np.ndarray, time: int | None = None) -> None:
