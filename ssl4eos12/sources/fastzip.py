@@ -31,6 +31,7 @@ import json
 import math
 import mmap
 import os
+import struct
 import sys
 import threading
 import zipfile
@@ -46,6 +47,8 @@ except ImportError:  # pragma: no cover - zlib-ng is a dependency; the standard 
 
 _LOCAL_HEADER = zipfile.sizeFileHeader  # 30 bytes
 _LOCAL_SIGNATURE = b"PK\x03\x04"
+#: A local file header's signature, name length and extra field length.
+_LOCAL_LENGTHS = struct.Struct("<4s22xHH")
 #: Array attributes that change no value xarray reads.
 _VALUELESS_ATTRIBUTES = {"_ARRAY_DIMENSIONS", "coordinates"}
 #: Where the decoded arrays are allocated (``allocate(shape, dtype)``): fresh ``np.empty`` unless a caller that
@@ -495,11 +498,12 @@ def _decoded(result: np.ndarray, axis: int, out: np.ndarray | None) -> np.ndarra
 
 def _member_span(mapped, info: zipfile.ZipInfo) -> tuple[int, int]:
     """Where the stored bytes of a zip member are in the mapped file (or buffer)."""
-    header = bytes(mapped[info.header_offset:info.header_offset + _LOCAL_HEADER])
-    if len(header) != _LOCAL_HEADER or header[:4] != _LOCAL_SIGNATURE:
+    try:
+        signature, name_length, extra_length = _LOCAL_LENGTHS.unpack_from(mapped, info.header_offset)
+    except struct.error:
+        signature = b""
+    if signature != _LOCAL_SIGNATURE:
         raise zipfile.BadZipFile(f"Bad magic number for file header of {info.filename!r}")
-    name_length = int.from_bytes(header[26:28], "little")
-    extra_length = int.from_bytes(header[28:30], "little")
     start = info.header_offset + _LOCAL_HEADER + name_length + extra_length
     if start + info.compress_size > len(mapped):
         raise zipfile.BadZipFile(f"Truncated file: member {info.filename!r} runs past the end")
@@ -511,12 +515,18 @@ def member_bytes(zf: zipfile.ZipFile, mapped, name: str):
     ``mapped``, CRC-32 checked, without ``zipfile``'s per-read objects (~4x faster for the small chunks of a tar
     member); otherwise ``zf.read``. Raises ``KeyError`` for a missing member, ``zipfile.BadZipFile`` as
     ``zipfile`` would."""
+    return stored_member(zf, mapped, name)[0]
+
+
+def stored_member(zf: zipfile.ZipFile, mapped, name: str):
+    """:func:`member_bytes`, and where they start in ``mapped`` (``None`` for a member ``zipfile`` reads)."""
     info = zf.getinfo(name)
     if not _stored(info):
-        return zf.read(info)
-    view = memoryview(mapped)[slice(*_member_span(mapped, info))]
+        return zf.read(info), None
+    start, stop = _member_span(mapped, info)
+    view = memoryview(mapped)[start:stop]
     _check_crc(info, crc32(view))
-    return view
+    return view, start
 
 
 def _stored(info: zipfile.ZipInfo) -> bool:

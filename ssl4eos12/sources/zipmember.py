@@ -333,19 +333,20 @@ def _nanoseconds(variable: xr.Variable) -> bool:
             and attrs.get("calendar", "standard") in _STANDARD_CALENDARS and set(attrs) <= {"units", "calendar"})
 
 
-def _read_single_chunk(found: _Entries, data: bytes, entry: _Small) -> np.ndarray | None:
+def _read_single_chunk(found: _Entries, data: bytes, entry: _Small, base: int | None = None) -> np.ndarray | None:
     """:func:`_read_small` for an array held by one stored chunk of its own shape; ``None`` when the chunk is not
-    stored (the fill value, as :func:`_read_small` reads it)."""
+    stored (the fill value, as :func:`_read_small` reads it). ``base``: where ``data`` is in memory, if known."""
     if entry.single not in found:
         return None
     dtype, shape = entry.spec[0], entry.spec[1]
-    stored = fastzip.member_bytes(found, data, entry.single)
+    stored, start = fastzip.stored_member(found, data, entry.single)
     if entry.blosc:
         out = np.empty(shape, dtype)
         if fastzip.blosc_decoded_size(stored) != out.nbytes:
             raise ValueError(f"chunk {entry.single} decodes to {fastzip.blosc_decoded_size(stored)} bytes, "
                              f"expected {out.nbytes}")
-        fastzip.blosc_decode_into(stored, out.reshape(-1).view(np.uint8) if out.ndim else out.reshape(1).view(np.uint8))
+        fastzip.blosc_decode_into(stored, out.reshape(-1).view(np.uint8) if out.ndim else out.reshape(1).view(np.uint8),
+                                  None if base is None or start is None else base + start)
         return out
     if len(stored) != dtype.itemsize * math.prod(shape):
         raise ValueError(f"chunk {entry.single} holds {len(stored)} bytes, expected {dtype.itemsize * math.prod(shape)}")
@@ -358,12 +359,13 @@ def read_values(made: Template, data: bytes, found: _Entries, names, out=None) -
     values = fastzip.decode_arrays(found, data, made.metadata, [n for n in names if n in BIG_ARRAYS],
                                    crc_thread=False, out=out, layouts=made.big)
     undecoded = {}
+    base = fastzip.buffer_address(data)
     for name in names:
         if name in BIG_ARRAYS:
             continue
         entry = made.small[name]
         dtype, shape, chunks, fill_value = entry.spec
-        array = _read_single_chunk(found, data, entry) if entry.single else None
+        array = _read_single_chunk(found, data, entry, base) if entry.single else None
         if array is None:
             array = _read_small(found, data, name, entry.zarray, dtype, shape, chunks, fill_value)
         if entry.rule == "raw":
