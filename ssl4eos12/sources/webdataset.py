@@ -28,6 +28,7 @@ import collections
 import contextlib
 import functools
 import io
+import itertools
 import logging
 import mmap
 import os
@@ -206,20 +207,31 @@ class WebDatasetSource(Source):
             streams = {m: stack.enter_context(contextlib.closing(
                 iter_members(url, self.download_config, (files or {}).get(m), options=self.fetch_options)))
                 for m, url in urls.items()}
+            # where members are decoded on several threads, one pool for the tar, and the next block's members
+            # handed to it before this block's are all done: no thread waits for the slowest member of a block
+            threads = fastzip.decode_threads()
+            pool = None
+            if threads > 1 and fastzip.member_arrays() != "encoded":
+                pool = ThreadPoolExecutor(threads, thread_name_prefix="ssl4eos12-decode")
+                stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+            started = ((keys, {
+                layout.modality: _members_reader(
+                    [f"{urls[layout.modality]}:{key}{ZARR_ZIP_SUFFIX}" for key in keys], layout, [row[i] for row in rows],
+                    None if variables is None else variables.get(layout.modality), pool)
+                for i, layout in enumerate(layouts)}) for keys, rows in _batched(_joined(streams, urls), BLOCK_LOCATIONS))
             offset = 0
-            for keys, rows in _batched(_joined(streams, urls), BLOCK_LOCATIONS):
-                parts = {
-                    layout.modality: _read_members(
-                        [f"{urls[layout.modality]}:{key}{ZARR_ZIP_SUFFIX}" for key in keys], layout,
-                        [row[i] for row in rows], None if variables is None else variables.get(layout.modality))
-                    for i, layout in enumerate(layouts)
-                }
-                orders = join_on_sample(self.url(split_folder, "*", shard), parts)
-                if any(not np.array_equal(order, np.arange(len(keys))) for order in orders.values()):
-                    raise SSL4EOS12FileError(self.url(split_folder, "*", shard),
-                                             f"members of the same key hold different samples near key {keys[0]}")
-                yield Block(shard, parts, orders, offset=offset, keys=np.array(keys))
+            for keys, readers in _started_ahead(started, 1 if pool is not None else 0):
+                yield self._joined_block(split_folder, shard, offset, keys, readers)
                 offset += len(keys)
+
+    def _joined_block(self, split_folder: str, shard: str, offset: int, keys: list[str], readers: dict) -> Block:
+        """The block of the members ``keys`` at ``offset`` in the shard, once each modality's reader is done."""
+        parts = {modality: read() for modality, read in readers.items()}
+        orders = join_on_sample(self.url(split_folder, "*", shard), parts)
+        if any(not np.array_equal(order, np.arange(len(keys))) for order in orders.values()):
+            raise SSL4EOS12FileError(self.url(split_folder, "*", shard),
+                                     f"members of the same key hold different samples near key {keys[0]}")
+        return Block(shard, parts, orders, offset=offset, keys=np.array(keys))
 
 
     def blocks_for(self, split_folder: str, shard: str, layouts: Sequence[Layout], selection=None,
@@ -443,6 +455,15 @@ def _joined(streams: dict[str, Iterator], urls: dict[str, str]) -> Iterator[tupl
         position += 1
 
 
+def _started_ahead(items: Iterator, count: int) -> Iterator:
+    """``items`` in order, each handed out once the ``count`` after it are taken (their work started)."""
+    window = collections.deque(itertools.islice(items, count))
+    for item in items:
+        window.append(item)
+        yield window.popleft()
+    yield from window
+
+
 def _divergence(first: str, urls: dict[str, str], modality: str, position: int, head, other) -> str:
     def key(entry):
         return "the end of the tar" if entry is None else repr(entry[0])
@@ -527,6 +548,13 @@ def _read_members(wheres: list[str], layout: Layout, datas: list[bytes], variabl
     :func:`.fastzip.empty` says: a reader that reuses its arrays gets them here too), into each member's own
     arrays, or left encoded (both :class:`Encoded`); the small ones stacked; several members at once where
     :func:`.fastzip.decode_threads` says so."""
+    return _members_reader(wheres, layout, datas, variables)()
+
+
+def _members_reader(wheres: list[str], layout: Layout, datas: list[bytes], variables=None,
+                    pool: ThreadPoolExecutor | None = None) -> Callable[[], ModalityFile]:
+    """:func:`_read_members`, started: the members are decoded on ``pool`` (if given) while the caller goes on;
+    calling the result waits for them and gives the :class:`ModalityFile` (raising what a member raised)."""
     shapes = {"bands": ((layout.num_times, *layout.bands_shape), layout.bands_dtype),
               "cloud_mask": ((layout.num_times, layout.height, layout.width), np.uint8)}
     wanted = [n for n in _names(layout, variables) if n in zipmember.BIG_ARRAYS]
@@ -539,18 +567,24 @@ def _read_members(wheres: list[str], layout: Layout, datas: list[bytes], variabl
             {name: np.empty(*shapes[name]) for name in wanted} if mode == "separate" else None
         return _read_member(wheres[i], layout, datas[i], variables, out, defer=mode == "encoded")
 
+    def assembled(members: list[dict]) -> ModalityFile:
+        arrays = dict(stacked) if mode == "stacked" else {
+            name: Encoded(name, (len(datas), *shapes[name][0]), shapes[name][1], [m[name] for m in members])
+            for name in wanted}
+        return ModalityFile(layout, {name: arrays[name] if name in arrays else np.stack([m[name] for m in members])
+                                     for name in members[0]})
+
+    if pool is not None and mode != "encoded":
+        futures = [pool.submit(read, i) for i in range(len(datas))]
+        return lambda: assembled([future.result() for future in futures])
     # members are small (~0.5 MB chunks): where the reader decodes on several threads, a member on each
     threads = min(fastzip.decode_threads(), len(datas))
     if threads > 1 and mode != "encoded":
-        with ThreadPoolExecutor(threads, thread_name_prefix="ssl4eos12-decode") as pool:
-            members = list(pool.map(read, range(len(datas))))
+        with ThreadPoolExecutor(threads, thread_name_prefix="ssl4eos12-decode") as own:
+            members = list(own.map(read, range(len(datas))))
     else:
         members = [read(i) for i in range(len(datas))]
-    if mode != "stacked":
-        stacked = {name: Encoded(name, (len(datas), *shapes[name][0]), shapes[name][1], [m[name] for m in members])
-                   for name in wanted}
-    return ModalityFile(layout, {name: stacked[name] if name in stacked else np.stack([m[name] for m in members])
-                                 for name in members[0]})
+    return lambda: assembled(members)
 
 
 class _Pending(NamedTuple):
