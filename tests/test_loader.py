@@ -577,3 +577,20 @@ def test_a_corrupt_tar_member_fails_its_batch_naming_it_or_is_skipped(tar_root, 
         examples = examples_of(list(skipping))
     assert len(examples) == 15 and {e["file"] for e in examples} == {"ssl4eos12_shard_000001.tar",
                                                                       "ssl4eos12_shard_000003.tar"}
+
+
+def test_tar_root_over_http_gives_the_local_batches(tar_root):
+    """Tars streamed over HTTP (members fetched as bytes, left encoded until the gather) give the local batches."""
+    from servers import RangeHTTPServer
+
+    kwargs = {"modalities": ["S2L2A", "S1GRD"], "batch_size": 4, "seed": 2, "numpy": True, "num_threads": 2}
+    local = list(ssl4eos12.Loader("all", data_dir=str(tar_root), **kwargs))
+    with RangeHTTPServer(tar_root) as server:
+        remote = ssl4eos12.Loader("all", root=server.url, **kwargs)
+        assert remote._defer
+        batches = list(remote)
+    assert len(batches) == len(local) == 4
+    for r, l in zip(batches, local):
+        assert r["key"] == l["key"]
+        for name in ("S2L2A", "S2L2A_cloud_mask", "S1GRD", "S2L2A_time"):
+            assert_identical(r[name], l[name], f"{name} over HTTP")
