@@ -188,11 +188,6 @@ def member_arrays() -> str:
     return _MEMBERS.get()
 
 
-def deferred() -> bool:
-    """Whether the reader in this context leaves tar members' big arrays encoded (:func:`decoding`)."""
-    return _MEMBERS.get() == "encoded"
-
-
 def decode_threads() -> int:
     """How many threads the reader in this context decodes with (:func:`decoding`): for a reader of many small
     arrays (a tar's members) to decode several at once."""
@@ -405,7 +400,6 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
     if not stored:  # no chunk stored at all (a mask of a location clear at every timestamp): all fill value
         return _decoded(result, axis, out)
     members, blocks = zip(*stored)
-    codec = numcodecs.Blosc()
     with contextlib.ExitStack() as views:
         spans: list[tuple[int, int]] = []
         data: list[memoryview] = []
@@ -426,14 +420,14 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
         # a thread per chunk pays off for large chunks only (a tar member's are ~0.5 MB: one thread is faster)
         threads = min(_THREADS.get(), len(members), max(1, sum(i.compress_size for i in members) // PARALLEL_BYTES))
         if threads > 1:
-            _decode_on_threads(mapped, codec, members, blocks, arrived, data, spans, threads)
+            _decode_on_threads(mapped, members, blocks, arrived, data, spans, threads)
             return _decoded(result, axis, out)
         if isinstance(crc_pool, _Inline) and wait is None:  # a tar member's: no thread, no future per chunk
             base = buffer_address(mapped)
             for info, block in zip(members, blocks):
                 start, stop = _member_span(mapped, info)
                 with memoryview(mapped)[start:stop] as view:
-                    _decode_member(codec, info, view, block, crc32(view), None if base is None else base + start)
+                    _decode_member(info, view, block, crc32(view), None if base is None else base + start)
             return _decoded(result, axis, out)
         crcs: list = []
         try:
@@ -445,14 +439,14 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
                 if k + 1 < len(members):
                     arrived(k + 1, block=False)
                 crcs.extend(crc_pool.submit(crc32, v) for v in data[len(crcs):k + 2])
-                _decode_member(codec, info, view, block, crcs[k].result())
+                _decode_member(info, view, block, crcs[k].result())
                 drop_pages(mapped, *span)
         finally:  # no view may be released while the CRC thread still reads it
             concurrent.futures.wait(crcs)
     return _decoded(result, axis, out)
 
 
-def _decode_member(codec, info: zipfile.ZipInfo, view: memoryview, block: np.ndarray, crc: int,
+def _decode_member(info: zipfile.ZipInfo, view: memoryview, block: np.ndarray, crc: int,
                    address: int | None = None) -> None:
     """Decode member ``info`` (its bytes ``view``, at ``address`` if known; their CRC-32 ``crc``) into ``block``,
     checked as ``zipfile`` would."""
@@ -464,12 +458,12 @@ def _decode_member(codec, info: zipfile.ZipInfo, view: memoryview, block: np.nda
     blosc_decode_into(view, block, address)
 
 
-def _decode_on_threads(mapped, codec, members, blocks, arrived, data, spans, threads: int) -> None:
+def _decode_on_threads(mapped, members, blocks, arrived, data, spans, threads: int) -> None:
     """Check and decode each member on one of ``threads`` threads, at most ``threads`` at once (so at most that
     many members' pages are mapped), in file order: ``arrived`` waits for bytes still arriving here."""
 
     def check_and_decode(k: int) -> None:
-        _decode_member(codec, members[k], data[k], blocks[k], crc32(data[k]))
+        _decode_member(members[k], data[k], blocks[k], crc32(data[k]))
         drop_pages(mapped, *spans[k])
 
     running: list = []

@@ -220,19 +220,19 @@ class WebDatasetSource(Source):
                     None if variables is None else variables.get(layout.modality), pool)
                 for i, layout in enumerate(layouts)}) for keys, rows in _batched(_joined(streams, urls), BLOCK_LOCATIONS))
             offset = 0
-            for keys, readers in _started_ahead(started, 1 if pool is not None else 0):
-                yield self._joined_block(split_folder, shard, offset, keys, readers)
+            for keys, decoders in _started_ahead(started, 1 if pool is not None else 0):
+                yield self._joined_block(split_folder, shard, offset, keys, decoders)
                 offset += len(keys)
 
-    def _joined_block(self, split_folder: str, shard: str, offset: int, keys: list[str], readers: dict) -> Block:
-        """The block of the members ``keys`` at ``offset`` in the shard, once each modality's reader is done."""
-        parts = {modality: read() for modality, read in readers.items()}
+    def _joined_block(self, split_folder: str, shard: str, offset: int, keys: list[str], decoders: dict) -> Block:
+        """The block of the members ``keys`` at ``offset`` in the shard, once each modality's decoding
+        (:func:`_members_reader`) is done."""
+        parts = {modality: decoded() for modality, decoded in decoders.items()}
         orders = join_on_sample(self.url(split_folder, "*", shard), parts)
         if any(not np.array_equal(order, np.arange(len(keys))) for order in orders.values()):
             raise SSL4EOS12FileError(self.url(split_folder, "*", shard),
                                      f"members of the same key hold different samples near key {keys[0]}")
         return Block(shard, parts, orders, offset=offset, keys=np.array(keys))
-
 
     def blocks_for(self, split_folder: str, shard: str, layouts: Sequence[Layout], selection=None,
                    variables: dict[str, Sequence[str]] | None = None) -> Iterator[Block]:
@@ -275,17 +275,13 @@ class WebDatasetSource(Source):
             chosen = members.take(run)
             datas = read_members(urls, chosen, self.download_config, self.fetch_options, readers)
             keys = list(chosen.keys)
-            parts = {
-                layout.modality: _read_members([f"{urls[layout.modality]}:{key}{ZARR_ZIP_SUFFIX}" for key in keys],
-                                               layout, datas[layout.modality],
-                                               None if variables is None else variables.get(layout.modality))
+            decoders = {
+                layout.modality: _members_reader([f"{urls[layout.modality]}:{key}{ZARR_ZIP_SUFFIX}" for key in keys],
+                                                 layout, datas[layout.modality],
+                                                 None if variables is None else variables.get(layout.modality))
                 for layout in layouts
             }
-            orders = join_on_sample(self.url(split_folder, "*", shard), parts)
-            if any(not np.array_equal(order, np.arange(len(keys))) for order in orders.values()):
-                raise SSL4EOS12FileError(self.url(split_folder, "*", shard),
-                                         f"members of the same key hold different samples near key {keys[0]}")
-            yield Block(shard, parts, orders, offset=int(chosen.positions[0]), keys=np.array(keys))
+            yield self._joined_block(split_folder, shard, int(chosen.positions[0]), keys, decoders)
 
 
 def list_tars(fs, folder: str) -> list[str]:
@@ -342,7 +338,7 @@ def _mapped_members(url: str, located) -> Iterator[tuple[str, memoryview]]:
             # mapped pages count in the process's memory until let go of; members left encoded keep theirs mapped
             # until the last of their tar is decoded (the mapping goes with it): their compressed size, where the
             # decoded members would take ~1.6x that
-            if len(spans) > MAPPED_BEHIND and not fastzip.deferred():
+            if len(spans) > MAPPED_BEHIND and fastzip.member_arrays() != "encoded":
                 fastzip.drop_pages(mapped, *spans.popleft())
             yield key, memoryview(mapped)[start:stop]
 

@@ -130,6 +130,8 @@ def entries(data: bytes) -> _Entries | _Listed | None:
     if found is not None:
         skeleton = _Skeleton.of(directory, found)
         with _TEMPLATES_LOCK:
+            if (count, size) not in _SKELETONS and len(_SKELETONS) >= TEMPLATES_KEPT:
+                _SKELETONS.clear()  # bounded as the templates are: a reader meets a few layouts
             kept = _SKELETONS.setdefault((count, size), [])
             if len(kept) < SKELETONS_KEPT:
                 kept.append(skeleton)
@@ -267,7 +269,7 @@ _TEMPLATES: dict[bytes, Template] = {}
 _TEMPLATES_LOCK = threading.Lock()
 
 
-def template(data: bytes) -> tuple[Template, _Entries] | None:
+def template(data: bytes) -> tuple[Template, _Entries | _Listed] | None:
     """The member's template and its entries; ``None`` when the member is not the simple case, or is a zip that
     :func:`entries` leaves to ``zipfile`` (read it with :func:`open_member`). Raises what a corrupt member raises
     (``zipfile.BadZipFile`` on a CRC-32 mismatch)."""
@@ -333,7 +335,8 @@ def _nanoseconds(variable: xr.Variable) -> bool:
             and attrs.get("calendar", "standard") in _STANDARD_CALENDARS and set(attrs) <= {"units", "calendar"})
 
 
-def _read_single_chunk(found: _Entries, data: bytes, entry: _Small, base: int | None = None) -> np.ndarray | None:
+def _read_single_chunk(found: _Entries | _Listed, data: bytes, entry: _Small,
+                       base: int | None = None) -> np.ndarray | None:
     """:func:`_read_small` for an array held by one stored chunk of its own shape; ``None`` when the chunk is not
     stored (the fill value, as :func:`_read_small` reads it). ``base``: where ``data`` is in memory, if known."""
     if entry.single not in found:
@@ -353,7 +356,7 @@ def _read_single_chunk(found: _Entries, data: bytes, entry: _Small, base: int | 
     return np.frombuffer(stored, dtype).reshape(shape).copy()
 
 
-def read_values(made: Template, data: bytes, found: _Entries, names, out=None) -> dict[str, np.ndarray]:
+def read_values(made: Template, data: bytes, found: _Entries | _Listed, names, out=None) -> dict[str, np.ndarray]:
     """The values of the variables ``names`` of a member of template ``made`` (``found``: its entries), as xarray
     reads them; the big ones decoded straight into the arrays of ``out`` where it has them."""
     values = fastzip.decode_arrays(found, data, made.metadata, [n for n in names if n in BIG_ARRAYS],
