@@ -433,7 +433,7 @@ class Loader:
         shuffle: shuffle shards per epoch and examples within a window of ``shuffle_window`` decoded shards.
         seed: with the epoch, fixes the order, the crops and the rank's shards: same seed and epoch, same batches.
         num_threads: decoding threads (default: the CPUs this process may use); ``max(1, num_threads // 4)``
-            more threads gather the batches.
+            more threads gather the batches (``num_threads`` on the tar release, whose gather decodes the bands).
         rank, world_size: this process's part of a distributed job (default: ``torch.distributed`` when
             initialized, else ``RANK``/``WORLD_SIZE``, else 0 and 1). Every rank yields the same number of
             batches, ``len(loader)``, in every epoch (a rank that stops early hangs the others in their next
@@ -976,7 +976,8 @@ class _EpochRun:
             # only the selected members of a tar, by range, where the index records them; a remote Zarr file sends
             # only the selected timestamps' chunks
             blocks = catalog.source.blocks_for(catalog.split_folder, entry.shard, catalog.layouts, selection)
-            blocks = list(fastzip.decoding(blocks, self.loader._decode_memory, members="encoded" if self.loader._defer else "stacked"))
+            members = "encoded" if self.loader._defer else "stacked"
+            blocks = list(fastzip.decoding(blocks, self.loader._decode_memory, members=members))
         except SSL4EOS12FileError as err:
             if catalog.on_bad_file != "skip":
                 raise

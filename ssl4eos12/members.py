@@ -29,6 +29,7 @@ import numpy as np
 from .constants import ZARR_ZIP_SUFFIX
 from .errors import SSL4EOS12DataError, SSL4EOS12FileError
 from .sources.remote import ChangedFileError, RangeReader, RemoteFileError
+from .sources.webdataset import member_key
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +113,7 @@ def walk_tar(url: str, download_config=None, options=None) -> tuple[list[TarMemb
             name = pax.get("path", long_name or info.name)
             pax, long_name = {}, None
             if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
-                base = posixpath.basename(name)
-                key, _, extension = base.partition(".")
-                if "." + extension != ZARR_ZIP_SUFFIX or not key:
-                    raise SSL4EOS12FileError(url, f"member {name!r} is not a <key>{ZARR_ZIP_SUFFIX} member")
-                members.append(TarMember(key, name, data, length))
+                members.append(TarMember(member_key(url, name), name, data, length))
         position = following
     return members, size
 
@@ -133,9 +130,12 @@ def first_member(url: str, download_config=None, options=None) -> tuple[str, byt
         return None
     if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE) or reader.size is None:
         return None
-    key, _, extension = posixpath.basename(info.name).partition(".")
-    if "." + extension != ZARR_ZIP_SUFFIX or not key or BLOCK + info.size > reader.size:
+    try:
+        key = member_key(url, info.name)
+    except SSL4EOS12FileError:
         return None  # the tar reader names the problem
+    if BLOCK + info.size > reader.size:
+        return None
     return key, bytes(reader.read(BLOCK, BLOCK + info.size, reader.size))
 
 

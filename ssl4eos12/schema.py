@@ -123,9 +123,9 @@ def modality_fields(modality: str, part: ModalityFile, row: int, time, copy: boo
 
     Arrays are copies, not views: a view would keep the whole decoded file alive for as long as the
     consumer (or a shuffle buffer) holds one example of it; but a tar member's arrays are its own
-    (``sources.webdataset.Encoded``), so they are given as they are (a single timestamp: a view of its member's). ``copy=False`` gives the big arrays (bands, cloud
-    mask) as views, for a consumer that copies them at once (a DataLoader worker's collate) or is done with them
-    before the file is freed (the converter).
+    (``sources.webdataset.Encoded``), so they are given as they are (a single timestamp: a view of its
+    member's). ``copy=False`` gives the big arrays (bands, cloud mask) as views, for a consumer that copies them
+    at once (a DataLoader worker's collate) or is done with them before the file is freed (the converter).
     """
     v = part.variables
     layout = part.layout
