@@ -87,21 +87,96 @@ def test_direct_decoding_equals_xarray(wds_root, modality, tmp_path):
 
 
 @pytest.mark.parametrize("modality", ["S2L2A", "S1GRD", "NDVI"])
-def test_chunks_decoded_through_numcodecs_or_c_blosc_alike(wds_root, modality, tmp_path, monkeypatch):
-    """A member's big chunks go to c-blosc through ctypes where numcodecs exports it, else through numcodecs:
-    the same values either way, both equal to xarray's."""
+def test_chunks_decoded_natively_through_ctypes_or_numcodecs_alike(wds_root, modality, tmp_path, monkeypatch):
+    """A member's chunks go to the compiled helper (one call for a member's chunks, no GIL), else to c-blosc
+    through ctypes chunk by chunk where numcodecs exports it, else through numcodecs: the same values every way,
+    all equal to xarray's."""
     from ssl4eos12.sources import fastzip
 
+    assert fastzip.decodes_natively(), "the compiled chunk helper (ssl4eos12/sources/_chunks.c) was not built"
     assert fastzip._blosc_decompress is not None  # numcodecs' wheels export it: the ctypes path is the one tested
-    calls = []
+    members = tar_members(next((wds_root / "val" / modality).glob("*.tar")))
+    calls, real_native = [], fastzip._chunks.decode
+    monkeypatch.setattr(fastzip._chunks, "decode", lambda *args: calls.append(len(args[1])) or real_native(*args))
+    natively = [read_both(f"{modality}:{key}", modality, data, tmp_path)[1] for key, data in members]
+    assert calls, "the chunks went through the compiled helper"
+    monkeypatch.setattr(fastzip, "_NATIVE", None)
+    calls.clear()
     real = fastzip._blosc_decompress
     monkeypatch.setattr(fastzip, "_blosc_decompress", lambda *args: calls.append(args[3]) or real(*args))
-    key, data = tar_members(next((wds_root / "val" / modality).glob("*.tar")))[0]
-    _, through_ctypes = read_both(f"{modality}:{key}", modality, data, tmp_path)
+    through_ctypes = [read_both(f"{modality}:{key}", modality, data, tmp_path)[1] for key, data in members]
     assert calls, "the big arrays' chunks went through c-blosc"
     monkeypatch.setattr(fastzip, "_blosc_decompress", None)
-    _, through_numcodecs = read_both(f"{modality}:{key}", modality, data, tmp_path)
-    assert_same(through_ctypes, through_numcodecs, key)
+    through_numcodecs = [read_both(f"{modality}:{key}", modality, data, tmp_path)[1] for key, data in members]
+    for (key, _), native, ctypes_, numcodecs_ in zip(members, natively, through_ctypes, through_numcodecs):
+        assert_same(native, ctypes_, key)
+        assert_same(native, numcodecs_, key)
+
+
+@pytest.mark.parametrize("chunk", ["bands/1.0.0.0", "time/2", "center_lat/0", "x_/0"])
+@pytest.mark.parametrize("damage", ["crc", "blosc-size"])
+def test_a_damaged_chunk_is_named_on_every_path(wds_root, tmp_path, monkeypatch, chunk, damage):
+    """A chunk whose bytes do not match its CRC-32, or whose Blosc header claims more bytes than it has: the
+    compiled helper stops there and the Python path names it, as zipfile or Blosc would, natively or not."""
+    from ssl4eos12.sources import fastzip
+
+    key, data = tar_members(next((wds_root / "val" / "S2L2A").glob("*.tar")))[1]
+    with zarr.storage.ZipStore(_write(tmp_path, data), mode="r") as store:
+        ds = xr.open_zarr(store, consolidated=True)
+        layout = member_layout(key, "S2L2A", ds.variables, set(ds.coords))
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        info = zf.getinfo(chunk)
+        compressed = json_compressor(zf, chunk.split("/")[0]) is not None
+    if damage == "blosc-size" and not compressed:
+        pytest.skip("an uncompressed chunk has no Blosc header")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    damaged = bytearray(data)
+    if damage == "crc":
+        damaged[start + info.compress_size - 1] ^= 0xFF
+        expected = (zipfile.BadZipFile, f"Bad CRC-32 for file '{chunk}'")
+    else:  # the header's compressed size, and the CRC-32 in both directories made to match the damaged bytes
+        damaged[start + 12:start + 16] = (info.compress_size + 8).to_bytes(4, "little")
+        damaged = _with_crc(damaged, info, zlib_crc(damaged[start:start + info.compress_size]))
+        expected = (ValueError, "whose header says")
+    template = zipmember.template(data)[0]  # a member of the same layout before: the damaged one reads by skeleton
+    for native in (True, False):
+        if not native:
+            monkeypatch.setattr(fastzip, "_NATIVE", None)
+        found = zipmember.entries(bytes(damaged))
+        assert isinstance(found, zipmember._Listed)
+        with pytest.raises(expected[0], match=expected[1]):
+            zipmember.read_values(template, bytes(damaged), found, ["bands", "cloud_mask", *template.small])
+    if damage == "crc":  # the member as a whole: the direct path falls back to xarray, which names member and problem
+        with pytest.raises(Exception, match=key):
+            _read_member(f"S2L2A:{key}", layout, bytes(damaged))
+
+
+def json_compressor(zf: zipfile.ZipFile, array: str):
+    import json
+
+    return json.loads(zf.read(".zmetadata"))["metadata"][f"{array}/.zarray"].get("compressor")
+
+
+def zlib_crc(data) -> int:
+    import zlib
+
+    return zlib.crc32(bytes(data))
+
+
+def _with_crc(data: bytearray, info: zipfile.ZipInfo, crc: int) -> bytearray:
+    """``data`` with the CRC-32 of member ``info`` set to ``crc`` in its local header and the central directory."""
+    data[info.header_offset + 14:info.header_offset + 18] = crc.to_bytes(4, "little")
+    old = info.CRC.to_bytes(4, "little")
+    position = data.index(b"PK\x01\x02")
+    while position >= 0:
+        name_length = int.from_bytes(data[position + 28:position + 30], "little")
+        name = bytes(data[position + 46:position + 46 + name_length]).decode()
+        if name == info.filename:
+            assert bytes(data[position + 16:position + 20]) == old
+            data[position + 16:position + 20] = crc.to_bytes(4, "little")
+            return data
+        position = data.find(b"PK\x01\x02", position + 46)
+    raise AssertionError(f"{info.filename} not in the central directory")
 
 
 def location(bands_dtype="float16") -> xr.Dataset:

@@ -24,6 +24,7 @@ done as xarray does it only where it changes the values (int64 nanoseconds since
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -196,16 +197,18 @@ class _Skeleton:
         crc, compressed, size, offset = raw[self.fields].view("<u4").T
         if not np.array_equal(compressed, size) or (offset == 0xFFFFFFFF).any() or (size == 0xFFFFFFFF).any():
             return None
-        return _Listed(self, offset.tolist(), size.tolist(), crc.tolist())
+        return _Listed(self, offset.tolist(), size.tolist(), crc.tolist(), (offset, size, crc))
 
 
 class _Listed:
     """:class:`_Entries` of a directory read by its :class:`_Skeleton`: each :class:`Entry` made when asked for."""
 
-    __slots__ = ("crcs", "offsets", "sizes", "skeleton")
+    __slots__ = ("columns", "crcs", "offsets", "sizes", "skeleton")
 
-    def __init__(self, skeleton: _Skeleton, offsets: list[int], sizes: list[int], crcs: list[int]):
+    def __init__(self, skeleton: _Skeleton, offsets: list[int], sizes: list[int], crcs: list[int],
+                 columns: tuple[np.ndarray, np.ndarray, np.ndarray]):
         self.skeleton, self.offsets, self.sizes, self.crcs = skeleton, offsets, sizes, crcs
+        self.columns = columns  # the same as arrays (header offsets, sizes, CRC-32s), for gathers
 
     def __contains__(self, name) -> bool:
         return name in self.skeleton.index
@@ -263,6 +266,71 @@ class Template:
     checked: dict = field(default_factory=dict)
     #: the big arrays' :func:`.fastzip.array_layout` (``None``: not the fast path's), shared by every member
     big: dict = field(default_factory=dict)
+    #: the small arrays whose chunks decode in one call (:class:`_SmallChunks`), if any
+    chunks: _SmallChunks | None = None
+
+
+class _SmallChunks:
+    """The small arrays of a template that are each one run of whole chunks (one chunk, or chunks along the first
+    axis), Blosc or uncompressed: all their chunks checked and decoded by one call (:func:`.fastzip.decode_stored`)
+    into one buffer, each array a view of its part of it."""
+
+    def __init__(self, smalls: list[_Small]):
+        keys, starts, nbytes, blosc = [], [], [], []
+        self.arrays: dict[str, tuple[int, int, np.dtype, tuple[int, ...]]] = {}
+        size = 0
+        for entry in smalls:
+            dtype, shape, chunks = entry.spec[:3]
+            order = entry.zarray.get("order", "C")
+            plan = _chunk_plan(entry.name, tuple(shape), tuple(chunks), entry.zarray.get("dimension_separator", "."),
+                               order, dtype.itemsize)
+            for key, _, span in plan:
+                keys.append(key)
+                starts.append(size + span.start)
+                nbytes.append(span.stop - span.start)
+                blosc.append(entry.blosc)
+            self.arrays[entry.name] = (size, dtype.itemsize * math.prod(shape), dtype, tuple(shape))
+            size += dtype.itemsize * math.prod(shape)
+        self.keys = keys
+        self.size = size
+        self.starts = np.array(starts, np.int64)
+        self.nbytes = np.array(nbytes, np.int64)
+        self.blosc = np.array(blosc, np.uint8)
+        self._rows: dict[_Skeleton, np.ndarray | None] = {}  # where the keys are in a directory of that skeleton
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def takes(entry: _Small) -> bool:
+        """Whether the small array ``entry`` is one run of whole chunks, each stored as is or Blosc-encoded."""
+        dtype, shape, chunks = entry.spec[:3]
+        compressor = entry.zarray.get("compressor")
+        if compressor and not entry.blosc or dtype.kind not in "biufU" or entry.zarray.get("order", "C") != "C":
+            return False
+        plan = _chunk_plan(entry.name, tuple(shape), tuple(chunks), entry.zarray.get("dimension_separator", "."),
+                           "C", dtype.itemsize)
+        return all(span is not None for _, _, span in plan)
+
+    def read(self, found: _Listed, data) -> dict[str, np.ndarray] | None:
+        """The arrays of the member ``data`` (its entries ``found``), or ``None`` where this cannot read them (a chunk
+        not stored, a problem with one: the Python path then reads them, and names the problem)."""
+        rows = self._rows.get(found.skeleton, False)
+        if rows is False:
+            index = found.skeleton.index
+            rows = np.array([index[key] for key in self.keys], np.intp) if all(k in index for k in self.keys) else None
+            with self._lock:
+                if len(self._rows) >= SKELETONS_KEPT:
+                    self._rows.clear()
+                self._rows[found.skeleton] = rows
+        if rows is None:
+            return None
+        offsets, sizes, crcs = found.columns
+        flat = np.empty(self.size, np.uint8)
+        done = fastzip.decode_stored(data, offsets[rows], sizes[rows], crcs[rows], flat, self.starts, self.nbytes,
+                                     self.blosc)
+        if done != len(self.keys):
+            return None
+        return {name: flat[start:start + length].view(dtype).reshape(shape)
+                for name, (start, length, dtype, shape) in self.arrays.items()}
 
 
 _TEMPLATES: dict[bytes, Template] = {}
@@ -324,7 +392,9 @@ def _make_template(member: Member) -> Template:
     # the member's variables and coords only: a template kept must not keep the member's bytes (~4 MB) alive
     bare = Member(member.variables, member.coords, None, b"", metadata)
     big = {name: fastzip.array_layout(name, metadata) for name in BIG_ARRAYS if name in member.variables}
-    return Template(bare, metadata, small, _group_attrs(metadata), big=big)
+    runs = [entry for entry in small.values() if _SmallChunks.takes(entry)]
+    return Template(bare, metadata, small, _group_attrs(metadata), big=big,
+                    chunks=_SmallChunks(runs) if runs and fastzip.decodes_natively() else None)
 
 
 def _nanoseconds(variable: xr.Variable) -> bool:
@@ -363,14 +433,17 @@ def read_values(made: Template, data: bytes, found: _Entries | _Listed, names, o
                                    crc_thread=False, out=out, layouts=made.big)
     undecoded = {}
     base = fastzip.buffer_address(data)
+    runs = made.chunks.read(found, data) if made.chunks is not None and isinstance(found, _Listed) else None
     for name in names:
         if name in BIG_ARRAYS:
             continue
         entry = made.small[name]
         dtype, shape, chunks, fill_value = entry.spec
-        array = _read_single_chunk(found, data, entry, base) if entry.single else None
+        array = runs.get(name) if runs is not None else None
+        if array is None and entry.single:
+            array = _read_single_chunk(found, data, entry, base)
         if array is None:
-            array = _read_small(found, data, name, entry.zarray, dtype, shape, chunks, fill_value)
+            array = _read_small(found, data, name, entry.zarray, dtype, shape, chunks, fill_value, base)
         if entry.rule == "raw":
             values[name] = array
         elif entry.rule == "ns":
@@ -381,7 +454,7 @@ def read_values(made: Template, data: bytes, found: _Entries | _Listed, names, o
         for name, entry in made.small.items():
             if entry.rule == "cf" and name not in undecoded:
                 dtype, shape, chunks, fill_value = entry.spec
-                array = _read_small(found, data, name, entry.zarray, dtype, shape, chunks, fill_value)
+                array = _read_small(found, data, name, entry.zarray, dtype, shape, chunks, fill_value, base)
                 undecoded[name] = xr.Variable(entry.dims, array, entry.attrs)
         decoded, _, _ = xr.conventions.decode_cf_variables(undecoded, made.group_attrs)
         values.update({name: np.asarray(decoded[name].values) for name in names if name in undecoded})
@@ -480,8 +553,8 @@ def _simple(zarray, dims: tuple[str, ...]):
 
 
 def _read_small(zf: zipfile.ZipFile, data: bytes, name: str, zarray: dict, dtype: np.dtype, shape, chunks,
-                fill_value) -> np.ndarray:
-    """A small array assembled from its decoded chunks.
+                fill_value, base: int | None = None) -> np.ndarray:
+    """A small array assembled from its decoded chunks (``base``: where ``data`` is in memory, if known).
 
     A chunk that is not stored (a writer skips chunks that hold only the fill value: a time offset of 0)
     reads as zarr reads it: the fill value, or for a null one the dtype's default (0, ``""``).
@@ -490,22 +563,46 @@ def _read_small(zf: zipfile.ZipFile, data: bytes, name: str, zarray: dict, dtype
     blosc = bool(compressor) and compressor.get("id") == "blosc"
     codec = numcodecs.get_codec(compressor) if compressor and not blosc else None
     order = zarray.get("order", "C")
-    separator = zarray.get("dimension_separator", ".")
     out = np.zeros(shape, dtype) if fill_value is None else np.full(shape, fill_value, dtype)
-    for index in np.ndindex(*(math.ceil(s / c) for s, c in zip(shape, chunks))):
+    flat = out.reshape(-1).view(np.uint8)  # a view: C order, as np.zeros makes it
+    for key, target, span in _chunk_plan(name, tuple(shape), tuple(chunks), zarray.get("dimension_separator", "."),
+                                         order, dtype.itemsize):
         try:
-            stored = fastzip.member_bytes(zf, data, f"{name}/{separator.join(map(str, index)) or '0'}")
+            stored, start = fastzip.stored_member(zf, data, key)
         except KeyError:
+            continue
+        if blosc and span is not None:  # a whole chunk that is a run of the array: decoded where it goes
+            size = fastzip.blosc_decoded_size(stored)
+            if size != span.stop - span.start:
+                raise ValueError(f"chunk {key} decodes to {size} bytes, expected {span.stop - span.start}")
+            fastzip.blosc_decode_into(stored, flat[span], None if base is None or start is None else base + start)
             continue
         if blosc:  # straight through c-blosc (fastzip.blosc_decode_into): no codec object, no GIL while decoding
             decoded = np.empty(max(0, fastzip.blosc_decoded_size(stored)), np.uint8)
-            fastzip.blosc_decode_into(stored, decoded)
+            fastzip.blosc_decode_into(stored, decoded, None if base is None or start is None else base + start)
         else:
             decoded = codec.decode(stored) if codec is not None else stored
         chunk = np.frombuffer(decoded, dtype)
         if chunk.size != math.prod(chunks):
-            raise ValueError(f"chunk {name}/{index} decodes to {chunk.size} items, expected {math.prod(chunks)}")
+            raise ValueError(f"chunk {key} decodes to {chunk.size} items, expected {math.prod(chunks)}")
         chunk = chunk.reshape(chunks, order=order)
-        target = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, shape))
         out[target] = chunk[tuple(slice(0, t.stop - t.start) for t in target)]
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _chunk_plan(name: str, shape: tuple[int, ...], chunks: tuple[int, ...], separator: str, order: str,
+                itemsize: int) -> tuple[tuple[str, tuple[slice, ...], slice | None], ...]:
+    """Each chunk of an array: its key, where it goes in the array, and the bytes of the C-order array it fills
+    where it is a whole chunk that is one run of them (``None`` otherwise: copied in through its target)."""
+    plan = []
+    for index in np.ndindex(*(math.ceil(s / c) for s, c in zip(shape, chunks))):
+        target = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, shape))
+        # a run: the chunk splits the first axis at most (C order, full extent along the others, not cut short)
+        run = order == "C" and all(c == s for c, s in zip(chunks[1:], shape[1:])) and \
+            (not shape or target[0].stop - target[0].start == chunks[0])
+        row = math.prod(shape[1:]) * itemsize
+        span = slice(target[0].start * row, target[0].stop * row) if run and shape else slice(0, itemsize) if run \
+            else None
+        plan.append((f"{name}/{separator.join(map(str, index)) or '0'}", target, span))
+    return tuple(plan)
