@@ -27,6 +27,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import ctypes
+import functools
 import json
 import math
 import mmap
@@ -287,6 +288,9 @@ def decode_arrays(zf: zipfile.ZipFile, mapped, metadata: dict, names, crc_thread
     """
     decoded: dict[str, np.ndarray] = {}
     layouts = layouts or {}
+    if not crc_thread and wait is None:  # a tar member's, read by its directory's skeleton: one call per array
+        names = [name for name in names
+                 if not _decoded_by_rows(zf, mapped, name, layouts.get(name), out, orders, decoded)]
     plans = {name: plan for name in names if (plan := _plan(zf, name, metadata, layouts.get(name))) is not None}
     if not plans:
         return decoded
@@ -367,6 +371,43 @@ def array_layout(name: str, metadata: dict):
     return dtype, shape, keys, axis, chunks[axis]
 
 
+def _decoded_by_rows(zf, mapped, name: str, layout, out, orders, decoded: dict) -> bool:
+    """Decode ``name`` into ``decoded`` in one call of the compiled helper, where the zip's entries are a directory
+    read by its skeleton (they give the chunks' rows: :meth:`.zipmember._Listed.rows`), every chunk is stored and
+    each is one index of the first axis; ``False`` where it is not that case or a chunk has a problem (the general
+    path then reads the array, and raises the problem)."""
+    rows_of = getattr(zf, "rows", None)
+    if rows_of is None or layout is None or _NATIVE is None:
+        return False
+    dtype, shape, keys, axis, chunk_len = layout
+    order = (orders or {}).get(name)
+    if axis != 0:
+        return False
+    if order is not None:
+        if chunk_len != 1:
+            return False
+        keys, shape = tuple(keys[k] for k in order), (len(order), *shape[1:])
+    rows = rows_of(keys)
+    target = (out or {}).get(name)
+    if rows is None or (target is not None and (target.shape != shape or target.dtype != dtype)):
+        return False
+    result = target if target is not None and target.flags.c_contiguous and target.flags.writeable else \
+        empty(shape, dtype)
+    offsets, sizes, crcs = zf.columns
+    starts, nbytes, blosc = _slots(len(keys), result.nbytes // len(keys))
+    if decode_stored(mapped, offsets[rows], sizes[rows], crcs[rows], result.reshape(-1).view(np.uint8), starts,
+                     nbytes, blosc) != len(keys):
+        return False
+    decoded[name] = _decoded(result, axis, target)
+    return True
+
+
+@functools.lru_cache(maxsize=64)
+def _slots(count: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where ``count`` consecutive Blosc chunks of ``size`` bytes each go (:func:`decode_stored`'s arguments)."""
+    return np.arange(count, dtype=np.int64) * size, np.full(count, size, np.int64), np.ones(count, np.uint8)
+
+
 def _plan(zf: zipfile.ZipFile, name: str, metadata: dict, layout=None):
     """What decoding ``name`` takes (``layout``: its :func:`array_layout`, if known), or ``None`` when it is
     xarray's to read."""
@@ -431,7 +472,7 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
             done = _decode_natively(mapped, members, result, [k for k, info in enumerate(stored_at) if info is not None],
                                     blocks[0].nbytes)
             members, blocks = members[done:], blocks[done:]  # those left: the Python loop (raising for a bad one)
-            base = buffer_address(mapped)
+            base = buffer_address(mapped) if members else None
             for info, block in zip(members, blocks):
                 start, stop = _member_span(mapped, info)
                 with memoryview(mapped)[start:stop] as view:

@@ -158,6 +158,8 @@ def _parse_directory(directory: bytes, count: int) -> _Entries | None:
 
 #: Central-directory skeletons kept per (entries, size): one per layout is what a reader needs.
 SKELETONS_KEPT = 8
+#: Sets of rows a skeleton keeps (:meth:`_Skeleton.rows`): an array's chunks, in the orders a reader asks for.
+_ROWS_KEPT = 256
 #: Byte ranges of a central directory record that every member of a layout shares: signature, versions, flags,
 #: method (4-12), the name, extra field and comment lengths, disk, attributes (28-42); then the name.
 _SHARED_FIELDS = ((0, 12), (28, 42))
@@ -174,6 +176,18 @@ class _Skeleton:
         self.expected = expected  # their values
         self.fields = fields  # (entries, 16) positions of CRC-32, compressed and uncompressed size, header offset
         self.flags = flags
+        self._rows: dict[tuple[str, ...], np.ndarray | None] = {}
+
+    def rows(self, keys: tuple[str, ...]) -> np.ndarray | None:
+        """The entries named ``keys``, as rows of a directory of this skeleton (``None`` if one is not in it)."""
+        rows = self._rows.get(keys, False)
+        if rows is False:
+            rows = np.array([self.index[key] for key in keys], np.intp) if all(k in self.index for k in keys) else None
+            with _TEMPLATES_LOCK:
+                if len(self._rows) >= _ROWS_KEPT:
+                    self._rows.clear()
+                self._rows[keys] = rows
+        return rows
 
     @classmethod
     def of(cls, directory: bytes, found: _Entries) -> _Skeleton:
@@ -218,6 +232,10 @@ class _Listed:
 
     def __len__(self) -> int:
         return len(self.skeleton.names)
+
+    def rows(self, keys: tuple[str, ...]) -> np.ndarray | None:
+        """Where the members ``keys`` are in :attr:`columns`; ``None`` if one is not in the zip."""
+        return self.skeleton.rows(keys)
 
     def getinfo(self, name: str) -> Entry:
         i = self.skeleton.index[name]  # KeyError for a missing member, as zipfile's getinfo
@@ -291,13 +309,11 @@ class _SmallChunks:
                 blosc.append(entry.blosc)
             self.arrays[entry.name] = (size, dtype.itemsize * math.prod(shape), dtype, tuple(shape))
             size += dtype.itemsize * math.prod(shape)
-        self.keys = keys
+        self.keys = tuple(keys)
         self.size = size
         self.starts = np.array(starts, np.int64)
         self.nbytes = np.array(nbytes, np.int64)
         self.blosc = np.array(blosc, np.uint8)
-        self._rows: dict[_Skeleton, np.ndarray | None] = {}  # where the keys are in a directory of that skeleton
-        self._lock = threading.Lock()
 
     @staticmethod
     def takes(entry: _Small) -> bool:
@@ -313,14 +329,7 @@ class _SmallChunks:
     def read(self, found: _Listed, data) -> dict[str, np.ndarray] | None:
         """The arrays of the member ``data`` (its entries ``found``), or ``None`` where this cannot read them (a chunk
         not stored, a problem with one: the Python path then reads them, and names the problem)."""
-        rows = self._rows.get(found.skeleton, False)
-        if rows is False:
-            index = found.skeleton.index
-            rows = np.array([index[key] for key in self.keys], np.intp) if all(k in index for k in self.keys) else None
-            with self._lock:
-                if len(self._rows) >= SKELETONS_KEPT:
-                    self._rows.clear()
-                self._rows[found.skeleton] = rows
+        rows = found.rows(self.keys)
         if rows is None:
             return None
         offsets, sizes, crcs = found.columns
@@ -432,7 +441,7 @@ def read_values(made: Template, data: bytes, found: _Entries | _Listed, names, o
     values = fastzip.decode_arrays(found, data, made.metadata, [n for n in names if n in BIG_ARRAYS],
                                    crc_thread=False, out=out, layouts=made.big)
     undecoded = {}
-    base = fastzip.buffer_address(data)
+    address = functools.cache(lambda: fastzip.buffer_address(data))  # where data is, for the arrays read one by one
     runs = made.chunks.read(found, data) if made.chunks is not None and isinstance(found, _Listed) else None
     for name in names:
         if name in BIG_ARRAYS:
@@ -441,9 +450,9 @@ def read_values(made: Template, data: bytes, found: _Entries | _Listed, names, o
         dtype, shape, chunks, fill_value = entry.spec
         array = runs.get(name) if runs is not None else None
         if array is None and entry.single:
-            array = _read_single_chunk(found, data, entry, base)
+            array = _read_single_chunk(found, data, entry, address())
         if array is None:
-            array = _read_small(found, data, name, entry.zarray, dtype, shape, chunks, fill_value, base)
+            array = _read_small(found, data, name, entry.zarray, dtype, shape, chunks, fill_value, address())
         if entry.rule == "raw":
             values[name] = array
         elif entry.rule == "ns":
@@ -454,7 +463,7 @@ def read_values(made: Template, data: bytes, found: _Entries | _Listed, names, o
         for name, entry in made.small.items():
             if entry.rule == "cf" and name not in undecoded:
                 dtype, shape, chunks, fill_value = entry.spec
-                array = _read_small(found, data, name, entry.zarray, dtype, shape, chunks, fill_value, base)
+                array = _read_small(found, data, name, entry.zarray, dtype, shape, chunks, fill_value, address())
                 undecoded[name] = xr.Variable(entry.dims, array, entry.attrs)
         decoded, _, _ = xr.conventions.decode_cf_variables(undecoded, made.group_attrs)
         values.update({name: np.asarray(decoded[name].values) for name in names if name in undecoded})
