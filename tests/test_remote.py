@@ -4,6 +4,7 @@ survived, and nothing (thread, connection, buffer) left behind by a cancelled it
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import os
 import threading
@@ -679,6 +680,40 @@ def test_open_sequential_reads_every_byte_once_in_order(tmp_path, streamed):
     else:  # one range request per window
         assert [r[2] for r in gets] == [f"bytes={a}-{min(a + 7_000, len(payload)) - 1}"
                                         for a in range(0, len(payload), 7_000)]
+    assert not ssl4eos12_threads()
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_views_of_windows_keep_their_bytes_while_the_windows_are_reused(tmp_path, monkeypatch, streamed):
+    """read_view hands out bytes within one window as a view of it (no copy); a window read past goes back to the
+    pool, which reuses its buffer only once no view refers to it: every view kept to the end still holds its bytes,
+    and the buffers made are those in use at once, not one per window."""
+    payload = np.random.default_rng(11).integers(0, 256, 200_001, dtype=np.uint8).tobytes()
+    (tmp_path / "f.bin").write_bytes(payload)
+    made = []
+    allocate = remote._allocate
+    monkeypatch.setattr(remote, "_allocate", lambda size: made.append(size) or allocate(size))
+    kept, dropped = [], 0
+    with RangeHTTPServer(tmp_path) as srv, \
+            remote.open_sequential(srv.url + "/f.bin", window=7_000, ahead=2, streamed=streamed) as f:
+        position = 0
+        for n in itertools.cycle((3_000, 2_500, 1_499, 9_000)):  # within windows, and across them (copies)
+            part = f.read_view(n)
+            if not part:
+                break
+            assert bytes(part) == payload[position:position + len(part)]
+            if len(kept) < 8 and position // 7_000 % 4 == 0:
+                kept.append((position, part))  # held past the reuse of its window's buffer
+            else:
+                dropped += 1
+                del part
+            position += n
+    assert position >= len(payload) and dropped > 20
+    assert any(isinstance(part, memoryview) for _, part in kept), "bytes within a window came as a view"
+    for start, part in kept:
+        assert bytes(part) == payload[start:start + len(part)], f"the view at {start} was overwritten"
+    windows = -(-len(payload) // 7_000)
+    assert len(made) < windows // 2, f"{len(made)} buffers made for {windows} windows: the pool was not used"
     assert not ssl4eos12_threads()
 
 

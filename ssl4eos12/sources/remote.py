@@ -44,6 +44,7 @@ import mmap
 import os
 import socket
 import ssl
+import sys
 import threading
 import time
 import urllib.request
@@ -324,12 +325,17 @@ class BufferPool:
 
     def take(self, size: int) -> mmap.mmap:
         with self._lock:
-            fits = [b for b in self._free if len(b) >= size]
+            # a buffer that a view still refers to (a tar member handed out as one: SequentialFile.read_view) keeps
+            # its bytes until that goes: list, loop variable and argument are the only references of an idle one
+            idle = [b for b in self._free if sys.getrefcount(b) <= 3]
+            fits = [b for b in idle if len(b) >= size]
             if fits:
                 buffer = min(fits, key=len)
                 self._free.remove(buffer)
                 return buffer
-            smaller = self._free.pop(0) if self._free else None
+            smaller = next((b for b in idle if len(b) < size), None)
+            if smaller is not None:
+                self._free.remove(smaller)
         if smaller is not None:
             _close_buffer(smaller)  # replaced by the bigger one below: the pool does not grow
         return _allocate(size)
@@ -428,6 +434,12 @@ class FetchedFile(_Positioned):
     def _has(self, start: int, stop: int) -> bool:
         # what is still on its way: bytes [arrived, missing)
         return stop <= self._arrived or start >= self._missing or self._arrived >= self._missing
+
+    def view(self, start: int, stop: int) -> memoryview:
+        """Bytes ``start``..``stop`` (arrived: :meth:`wait`), as a view that stays valid after the file is closed:
+        its buffer is neither unmapped nor reused while the view lives."""
+        self._check_open()
+        return memoryview(self._buffer)[start:stop]
 
     def read(self, size: int = -1) -> bytes:
         self._check_open()
@@ -686,6 +698,18 @@ class SequentialFile(io.RawIOBase):
 
     def readinto(self, target) -> int:
         return _read_into(self.read, target)
+
+    def read_view(self, size: int) -> bytes | memoryview:
+        """The next ``size`` bytes (fewer only at the end of the file), as :meth:`read` gives them, except that bytes
+        within one window come as a view of it (no copy: the window's buffer is kept while the view lives)."""
+        if self._view is not None and self._used == len(self._view) and size:
+            self._next_window()  # the current one is used up: the bytes may all be in the next one
+        if self._view is not None and size <= len(self._view) - self._used and self._window is not None:
+            data = self._window.view(self._used, self._used + size)
+            self._used += size
+            self._position += size
+            return data
+        return self.read(size)
 
     def close(self) -> None:
         if not self.closed:
