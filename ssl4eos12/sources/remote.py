@@ -747,22 +747,26 @@ def _window_reader(url: str, download_config, options: FetchOptions, streamed: b
         # windows of one request, where each range request would get the whole file: a reader that stops early
         # (a probe of the first member) is sent little more than it read
         streamed = True
-    return _HttpWindows(url, target, options, streamed)
+    # the buffers of the iteration that opens the file (the builder's prefetch of a shard's tars), so that one tar's
+    # windows are the next one's: each file's own prefetch would make its first few fresh
+    return _HttpWindows(url, target, options, streamed, _pool())
 
 
 class _HttpWindows:
     """Windows of a file, each read into a pooled buffer: through one request for the whole file
     (``streamed``), else one range request each."""
 
-    def __init__(self, name: str, target: _HttpTarget, options: FetchOptions, streamed: bool):
+    def __init__(self, name: str, target: _HttpTarget, options: FetchOptions, streamed: bool,
+                 pool: BufferPool | None = None):
         self.name, self.target, self.options, self.streamed = name, target, options, streamed
+        self.pool = pool  # the buffers to read into (else those of the prefetch that reads each window)
         self.size = target.size
         self._piece: _Piece | None = None
         self._offset = 0
 
     def read(self, stop: int) -> FetchedFile:
         """The next window, up to byte ``stop`` (in the prefetch's thread)."""
-        start, size, pool = self._offset, self.size, _pool()
+        start, size, pool = self._offset, self.size, self.pool or _pool()
         buffer = _take(stop - start, pool)
         view = memoryview(buffer)[:stop - start]
         try:
