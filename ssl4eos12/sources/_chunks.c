@@ -59,6 +59,7 @@ static int int64_array(Py_buffer *view, Py_ssize_t n, const char *what) {
 /* decode(src, headers, sizes, crcs, dst, starts, nbytes, blosc, crc32_address, blosc_address)
    -> None, or (index, problem, decoded) for the first chunk that failed (the ones before it are done). */
 static PyObject *decode(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer src, headers, sizes, crcs, dst, starts, nbytes, blosc;
     unsigned long long crc_address, blosc_address;
     if (!PyArg_ParseTuple(args, "y*y*y*y*w*y*y*y*KK", &src, &headers, &sizes, &crcs, &dst, &starts, &nbytes,
@@ -119,6 +120,8 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_chunks", NULL, -1, methods};
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, .m_name = "_chunks", .m_doc = NULL, .m_size = -1, .m_methods = methods,
+};
 
 PyMODINIT_FUNC PyInit__chunks(void) { return PyModule_Create(&module); }
