@@ -28,7 +28,7 @@ whatever the thread timing, every rank knows its number of batches up front, and
 
 Memory, stated: at most ``prefetch + 2 * shuffle_window`` decoded shards (the window being read, the next one
 and those decoded ahead beyond it), plus the shards that batches still being gathered draw from (none once their
-gather ends), plus ``batches_ahead + 2`` batch buffers and the batches the consumer keeps. One S2L2A file of
+gather ends), plus ``batches_ahead + 3`` batch buffers and the batches the consumer keeps. One S2L2A file of
 64 locations is 446 MB decoded, one file of all four modalities 1.07 GB: with 16 threads and the defaults,
 streaming ``S2L2A`` holds at most about (16 + 8) x 446 MB ~ 10.7 GB. On the tar release a "decoded" shard holds
 its members' compressed bytes and small arrays (a local tar's pages mapped from the page cache, ~1/1.6 of the
@@ -482,7 +482,7 @@ class Loader:
     the ``even`` rule); the epochs after run as a fresh run on the new world size. The order of an epoch depends
     on ``(seed, epoch)`` only (and, within a resumed epoch, on the world sizes it ran on).
 
-    Memory: at most ``prefetch + 2 * shuffle_window`` decoded shards plus ``batches_ahead + 2`` batches and what
+    Memory: at most ``prefetch + 2 * shuffle_window`` decoded shards plus ``batches_ahead + 3`` batches and what
     the consumer keeps (see the module docstring for figures).
     """
 
@@ -547,7 +547,9 @@ class Loader:
         self._segments: list[Segment] = []  # where the next iter() resumes its epoch (empty: from the start)
         self._position = (0, [])  # (epoch, segments) after the last batch handed out: what state_dict() gives
         # kept across epochs: the next epoch gathers into the buffers the last one handed out and got back
-        self._memory = _BatchMemory(self._memory_specs, self.pin_memory, keep=batches_ahead + 2)
+        # in use at once: batches_ahead queued, one being gathered, one staged and the consumer's (kept fewer, an
+        # epoch made a fresh batch-sized array, whose first touch costs the kernel its zeroed pages)
+        self._memory = _BatchMemory(self._memory_specs, self.pin_memory, keep=batches_ahead + 3)
         # the arrays of every shard that may be in memory at once (the prefetched, the window's, one draining):
         # a big array per modality for the bands and one for the cloud masks, per block (a tar decodes in blocks
         # of a few locations: sized once its shards' sizes are known, in __iter__)

@@ -320,11 +320,33 @@ def test_memory_stays_flat_across_many_files(tmp_path):
     small_count, small_peak = peak("validation")
     count, big_peak = peak("train")
     assert (small_count, count) == (24, 48)
-    # the module docstring's bound: (prefetch + window + 1) decoded files + (batches_ahead + 2) batches
-    bound = (2 + 2 + 1) * file_bytes + (2 + 2) * batch_bytes + 2_000_000  # + Python's own (zarr metadata, ...)
+    # the module docstring's bound: (prefetch + window + 1) decoded files + (batches_ahead + 3) batches
+    bound = (2 + 2 + 1) * file_bytes + (2 + 3) * batch_bytes + 2_000_000  # + Python's own (zarr metadata, ...)
     assert big_peak < bound, f"peak {big_peak} over the stated bound {bound}"
     # timing moves the peak by a file or so; a leak would double it
     assert big_peak < 1.4 * small_peak, f"peak grows with the files: {small_peak} for 6, {big_peak} for 12"
+
+
+def test_batch_buffers_are_reused_across_epochs(monkeypatch, many_files):
+    """The pipeline holds at most batches_ahead + 3 batch buffers at once, and epoch after epoch gathers into those:
+    no fresh batch-sized array per epoch (whose pages the kernel would zero again) while the consumer keeps none."""
+    from ssl4eos12 import loader as loader_module
+
+    made = []
+    acquire = loader_module._BatchMemory.acquire
+
+    def counting(self):
+        kept = {id(b) for b in self.retired}
+        buffers = acquire(self)
+        made.append(id(buffers) not in kept)
+        return buffers
+
+    monkeypatch.setattr(loader_module._BatchMemory, "acquire", counting)
+    loader = ssl4eos12.Loader("S2L2A", data_dir=str(many_files), batch_size=2, num_threads=2, batches_ahead=2,
+                              numpy=True)
+    counts = {sum(len(b["sample"]) for b in loader) for _ in range(5)}
+    assert len(counts) == 1 and len(made) >= 5 * 5
+    assert sum(made) <= 2 + 3, f"{sum(made)} batch buffers made in 5 epochs of {len(made) // 5} batches"
 
 
 def test_ranks_from_the_environment(monkeypatch, many_files):
