@@ -326,8 +326,10 @@ class BufferPool:
     def take(self, size: int) -> mmap.mmap:
         with self._lock:
             # a buffer that a view still refers to (a tar member handed out as one: SequentialFile.read_view) keeps
-            # its bytes until that goes: list, loop variable and argument are the only references of an idle one
-            idle = [b for b in self._free if sys.getrefcount(b) <= 3]
+            # its bytes until that goes: an idle one has the references of an object only a list holds, plus the
+            # pool's, counted the same way (what the interpreter counts differs between Python versions)
+            alone, *counts = [sys.getrefcount(o) for o in [object(), *self._free]]
+            idle = [b for b, count in zip(self._free, counts) if count <= alone + 1]
             fits = [b for b in idle if len(b) >= size]
             if fits:
                 buffer = min(fits, key=len)
