@@ -5,9 +5,12 @@ its CRC-32), decoded into a second, freshly allocated ``bytes`` object, and copi
 output array. For ``bands`` that is ~450 MB per S2 file, three times over, and it made reading a file
 about twice as slow as decoding it. Here the zip is memory-mapped, each member's CRC-32 is checked on the
 mapped bytes, and Blosc decodes it directly into the output array: one pass over the compressed bytes,
-one write of the decoded ones. Decoded members' pages are dropped from the mapping as it goes, so the mapped
-file does not add to the process's RSS. A remote file fetched whole into memory (``io.BytesIO`` or
-``remote.FetchedFile``) is read the same way, through its buffer.
+one write of the decoded ones. A tar member's chunks, small, are checked and decoded by one call of a compiled
+helper (``_chunks.c``, built at install where a C compiler is at hand: :func:`decode_stored`) that holds no GIL,
+with the same CRC-32 and Blosc functions as the Python loop it replaces, which stays for installs without it.
+Decoded members' pages are dropped from the mapping as it goes, so the mapped file does not add to the process's
+RSS. A remote file fetched whole into memory (``io.BytesIO`` or ``remote.FetchedFile``) is read the same way,
+through its buffer.
 
 Only arrays that xarray returns as stored take this path: Blosc with no filters, C order, a native
 numeric dtype, no attributes but ``_ARRAY_DIMENSIONS`` and ``coordinates`` (so no CF decoding) and no
@@ -441,7 +444,7 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
     # a chunk that is not stored reads as zarr reads it for xarray: the fill value (NaN), or 0 for a null one
     for block in (block for info, block in zip(members, blocks) if info is None):
         block[...] = np.nan if dtype.kind == "f" else 0
-    stored_at = members
+    slots = [k for k, info in enumerate(members) if info is not None]  # where each stored chunk goes
     stored = [(info, block) for info, block in zip(members, blocks) if info is not None]
     if not stored:  # no chunk stored at all (a mask of a location clear at every timestamp): all fill value
         return _decoded(result, axis, out)
@@ -469,8 +472,7 @@ def _decode(mapped, crc_pool, dtype: np.dtype, shape: tuple[int, ...], members, 
             _decode_on_threads(mapped, members, blocks, arrived, data, spans, threads)
             return _decoded(result, axis, out)
         if isinstance(crc_pool, _Inline) and wait is None:  # a tar member's: no thread, no future per chunk
-            done = _decode_natively(mapped, members, result, [k for k, info in enumerate(stored_at) if info is not None],
-                                    blocks[0].nbytes)
+            done = _decode_natively(mapped, members, result, slots, blocks[0].nbytes)
             members, blocks = members[done:], blocks[done:]  # those left: the Python loop (raising for a bad one)
             base = buffer_address(mapped) if members else None
             for info, block in zip(members, blocks):
@@ -687,4 +689,5 @@ _madvise = _libc_madvise()
 #: Linux's MADV_POPULATE_READ (5.14+), which Python 3.11's mmap module does not name.
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 _can_populate = sys.platform.startswith("linux")
+#: What the compiled helper calls (zlib-ng's CRC-32 and c-blosc's decoder, by address); ``None`` without it.
 _NATIVE = _native_functions()

@@ -299,9 +299,8 @@ class _SmallChunks:
         size = 0
         for entry in smalls:
             dtype, shape, chunks = entry.spec[:3]
-            order = entry.zarray.get("order", "C")
             plan = _chunk_plan(entry.name, tuple(shape), tuple(chunks), entry.zarray.get("dimension_separator", "."),
-                               order, dtype.itemsize)
+                               "C", dtype.itemsize)  # C order: what takes() lets in
             for key, _, span in plan:
                 keys.append(key)
                 starts.append(size + span.start)
