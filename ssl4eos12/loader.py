@@ -41,6 +41,7 @@ into again once nothing refers to them (a fresh file-sized array costs the kerne
 
 from __future__ import annotations
 
+import atexit
 import collections
 import concurrent.futures
 import contextlib
@@ -51,6 +52,7 @@ import queue
 import sys
 import threading
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -807,6 +809,17 @@ class _Job:
                     self.picks = None  # a queued batch must not keep drained files alive
 
 
+#: The epochs whose threads may still run: closed at exit (an iterator left unfinished, e.g. after one ``next()``),
+#: while the modules they use are still there; Python would otherwise finalize the generator after their teardown.
+_RUNNING: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_running() -> None:
+    for run in list(_RUNNING):
+        run.close()
+
+
 class _EpochRun:
     """The threads of one epoch. Threads hold this object, never the consumer's generator, so dropping the
     generator closes it, which stops and joins them."""
@@ -823,7 +836,9 @@ class _EpochRun:
         self.gatherers = concurrent.futures.ThreadPoolExecutor(loader.gather_threads, thread_name_prefix="ssl4eos12-gather")
         self.scheduler = threading.Thread(target=self._schedule, name="ssl4eos12-loader", daemon=True)
         self.started = False
+        self.closed = False
         self.lock = threading.Lock()
+        _RUNNING.add(self)
         self.skipped = 0  # shards skipped as bad (decode threads count them under the lock)
         self.padded = 0  # their examples replaced by repeats
         self.last_good: tuple[_Unit, int, int] | None = None  # what pads a group with no readable shard
@@ -871,7 +886,10 @@ class _EpochRun:
         return out
 
     def close(self) -> None:
-        """Stop every thread and wait for it; drop every buffer and decoded block."""
+        """Stop every thread and wait for it; drop every buffer and decoded block. Once: a later call does nothing."""
+        if self.closed:
+            return
+        self.closed = True
         self.stop.set()
         if self.started:
             while self.scheduler.is_alive():

@@ -349,6 +349,20 @@ def test_batch_buffers_are_reused_across_epochs(monkeypatch, many_files):
     assert sum(made) <= 2 + 3, f"{sum(made)} batch buffers made in 5 epochs of {len(made) // 5} batches"
 
 
+def test_unfinished_epochs_are_closed_at_exit(many_files):
+    """An epoch left unfinished (one ``next()``) is closed by the exit handler while the modules are there: a
+    generator finalized after the loader module's teardown (the iterator kept by a module torn down later, as a
+    training framework's) printed an "Exception ignored" traceback at exit (seen on full-size tars)."""
+    from ssl4eos12 import loader as loader_module
+
+    batches = iter(ssl4eos12.Loader("S2L2A", data_dir=str(many_files), batch_size=2, num_threads=2))
+    next(batches)
+    assert any(t.name.startswith("ssl4eos12-") for t in threading.enumerate())
+    loader_module._close_running()  # what atexit calls
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("ssl4eos12-") and t.is_alive()]
+    batches.close()  # the generator's own close afterwards: nothing left to do, and no error
+
+
 def test_ranks_from_the_environment(monkeypatch, many_files):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
