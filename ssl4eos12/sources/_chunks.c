@@ -17,35 +17,32 @@
 typedef uint32_t (*crc32_fn)(uint32_t crc, const unsigned char *buf, size_t len);
 typedef int (*blosc_fn)(const void *src, void *dest, size_t destsize, int numinternalthreads);
 
-/* What went wrong with a chunk; the Python side words the message (the same as its own path's). */
-enum { OK = 0, BAD_SIGNATURE = 1, TRUNCATED = 2, BAD_CRC = 3, BAD_SIZE = 4, BAD_HEADER = 5, NOT_DECODED = 6,
-       OUT_OF_BOUNDS = 7 };
 
 static uint16_t read_u16(const unsigned char *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 static uint32_t read_u32(const unsigned char *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
+/* Whether the chunk whose local header is at `header` checks out and was decoded (or copied) into dst[start:]; a
+   chunk with a problem is left to the Python path, which reads it again and says what the problem is. */
 static int check_and_decode(const unsigned char *src, Py_ssize_t src_len, unsigned char *dst, Py_ssize_t dst_len,
                             int64_t header, int64_t size, uint32_t crc, int64_t start, int64_t nbytes, int blosc,
-                            crc32_fn crc32, blosc_fn decompress, int64_t *decoded) {
-    if (header < 0 || header + 30 > src_len || memcmp(src + header, "PK\x03\x04", 4) != 0) return BAD_SIGNATURE;
+                            crc32_fn crc32, blosc_fn decompress) {
+    if (header < 0 || header + 30 > src_len || memcmp(src + header, "PK\x03\x04", 4) != 0) return 0;
     int64_t data = header + 30 + read_u16(src + header + 26) + read_u16(src + header + 28);
-    if (size < 0 || data + size > src_len) return TRUNCATED;
-    if (start < 0 || nbytes < 0 || start + nbytes > dst_len) return OUT_OF_BOUNDS;
+    if (size < 0 || data + size > src_len) return 0;
+    if (start < 0 || nbytes < 0 || start + nbytes > dst_len) return 0;
     const unsigned char *chunk = src + data;
-    if (crc32(0, chunk, (size_t)size) != crc) return BAD_CRC;
+    if (crc32(0, chunk, (size_t)size) != crc) return 0;
     if (!blosc) {
-        if (size != nbytes) return BAD_SIZE;
+        if (size != nbytes) return 0;
         memcpy(dst + start, chunk, (size_t)size);
-        return OK;
+        return 1;
     }
-    if (size < 16) return BAD_SIZE;
-    if ((int64_t)read_u32(chunk + 4) != nbytes) return BAD_SIZE;  /* decoding into more would not fail */
-    if ((int64_t)read_u32(chunk + 12) != size) return BAD_HEADER;  /* c-blosc trusts the header's length */
-    int result = decompress(chunk, dst + start, (size_t)nbytes, 1);
-    *decoded = result;
-    return result == nbytes ? OK : NOT_DECODED;
+    if (size < 16) return 0;
+    if ((int64_t)read_u32(chunk + 4) != nbytes) return 0;  /* decoding into more would not fail */
+    if ((int64_t)read_u32(chunk + 12) != size) return 0;  /* c-blosc trusts the header's length */
+    return decompress(chunk, dst + start, (size_t)nbytes, 1) == nbytes;
 }
 
 static int int64_array(Py_buffer *view, Py_ssize_t n, const char *what) {
@@ -57,7 +54,7 @@ static int int64_array(Py_buffer *view, Py_ssize_t n, const char *what) {
 }
 
 /* decode(src, headers, sizes, crcs, dst, starts, nbytes, blosc, crc32_address, blosc_address)
-   -> None, or (index, problem, decoded) for the first chunk that failed (the ones before it are done). */
+   -> how many chunks it decoded, in order: all of them, or those before the first with a problem. */
 static PyObject *decode(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer src, headers, sizes, crcs, dst, starts, nbytes, blosc;
@@ -83,24 +80,13 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     const unsigned char *b = blosc.buf;
     crc32_fn crc32 = (crc32_fn)(uintptr_t)crc_address;
     blosc_fn decompress = (blosc_fn)(uintptr_t)blosc_address;
-    Py_ssize_t failed = -1;
-    int problem = OK;
-    int64_t decoded = 0;
+    Py_ssize_t done = 0;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++) {
-        problem = check_and_decode(src.buf, src.len, dst.buf, dst.len, h[i], s[i], c[i], st[i], nb[i], b[i], crc32,
-                                   decompress, &decoded);
-        if (problem != OK) {
-            failed = i;
-            break;
-        }
-    }
+    while (done < n && check_and_decode(src.buf, src.len, dst.buf, dst.len, h[done], s[done], c[done], st[done],
+                                        nb[done], b[done], crc32, decompress))
+        done++;
     Py_END_ALLOW_THREADS
-    if (failed < 0) {
-        result = Py_NewRef(Py_None);
-    } else {
-        result = Py_BuildValue("(nil)", failed, problem, (long)decoded);
-    }
+    result = PyLong_FromSsize_t(done);
 done:
     PyBuffer_Release(&src);
     PyBuffer_Release(&headers);
@@ -116,7 +102,7 @@ done:
 static PyMethodDef methods[] = {
     {"decode", decode, METH_VARARGS,
      "decode(src, headers, sizes, crcs, dst, starts, nbytes, blosc, crc32_address, blosc_address): check and decode "
-     "stored zip chunks into dst without the GIL; None, or (index, problem, decoded) of the first that failed."},
+     "stored zip chunks into dst without the GIL; how many it decoded, in order (all, or those before a bad one)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -516,12 +516,11 @@ def decode_stored(data, headers: np.ndarray, sizes: np.ndarray, crcs: np.ndarray
     if _NATIVE is None or not len(headers):
         return 0
     try:
-        problem = _chunks.decode(data, headers.astype(np.int64, copy=False), sizes.astype(np.int64, copy=False),
-                                 crcs.astype(np.uint32, copy=False), out, starts.astype(np.int64, copy=False),
-                                 nbytes.astype(np.int64, copy=False), blosc.astype(np.uint8, copy=False), *_NATIVE)
+        return _chunks.decode(data, headers.astype(np.int64, copy=False), sizes.astype(np.int64, copy=False),
+                              crcs.astype(np.uint32, copy=False), out, starts.astype(np.int64, copy=False),
+                              nbytes.astype(np.int64, copy=False), blosc.astype(np.uint8, copy=False), *_NATIVE)
     except (TypeError, ValueError, BufferError):  # a buffer it cannot take (not contiguous, not bytes-like)
         return 0
-    return len(headers) if problem is None else problem[0]
 
 
 def _decode_natively(mapped, members, result: np.ndarray, slots: list[int], slot_bytes: int) -> int:
@@ -529,11 +528,11 @@ def _decode_natively(mapped, members, result: np.ndarray, slots: list[int], slot
     taking ``members[i]``."""
     if _NATIVE is None or not result.flags.c_contiguous or not result.flags.writeable or not members:
         return 0
+    _, nbytes, blosc = _slots(len(members), slot_bytes)
     return decode_stored(mapped, np.array([info.header_offset for info in members], np.int64),
                          np.array([info.compress_size for info in members], np.int64),
                          np.array([info.CRC for info in members], np.uint32), result.reshape(-1).view(np.uint8),
-                         np.array(slots, np.int64) * slot_bytes, np.full(len(members), slot_bytes, np.int64),
-                         np.ones(len(members), np.uint8))
+                         np.array(slots, np.int64) * slot_bytes, nbytes, blosc)
 
 
 def _native_functions() -> tuple[int, int] | None:

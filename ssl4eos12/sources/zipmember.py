@@ -266,8 +266,6 @@ class _Small:
     zarray: dict
     spec: tuple  # (dtype, shape, chunks, fill_value)
     rule: str  # "raw": xarray leaves the values as stored; "ns": viewed as datetime64[ns]; "cf": xarray decodes
-    #: the key of its one chunk, where one C-order chunk of the array's shape holds it (else ``None``)
-    single: str | None = None
     blosc: bool = False
 
 
@@ -298,10 +296,8 @@ class _SmallChunks:
         self.arrays: dict[str, tuple[int, int, np.dtype, tuple[int, ...]]] = {}
         size = 0
         for entry in smalls:
-            dtype, shape, chunks = entry.spec[:3]
-            plan = _chunk_plan(entry.name, tuple(shape), tuple(chunks), entry.zarray.get("dimension_separator", "."),
-                               "C", dtype.itemsize)  # C order: what takes() lets in
-            for key, _, span in plan:
+            dtype, shape = entry.spec[:2]
+            for key, _, span in _run_plan(entry):
                 keys.append(key)
                 starts.append(size + span.start)
                 nbytes.append(span.stop - span.start)
@@ -317,13 +313,10 @@ class _SmallChunks:
     @staticmethod
     def takes(entry: _Small) -> bool:
         """Whether the small array ``entry`` is one run of whole chunks, each stored as is or Blosc-encoded."""
-        dtype, shape, chunks = entry.spec[:3]
         compressor = entry.zarray.get("compressor")
-        if compressor and not entry.blosc or dtype.kind not in "biufU" or entry.zarray.get("order", "C") != "C":
+        if compressor and not entry.blosc or entry.spec[0].kind not in "biufU" or entry.zarray.get("order", "C") != "C":
             return False
-        plan = _chunk_plan(entry.name, tuple(shape), tuple(chunks), entry.zarray.get("dimension_separator", "."),
-                           "C", dtype.itemsize)
-        return all(span is not None for _, _, span in plan)
+        return all(span is not None for _, _, span in _run_plan(entry))
 
     def read(self, found: _Listed, data) -> dict[str, np.ndarray] | None:
         """The arrays of the member ``data`` (its entries ``found``), or ``None`` where this cannot read them (a chunk
@@ -339,6 +332,13 @@ class _SmallChunks:
             return None
         return {name: flat[start:start + length].view(dtype).reshape(shape)
                 for name, (start, length, dtype, shape) in self.arrays.items()}
+
+
+def _run_plan(entry: _Small):
+    """:func:`_chunk_plan` of a small array in C order (what :meth:`_SmallChunks.takes` lets in)."""
+    dtype, shape, chunks = entry.spec[:3]
+    return _chunk_plan(entry.name, tuple(shape), tuple(chunks), entry.zarray.get("dimension_separator", "."), "C",
+                       dtype.itemsize)
 
 
 _TEMPLATES: dict[bytes, Template] = {}
@@ -387,10 +387,7 @@ def _make_template(member: Member) -> Template:
             attrs["_FillValue"] = spec[3]
         raw[name] = xr.Variable(dims, np.zeros(spec[1], spec[0]), attrs)
         compressor = zarray.get("compressor") or {}
-        single = (".".join("0" * len(spec[1])) or "0") if spec[1] == spec[2] and zarray.get("order", "C") == "C" \
-            and zarray.get("dimension_separator", ".") == "." and compressor.get("id") in (None, "blosc") else None
-        small[name] = _Small(name, dims, attrs, zarray, spec, "cf", None if single is None else f"{name}/{single}",
-                             compressor.get("id") == "blosc")
+        small[name] = _Small(name, dims, attrs, zarray, spec, "cf", compressor.get("id") == "blosc")
     if not _has_bounds(raw):  # else xarray lends a time's units to other variables: leave it all to xarray
         for name, entry in small.items():
             if _decodes_to_itself(raw[name]):
@@ -413,27 +410,6 @@ def _nanoseconds(variable: xr.Variable) -> bool:
             and attrs.get("calendar", "standard") in _STANDARD_CALENDARS and set(attrs) <= {"units", "calendar"})
 
 
-def _read_single_chunk(found: _Entries | _Listed, data: bytes, entry: _Small,
-                       base: int | None = None) -> np.ndarray | None:
-    """:func:`_read_small` for an array held by one stored chunk of its own shape; ``None`` when the chunk is not
-    stored (the fill value, as :func:`_read_small` reads it). ``base``: where ``data`` is in memory, if known."""
-    if entry.single not in found:
-        return None
-    dtype, shape = entry.spec[0], entry.spec[1]
-    stored, start = fastzip.stored_member(found, data, entry.single)
-    if entry.blosc:
-        out = np.empty(shape, dtype)
-        if fastzip.blosc_decoded_size(stored) != out.nbytes:
-            raise ValueError(f"chunk {entry.single} decodes to {fastzip.blosc_decoded_size(stored)} bytes, "
-                             f"expected {out.nbytes}")
-        fastzip.blosc_decode_into(stored, out.reshape(-1).view(np.uint8) if out.ndim else out.reshape(1).view(np.uint8),
-                                  None if base is None or start is None else base + start)
-        return out
-    if len(stored) != dtype.itemsize * math.prod(shape):
-        raise ValueError(f"chunk {entry.single} holds {len(stored)} bytes, expected {dtype.itemsize * math.prod(shape)}")
-    return np.frombuffer(stored, dtype).reshape(shape).copy()
-
-
 def read_values(made: Template, data: bytes, found: _Entries | _Listed, names, out=None) -> dict[str, np.ndarray]:
     """The values of the variables ``names`` of a member of template ``made`` (``found``: its entries), as xarray
     reads them; the big ones decoded straight into the arrays of ``out`` where it has them."""
@@ -448,8 +424,6 @@ def read_values(made: Template, data: bytes, found: _Entries | _Listed, names, o
         entry = made.small[name]
         dtype, shape, chunks, fill_value = entry.spec
         array = runs.get(name) if runs is not None else None
-        if array is None and entry.single:
-            array = _read_single_chunk(found, data, entry, address())
         if array is None:
             array = _read_small(found, data, name, entry.zarray, dtype, shape, chunks, fill_value, address())
         if entry.rule == "raw":
@@ -579,15 +553,16 @@ def _read_small(zf: zipfile.ZipFile, data: bytes, name: str, zarray: dict, dtype
             stored, start = fastzip.stored_member(zf, data, key)
         except KeyError:
             continue
+        address = None if base is None or start is None else base + start
         if blosc and span is not None:  # a whole chunk that is a run of the array: decoded where it goes
             size = fastzip.blosc_decoded_size(stored)
             if size != span.stop - span.start:
                 raise ValueError(f"chunk {key} decodes to {size} bytes, expected {span.stop - span.start}")
-            fastzip.blosc_decode_into(stored, flat[span], None if base is None or start is None else base + start)
+            fastzip.blosc_decode_into(stored, flat[span], address)
             continue
         if blosc:  # straight through c-blosc (fastzip.blosc_decode_into): no codec object, no GIL while decoding
             decoded = np.empty(max(0, fastzip.blosc_decoded_size(stored)), np.uint8)
-            fastzip.blosc_decode_into(stored, decoded, None if base is None or start is None else base + start)
+            fastzip.blosc_decode_into(stored, decoded, address)
         else:
             decoded = codec.decode(stored) if codec is not None else stored
         chunk = np.frombuffer(decoded, dtype)
