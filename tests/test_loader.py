@@ -266,6 +266,55 @@ def test_break_exception_and_dropped_iterator_leave_no_thread(many_files):
     assert loader_threads() == []
 
 
+def test_the_next_epochs_first_window_is_decoded_once_ahead(many_files, monkeypatch):
+    """Once an epoch has nothing left to read, its threads decode the next epoch's first window, which that epoch
+    uses as it is: every file is decoded once per epoch, and every batch is still a fresh loader's, value for
+    value. Neither a set_epoch() elsewhere nor a break is fooled."""
+    from ssl4eos12.loader import _EpochRun
+
+    decodes = []  # (how, file) of every file decoded
+
+    def counting(how):
+        original = getattr(_EpochRun, how)
+
+        def decode(run, shard):
+            decodes.append((how, run.catalog.entries[shard].shard))
+            return original(run, shard)
+        return decode
+
+    for how in ("_decode", "_decode_early"):
+        monkeypatch.setattr(_EpochRun, how, counting(how))
+
+    def make(epoch=0):
+        loader = ssl4eos12.Loader("all", data_dir=str(many_files), modalities=["S2L2A", "S1GRD"], batch_size=2,
+                                  num_threads=2, shuffle_window=2, seed=3, numpy=True)
+        loader.set_epoch(epoch)
+        return loader
+
+    def check(actual, epoch, where):
+        fresh = examples_of(make(epoch))
+        assert [a["sample"] for a in actual] == [f["sample"] for f in fresh], where
+        for i, (a, f) in enumerate(zip(actual, fresh)):
+            assert_example_equal(a, expected[a["sample"]], f"{where}, example {i}")
+            assert_example_equal(a, f, f"{where}, example {i}")
+
+    expected = {e["sample"]: e for e in expected_examples(many_files, "train", ["S2L2A", "S1GRD"])}
+    loader = make()
+    examples_of(loader)
+    ahead = [file for how, file in decodes if how == "_decode_early"]
+    assert ahead == [entry.shard for entry in loader.shards()[:2]]  # epoch 1's first window
+    decodes.clear()
+    epoch1 = examples_of(loader)
+    regular = [file for how, file in decodes if how == "_decode"]
+    assert not set(ahead) & set(regular) and sorted(ahead + regular) == sorted(e.shard for e in loader.shards(1))
+    check(epoch1, 1, "epoch 1")
+    loader.set_epoch(5)  # not the epoch decoded ahead for: what it needs of it is used, the rest dropped
+    check(examples_of(loader), 5, "epoch 5 after set_epoch")
+    for _ in loader:
+        break
+    assert loader._early == {} and loader_threads() == []  # a break keeps nothing for an epoch that may not come
+
+
 def test_remote_root_reads_the_same_batches(data_dir):
     """A root served over HTTP (127.0.0.1) gives the local batches: the builder's remote reading applies."""
     from servers import RangeHTTPServer
@@ -464,8 +513,9 @@ def test_decode_arrays_are_reused_never_while_in_use(many_files, monkeypatch):
         assert sorted(a["sample"] for a in actual) == sorted(expected)
         for a in actual:
             assert_example_equal(a, expected[a["sample"]], f"epoch {epoch}, sample {a['sample']}")
-    # 7 files x (S2L2A bands and cloud mask, S1GRD bands) per epoch; after the first, most into old arrays
-    assert len(reused) == 3 * 21 and sum(reused[21:]) > 21
+    # 7 files x (S2L2A bands and cloud mask, S1GRD bands) per epoch, and the 4th epoch's first window (2 files),
+    # decoded ahead by the 3rd; after the first, most into old arrays
+    assert len(reused) == 3 * 21 + 2 * 3 and sum(reused[21:]) > 21
 
 
 def test_webdataset_release_gives_the_builders_examples(tmp_path):
@@ -609,10 +659,12 @@ def test_a_corrupt_tar_member_fails_its_batch_naming_it_or_is_skipped(tar_root, 
     skipping = ssl4eos12.Loader("S2L2A", data_dir=str(root), batch_size=4, numpy=True, num_threads=2,
                                 on_bad_file="skip")
     assert not skipping._defer
-    with pytest.warns(ssl4eos12.SSL4EOS12BadFileWarning, match="ssl4eos12_shard_000002.tar"):
-        examples = examples_of(list(skipping))
-    assert len(examples) == 15 and {e["file"] for e in examples} == {"ssl4eos12_shard_000001.tar",
-                                                                      "ssl4eos12_shard_000003.tar"}
+    for epoch in range(3):  # skipped and said in every epoch, also once the epoch before decoded it ahead
+        with pytest.warns(ssl4eos12.SSL4EOS12BadFileWarning, match="ssl4eos12_shard_000002.tar") as caught:
+            examples = examples_of(list(skipping))
+        assert sum("skipping" in str(w.message) for w in caught) == 1, f"epoch {epoch}"
+        assert len(examples) == 15 and {e["file"] for e in examples} == {"ssl4eos12_shard_000001.tar",
+                                                                          "ssl4eos12_shard_000003.tar"}
 
 
 def test_tar_root_over_http_gives_the_local_batches(tar_root):
