@@ -1,13 +1,16 @@
-"""Rewrite webdataset tars member by member with the authors' stack (zarr 2.18); run in a zarr 2 environment.
+"""Rewrite webdataset tars member by member, and Zarr zip files whole, with the authors' stack (zarr 2.18); run in a
+zarr 2 environment.
 
     python authors_tars.py IN_ROOT OUT_ROOT
 
-Every ``<key>.zarr.zip`` member of every tar under ``IN_ROOT`` is opened with xarray, its encodings dropped (so
-zarr 2's defaults apply: Blosc-LZ4 level 5 with byte shuffle, zarr 2's fill values, xarray's CF attributes), then
-written as the release's members were: ``to_zarr`` into a directory store (Zarr v2, consolidated), one chunk
-per timestamp, the timestamps as int64 nanoseconds since the epoch, and the directory zipped with stored entries
-in the order ``os.walk`` finds them. The values stay those of the input; the bytes are what zarr 2 writes.
-Nothing of ``ssl4eos12`` is imported: that environment does not have it.
+Every ``<key>.zarr.zip`` member of every tar under ``IN_ROOT``, and every ``*.zarr.zip`` file there (the Zarr
+release: one chunk per timestamp holding all of the file's samples), is opened with xarray, its encodings dropped
+(so zarr 2's defaults apply: Blosc-LZ4 level 5 with byte shuffle, zarr 2's fill values, xarray's CF attributes),
+then written as the release's were: ``to_zarr`` into a directory store (Zarr v2, consolidated), one chunk per
+timestamp, the timestamps as int64 nanoseconds since the epoch, and the directory zipped with stored entries in
+the order ``os.walk`` finds them. The values stay those of the input; the bytes are what zarr 2 writes. The split
+lists (``splits/*.txt``) and the metadata (``*.parquet``) are copied. Nothing of ``ssl4eos12`` is imported: that
+environment does not have it.
 """
 
 from __future__ import annotations
@@ -73,8 +76,18 @@ def main(in_root: str, out_root: str) -> None:
                     info.size = len(data)
                     dst.addfile(info, io.BytesIO(data))
             os.replace(partial, out)
-        for parquet in Path(in_root).glob("*.parquet"):
-            (Path(out_root) / parquet.name).write_bytes(parquet.read_bytes())
+        for path in sorted(Path(in_root).rglob("*.zarr.zip")):
+            out = Path(out_root) / path.relative_to(in_root)
+            if out.exists():
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            partial = out.with_suffix(".partial")
+            partial.write_bytes(rewrite(path.read_bytes(), Path(tmp)))
+            os.replace(partial, out)
+        for copied in [*Path(in_root).glob("*.parquet"), *Path(in_root).glob("splits/*.txt")]:
+            out = Path(out_root) / copied.relative_to(in_root)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(copied.read_bytes())
 
 
 if __name__ == "__main__":

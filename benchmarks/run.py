@@ -104,6 +104,10 @@ ROWS = [
     ("wdsauthorsloader:S2L2A", "S2L2A", "ours: ssl4eos12.Loader on the authors'-stack tars, 2 threads",
      "≥ 0.6× their aggregate ceiling"),
     ("wdsgil:S2L2A", "S2L2A", "ours: GIL held per member, Loader on the authors'-stack tars (py-spy --gil)", "≤ 0.5 ms"),
+    ("zarrauthors-procs:S2L2A", "S2L2A", ("ceiling: the aggregate decode ceiling of the Zarr files rewritten by the "
+                                          "authors' stack (zarr 2.18)"), None),
+    ("zarrauthorsloader:S2L2A", "S2L2A", ("ours: ssl4eos12.Loader(batch 8, shuffled) on the authors'-stack Zarr files, "
+                                         "2 threads"), "≥ 0.7× their aggregate ceiling"),
 ]
 #: Run order: as shown, except that conversion runs before the rows that stream its output.
 RUN_ORDER = sorted((name for name, *_ in ROWS), key=lambda n: (not n.startswith("convert"), [r[0] for r in ROWS].index(n)))
@@ -461,7 +465,8 @@ def row_authors(data: Path, group: str, repeat: int) -> dict:
 
 def locations(data: Path) -> int:
     """Locations (examples) in the files: samples per file, read from the metadata, times files."""
-    with zipfile.ZipFile(data / SPLIT_FOLDER / MODALITIES[0] / file_names(data)[0]) as zf:
+    modality = next(m for m in MODALITIES if (data / SPLIT_FOLDER / m).is_dir())
+    with zipfile.ZipFile(data / SPLIT_FOLDER / modality / file_names(data)[0]) as zf:
         meta = json.loads(zf.read(".zmetadata"))["metadata"]
     return meta["sample/.zarray"]["shape"][0] * len(file_names(data))
 
@@ -881,6 +886,19 @@ def row_wdsgil(data: Path, group: str, repeat: int) -> dict:
     return result
 
 
+def authors_zarr_root(data: Path) -> Path:
+    """The S2L2A Zarr files rewritten by the authors' stack (zarr 2.18 in ``.venv-zarr2``)."""
+    return data / "zarr-authors"
+
+
+def row_zarrauthors_procs(data: Path, group: str, repeat: int) -> dict:
+    return row_blosc_procs(authors_zarr_root(data), group, repeat)
+
+
+def row_zarrauthorsloader(data: Path, group: str, repeat: int) -> dict:
+    return row_loader(authors_zarr_root(data), group, repeat, threads=2)
+
+
 ROW_FUNCTIONS = {
     "zipread": row_zipread, "blosc": row_blosc, "blosc-procs": row_blosc_procs, "zarr": row_zarr,
     "authors": row_authors, "stream": row_stream, "torch": row_torch, "torch1": row_torch1, "torch2": row_torch2,
@@ -889,7 +907,8 @@ ROW_FUNCTIONS = {
     "resume": row_resume, "curl": row_curl, "fetch": row_fetch, "http": row_http, "hf": row_hf, "wds": row_wds,
     "wdshttp": row_wdshttp, "wdsrandom": row_wdsrandom, "wdsselect": row_wdsselect,
     "wdsloader": row_wdsloader, "wdsauthors-procs": row_wdsauthors_procs, "wdsauthors": row_wdsauthors,
-    "wdsauthorsloader": row_wdsauthorsloader, "wdsgil": row_wdsgil,
+    "wdsauthorsloader": row_wdsauthorsloader, "wdsgil": row_wdsgil, "zarrauthors-procs": row_zarrauthors_procs,
+    "zarrauthorsloader": row_zarrauthorsloader,
 }
 
 
@@ -964,10 +983,32 @@ def ensure_authors_wds_data(data: Path) -> float:
     return time.perf_counter() - start
 
 
+def ensure_authors_zarr_data(data: Path) -> float:
+    """The S2L2A Zarr files rewritten by the authors' stack (``benchmarks/authors_tars.py`` in the zarr 2
+    environment that ``tests/test_authors_stack.py`` makes), when missing; skipped without that environment."""
+    tars = _tars_module()
+    names, target = file_names(data), authors_zarr_root(data)
+    if tars.ZARR2 is None or all((target / SPLIT_FOLDER / "S2L2A" / name).is_file() for name in names):
+        return 0.0
+    start = time.perf_counter()
+    staging = data / "zarr-s2l2a"  # links to the S2L2A files alone (the other modalities are not rewritten)
+    (staging / SPLIT_FOLDER / "S2L2A").mkdir(parents=True, exist_ok=True)
+    (staging / "splits").mkdir(exist_ok=True)
+    (staging / "splits" / "ssl4eos12_val.txt").write_text("".join(f"{name}\n" for name in names))
+    for name in names:
+        link = staging / SPLIT_FOLDER / "S2L2A" / name
+        if not link.exists():
+            link.symlink_to((data / SPLIT_FOLDER / "S2L2A" / name).resolve())
+    subprocess.run([str(tars.ZARR2), str(Path(__file__).with_name("authors_tars.py")), str(staging), str(target)],
+                   check=True)
+    return time.perf_counter() - start
+
+
 def warm_page_cache(data: Path) -> int:
     total = 0
     for path in sorted([*(data / SPLIT_FOLDER).rglob("*.zarr.zip"), *wds_root(data).rglob("*.tar"),
-                        *authors_wds_root(data).rglob("*.tar")]):
+                        *authors_wds_root(data).rglob("*.tar"),
+                        *(authors_zarr_root(data) / SPLIT_FOLDER).rglob("*.zarr.zip")]):
         with open(path, "rb") as f:
             while chunk := f.read(1 << 24):
                 total += len(chunk)
@@ -1112,6 +1153,8 @@ def summarize(results: dict[str, dict], one_file: dict[str, int]) -> tuple[list[
           ratio("wdsauthors:S2L2A", "wdsauthors-procs:S2L2A"), 0.5)
     check("`ssl4eos12.Loader` on the authors'-stack tars vs their aggregate decode ceiling (examples/s)",
           ratio("wdsauthorsloader:S2L2A", "wdsauthors-procs:S2L2A"), 0.6)
+    check("`ssl4eos12.Loader` (2 threads) on the authors'-stack Zarr files vs their aggregate decode ceiling "
+          "(examples/s)", ratio("zarrauthorsloader:S2L2A", "zarrauthors-procs:S2L2A"), 0.7)
     g = results.get("wdsgil:S2L2A", {})
     check("GIL held per member, Loader on the authors'-stack tars (py-spy --gil)", g.get("gil_ms_per_member"), 0.5,
           higher_is_better=False, detail=f"fallbacks to xarray: {sum((g.get('fallbacks') or {}).values())}" if g else "",
@@ -1256,6 +1299,9 @@ def main(argv=None) -> int:
         generated += ensure_wds_data(args.data, args.files)
         generated += ensure_authors_wds_data(args.data)
         warmed = warm_page_cache(args.data)  # again, with the tars
+    if any(n.startswith("zarrauthors") for n in names):
+        generated += ensure_authors_zarr_data(args.data)
+        warmed = warm_page_cache(args.data)  # again, with those files
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="ssl4eos12-bench-") as work:
         for name in names:

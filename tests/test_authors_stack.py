@@ -24,9 +24,9 @@ import pytest
 import zarr
 from conftest import arrow_rows, assert_identical, open_with_xarray
 from datasets import load_dataset
-from reference import assert_example_equal, split_files
+from reference import assert_example_equal, expected_examples, split_files
 
-import ssl4eos12  # noqa: F401 - registers the builder
+import ssl4eos12  # registers the builder
 from ssl4eos12.constants import MODALITIES, WEBDATASET_MODALITIES
 from ssl4eos12.synth import synthesize
 from ssl4eos12.synth.webdataset import synthesize_webdataset
@@ -330,3 +330,36 @@ def test_builder_yields_the_same_from_tars_written_by_zarr2(zarr2_written_root, 
                                             split="validation", streaming=True)))
 
     assert_examples(examples(zarr2_written_root), examples(tar_root))
+
+
+@pytest.fixture(scope="module")
+def zarr2_written_zips(zarr2_python, zarr_root, tmp_path_factory) -> Path:
+    """``zarr_root``'s Zarr zip files rewritten whole by zarr 2.18 (``benchmarks/authors_tars.py``, the benchmark's
+    authors'-stack Zarr files): one chunk per timestamp, zarr 2's Blosc settings, a directory walk's entry order."""
+    out = tmp_path_factory.mktemp("zarr2-written") / "zarr"
+    subprocess.run([str(zarr2_python), str(WRITER), str(zarr_root), str(out)], check=True, timeout=300)
+    return out
+
+
+def test_loader_gives_what_xarray_reads_from_zarr_files_written_by_zarr2(zarr2_written_zips, zarr_root):
+    from test_loader import examples_of
+
+    for path in zips(zarr2_written_zips):
+        original = zarr_root / path.relative_to(zarr2_written_zips)
+        assert path.read_bytes() != original.read_bytes(), f"{path}: not rewritten"
+        with zipfile.ZipFile(path) as zf:  # zarr 2's defaults and its directory walk, not synth's settings
+            consolidated = json.loads(zf.read(".zmetadata"))
+            assert zf.namelist()[:3] == [".zgroup", ".zattrs", ".zmetadata"], path
+        assert consolidated["zarr_consolidated_format"] == 1
+        assert consolidated["metadata"]["bands/.zarray"]["compressor"]["clevel"] == 5
+    modalities = list(MODALITIES)
+    loader = ssl4eos12.Loader("all", data_dir=str(zarr2_written_zips), split="validation", modalities=modalities,
+                              batch_size=2, shuffle=False, numpy=True, num_threads=2)
+    actual = examples_of(loader)
+    expected = list(expected_examples(zarr2_written_zips, "validation", modalities))
+    assert len(actual) == len(expected) == len(split_files(zarr_root, "validation"))
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert_example_equal(a, e, f"example {i}")
+    originals = list(expected_examples(zarr_root, "validation", modalities))  # the values are the synth's
+    for i, (e, o) in enumerate(zip(expected, originals)):
+        assert_example_equal(e, o, f"example {i}, against the original file")
