@@ -18,7 +18,8 @@ whatever the thread timing, every rank knows its number of batches up front, and
   ``shuffle_window`` consecutive shards at a time (:func:`~ssl4eos12.sampling.rank_order`);
 - **decode**: the shards of the current window, and up to ``prefetch`` shards of the next ones, by
   ``num_threads`` threads (``Source.blocks``); once an epoch has nothing left to read, they decode the next
-  epoch's first window (epoch + 1 from its start), which that epoch's ``iter()`` takes as it is, so that its
+  epoch's first window from a local root (not a remote one: it would download a window for an epoch that may not
+  come) (epoch + 1 from its start), which that epoch's ``iter()`` takes as it is, so that its
   first batch does not wait for a whole window to be read (measured on 2 cores, authors'-stack S2L2A tars:
   108 ms -> 28-43 ms, 5% of a 1,024-example epoch); what it does not need is dropped, a bad shard is decoded
   again (and skipped or raised) in its own epoch; the epoch's end waits for those decodes (begun about a window's
@@ -81,6 +82,7 @@ from .sampling import (
     remaining,
 )
 from .sources import Block, Layout, fastzip, webdataset
+from .sources.remote import is_remote
 from .sources.webdataset import Encoded
 from .timeorder import by_season, season_selection
 from .torch import timestamps_to_int64
@@ -1008,7 +1010,10 @@ class _EpochRun:
     def _decode_ahead(self) -> None:
         """Start decoding the next epoch's first window (``iter()`` runs epoch + 1 from its start unless told
         otherwise), so that its first batch does not wait for a whole window to be read while the cores idle: this
-        epoch has nothing left to read, and its last window's gathers keep the cores busy meanwhile."""
+        epoch has nothing left to read, and its last window's gathers keep the cores busy meanwhile. Not from a
+        remote root: that would download a window for an epoch that may not come, and end this one waiting for it."""
+        if is_remote(self.catalog.source.root):
+            return
         try:
             plan = self.loader._plan(self.plan.epoch + 1, fresh=True)
         except SSL4EOS12DataError:  # nothing to read on this rank then: its iter() says so
