@@ -62,28 +62,29 @@ def rewrite(data: bytes, work: Path) -> bytes:
     return buffer.getvalue()
 
 
+def rewrite_tar(path: Path, out: Path, work: Path) -> None:
+    with tarfile.open(path) as src, tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as dst:
+        for info in src:
+            data = rewrite(src.extractfile(info).read(), work)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+
+
+def rewrite_zip(path: Path, out: Path, work: Path) -> None:
+    out.write_bytes(rewrite(path.read_bytes(), work))
+
+
 def main(in_root: str, out_root: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        for path in sorted(Path(in_root).rglob("*.tar")):
-            out = Path(out_root) / path.relative_to(in_root)
-            if out.exists():
-                continue
-            out.parent.mkdir(parents=True, exist_ok=True)
-            partial = out.with_suffix(".partial")
-            with tarfile.open(path) as src, tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as dst:
-                for info in src:
-                    data = rewrite(src.extractfile(info).read(), Path(tmp))
-                    info.size = len(data)
-                    dst.addfile(info, io.BytesIO(data))
-            os.replace(partial, out)
-        for path in sorted(Path(in_root).rglob("*.zarr.zip")):
-            out = Path(out_root) / path.relative_to(in_root)
-            if out.exists():
-                continue
-            out.parent.mkdir(parents=True, exist_ok=True)
-            partial = out.with_suffix(".partial")
-            partial.write_bytes(rewrite(path.read_bytes(), Path(tmp)))
-            os.replace(partial, out)
+        for pattern, write in (("*.tar", rewrite_tar), ("*.zarr.zip", rewrite_zip)):
+            for path in sorted(Path(in_root).rglob(pattern)):
+                out = Path(out_root) / path.relative_to(in_root)
+                if out.exists():
+                    continue
+                out.parent.mkdir(parents=True, exist_ok=True)
+                partial = out.with_suffix(".partial")
+                write(path, partial, Path(tmp))
+                os.replace(partial, out)
         for copied in [*Path(in_root).glob("*.parquet"), *Path(in_root).glob("splits/*.txt")]:
             out = Path(out_root) / copied.relative_to(in_root)
             out.parent.mkdir(parents=True, exist_ok=True)
