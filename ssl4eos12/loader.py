@@ -18,12 +18,12 @@ whatever the thread timing, every rank knows its number of batches up front, and
   ``shuffle_window`` consecutive shards at a time (:func:`~ssl4eos12.sampling.rank_order`);
 - **decode**: the shards of the current window, and up to ``prefetch`` shards of the next ones, by
   ``num_threads`` threads (``Source.blocks``); once an epoch has nothing left to read, they decode the next
-  epoch's first window from a local root (not a remote one: it would download a window for an epoch that may not
-  come) (epoch + 1 from its start), which that epoch's ``iter()`` takes as it is, so that its
-  first batch does not wait for a whole window to be read (measured on 2 cores, authors'-stack S2L2A tars:
-  108 ms -> 28-43 ms, 5% of a 1,024-example epoch); what it does not need is dropped, a bad shard is decoded
-  again (and skipped or raised) in its own epoch; the epoch's end waits for those decodes (begun about a window's
-  consumption earlier, so mostly done by then);
+  epoch's first window (epoch + 1 from its start), which that epoch's ``iter()`` takes as it is, so that its first
+  batch does not wait for a whole window to be read (measured on 2 cores, authors'-stack S2L2A tars: 108 ms ->
+  28-43 ms, 5% of a 1,024-example epoch); what it does not need is dropped, a bad shard is decoded again (and
+  skipped or raised) in its own epoch, and the epoch's end waits for those decodes (begun about a window's
+  consumption earlier, so mostly done by then). From a local root only: from a remote one that would download a
+  window for an epoch that may not come;
 - **gather**: each batch is copied (cropped, and standardized when asked) into its buffers by gather threads;
   on the tar release, a member's bands and cloud mask are not decoded ahead but here, by ``num_threads`` gather
   threads, straight into the example's batch slot (only the timestamp a ``single_timestamp`` example needs):
